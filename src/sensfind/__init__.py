@@ -1,0 +1,31 @@
+"""sensfind: discover the features a language model uses by maximising sensitivity."""
+
+from .blowup import max_slope_index, soft_blowup, threshold_index, threshold_value
+from .effects import EFFECTS, get_effect
+from .models import ModelUnavailableError, load_model, local_config
+from .scan import Scan, ScanConfig, check_directions, directions_from_targets, perturb, scan, step_grid
+from .subjects import FunctionSubject, Subject, TransformerSubject
+
+__all__ = [
+    "EFFECTS",
+    "FunctionSubject",
+    "ModelUnavailableError",
+    "Scan",
+    "ScanConfig",
+    "Subject",
+    "TransformerSubject",
+    "check_directions",
+    "directions_from_targets",
+    "get_effect",
+    "load_model",
+    "local_config",
+    "max_slope_index",
+    "perturb",
+    "scan",
+    "soft_blowup",
+    "step_grid",
+    "threshold_index",
+    "threshold_value",
+]
+
+__version__ = "0.1.0"

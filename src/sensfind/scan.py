@@ -1,0 +1,241 @@
+"""Batched scans: perturb the base activation along many directions at many step sizes.
+
+Sphere mode (slerp) keeps the norm: ``x(θ) = |x0| (cos θ x̂0 + sin θ t̂)`` with ``t̂`` the unit part of
+the direction orthogonal to ``x0``; steps are angles in degrees. Straight mode moves in a line:
+``x(α) = x0 + α |x0| u`` (``scale="relative"``) or ``x0 + α u`` (``scale="absolute"``, the LASR
+variant with step 0.5).
+
+A scan of ``R`` directions over ``K`` steps runs ``R·K`` points through the subject as one batch
+(the subject splits it into chunks) and returns effects ``[R, K]``. Autograd flows from the effects to
+the directions, which is what the optimiser needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .blowup import check_tau, max_slope_index, threshold_index, threshold_value
+from .effects import get_effect
+from .subjects import Subject
+
+__all__ = [
+    "ScanConfig",
+    "Scan",
+    "check_directions",
+    "directions_from_targets",
+    "perturb",
+    "scan",
+    "step_grid",
+]
+
+Mode = Literal["sphere", "straight"]
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """How to scan.
+
+    Attributes:
+        mode: ``sphere`` (slerp, norm kept; steps are degrees) or ``straight`` (steps are α).
+        start, stop: first and last step. ``None`` means the mode's default: 0–180° for sphere,
+            0–1 for straight (relative), 0–50 for straight (absolute).
+        steps: number of scan points, at least 2.
+        effect: ``kl`` (next-token KL, nats), ``l2`` or ``cos`` (distance of output vectors).
+        tau: threshold for the threshold step (same units as the effect).
+        scale: straight mode only: ``relative`` (α·|x0|) or ``absolute`` (α).
+    """
+
+    mode: Mode = "sphere"
+    start: float | None = None
+    stop: float | None = None
+    steps: int = 91
+    effect: Literal["kl", "l2", "cos"] = "kl"
+    tau: float = 0.5
+    scale: Literal["relative", "absolute"] = "relative"
+
+    def __post_init__(self):
+        if self.mode not in ("sphere", "straight"):
+            raise ValueError(f"mode must be 'sphere' or 'straight', got {self.mode!r}")
+        if self.scale not in ("relative", "absolute"):
+            raise ValueError(f"scale must be 'relative' or 'absolute', got {self.scale!r}")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 2:
+            raise ValueError(f"steps must be an integer >= 2, got {self.steps!r}")
+        get_effect(self.effect)
+        check_tau(self.tau)
+        lo, hi = self.range
+        for name, v in (("start", lo), ("stop", hi)):
+            if not math.isfinite(v):
+                raise ValueError(f"{name} must be finite, got {v!r}")
+        if not lo < hi:
+            raise ValueError(f"start must be < stop, got start={lo} stop={hi}")
+        if lo < 0:
+            raise ValueError(f"start must be >= 0, got {lo}")
+        if self.mode == "sphere" and hi > 180:
+            raise ValueError(f"sphere-mode angles are in degrees within [0, 180], got stop={hi}")
+
+    @property
+    def range(self) -> tuple[float, float]:
+        if self.mode == "sphere":
+            default = (0.0, 180.0)
+        else:
+            default = (0.0, 1.0) if self.scale == "relative" else (0.0, 50.0)
+        lo = default[0] if self.start is None else float(self.start)
+        hi = default[1] if self.stop is None else float(self.stop)
+        return lo, hi
+
+    @property
+    def unit(self) -> str:
+        return "deg" if self.mode == "sphere" else ("alpha (x |x0|)" if self.scale == "relative" else "alpha")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def step_grid(config: ScanConfig, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    lo, hi = config.range
+    return torch.linspace(lo, hi, config.steps, dtype=dtype, device=device)
+
+
+def check_directions(directions: Tensor, d: int, base: Tensor | None = None, what: str = "direction") -> Tensor:
+    """Validate directions ``[R, d]`` (or ``[d]``): right width, finite, nonzero, and, when ``base`` is
+    given (sphere mode), not parallel to it. Returns them as ``[R, d]`` (not normalised)."""
+    if not isinstance(directions, Tensor):
+        raise TypeError(f"{what}s must be a torch.Tensor of shape [R, {d}], got {type(directions).__name__}")
+    if directions.ndim == 1:
+        directions = directions[None]
+    if directions.ndim != 2 or directions.shape[1] != d:
+        raise ValueError(f"{what}s must have shape [R, {d}] (the site's width), got {tuple(directions.shape)}")
+    if directions.shape[0] == 0:
+        raise ValueError(f"no {what}s given: need at least one row")
+    with torch.no_grad():
+        finite = torch.isfinite(directions).all(dim=1)
+        if not finite.all():
+            i = int((~finite).nonzero()[0])
+            raise ValueError(f"{what} {i} contains NaN or inf values")
+        norms = directions.norm(dim=1)
+        if (norms == 0).any():
+            i = int((norms == 0).nonzero()[0])
+            raise ValueError(f"{what} {i} is the zero vector; directions must be nonzero")
+        if base is not None:
+            b = base / base.norm()
+            cos = (directions.to(b.dtype) @ b).abs() / norms.to(b.dtype)
+            par = (1 - cos**2).clamp(min=0).sqrt() < 1e-6
+            if par.any():
+                i = int(par.nonzero()[0])
+                raise ValueError(
+                    f"{what} {i} is parallel to the base activation (|cos| = {float(cos[i]):.8f}); in sphere "
+                    "mode only the part orthogonal to the base moves the activation, and it is zero"
+                )
+    return directions
+
+
+def directions_from_targets(base: Tensor, targets: Tensor) -> Tensor:
+    """Unit directions ``(x1 - x0)/|x1 - x0|`` from the base towards target activations ``[R, d]``."""
+    targets = check_directions(targets, base.shape[0], what="target")
+    diff = targets.to(base.dtype) - base
+    norms = diff.norm(dim=1)
+    if (norms == 0).any():
+        i = int((norms == 0).nonzero()[0])
+        raise ValueError(f"target {i} equals the base activation; its direction is undefined")
+    return diff / norms[:, None]
+
+
+def perturb(base: Tensor, directions: Tensor, steps: Tensor, mode: Mode = "sphere", scale: str = "relative") -> Tensor:
+    """Perturbed activations ``[R, K, d]`` for directions ``[R, d]`` and steps ``[K]`` or ``[R, K]``.
+
+    Sphere mode: steps in degrees. Straight mode: steps are α (times |x0| when ``scale='relative'``).
+    """
+    steps = steps.to(base.dtype)
+    if steps.ndim == 1:
+        steps = steps.expand(directions.shape[0], -1)
+    norm = base.norm()
+    if mode == "sphere":
+        xhat = base / norm
+        u = directions.to(base.dtype)
+        t = u - (u @ xhat)[:, None] * xhat  # part orthogonal to the base  [R, d]
+        that = t / t.norm(dim=1, keepdim=True)
+        theta = torch.deg2rad(steps)[..., None]  # [R, K, 1]
+        return norm * (theta.cos() * xhat + theta.sin() * that[:, None, :])
+    if mode == "straight":
+        u = directions.to(base.dtype)
+        u = u / u.norm(dim=1, keepdim=True)
+        size = norm if scale == "relative" else 1.0
+        return base + size * steps[..., None] * u[:, None, :]
+    raise ValueError(f"mode must be 'sphere' or 'straight', got {mode!r}")
+
+
+@dataclass
+class Scan:
+    """Effects of a scan: ``effects[r, k]`` at ``steps[k]`` (or ``steps[r, k]``) for direction ``r``."""
+
+    config: ScanConfig
+    steps: Tensor  # [K] or [R, K]
+    effects: Tensor  # [R, K]
+
+    @property
+    def threshold_index(self) -> Tensor:  # [R], -1 if not reached
+        return threshold_index(self.effects, self.config.tau)
+
+    @property
+    def threshold(self) -> Tensor:  # [R], inf if not reached
+        return threshold_value(self.effects, self.steps, self.config.tau)
+
+    @property
+    def max_slope_index(self) -> Tensor:  # [R]
+        return max_slope_index(self.effects)
+
+    @property
+    def max_slope(self) -> Tensor:  # [R] step value at the max-slope index
+        idx = self.max_slope_index
+        return self.steps.expand_as(self.effects).gather(-1, idx[:, None])[:, 0]
+
+    def summary(self) -> dict:
+        thr = self.threshold
+        reached = torch.isfinite(thr)
+        out = {
+            "n_directions": int(self.effects.shape[0]),
+            "n_steps": int(self.effects.shape[1]),
+            "unit": self.config.unit,
+            "tau": self.config.tau,
+            "n_reached": int(reached.sum()),
+        }
+        if reached.any():
+            r = thr[reached]
+            out.update(threshold_median=float(r.median()), threshold_mean=float(r.mean()), threshold_min=float(r.min()))
+        ms = self.max_slope.double()
+        out.update(max_slope_mean=float(ms.mean()), max_slope_std=float(ms.std()) if ms.numel() > 1 else 0.0)
+        return out
+
+
+def scan(subject: Subject, directions: Tensor, config: ScanConfig = ScanConfig(), steps: Tensor | None = None) -> Scan:
+    """Scan ``subject`` along ``directions`` ``[R, d]``; differentiable in the directions.
+
+    ``steps`` overrides the config's grid: ``[K]`` shared, or ``[R, K]`` per direction (adaptive grids).
+    """
+    base = subject.base
+    d = base.shape[0]
+    directions = check_directions(directions, d, base if config.mode == "sphere" else None)
+    if steps is None:
+        steps = step_grid(config, dtype=base.dtype, device=base.device)
+    elif steps.shape[-1] < 2 or steps.ndim not in (1, 2):
+        raise ValueError(f"steps must have shape [K] or [R, K] with K >= 2, got {tuple(steps.shape)}")
+    acts = perturb(base, directions, steps, config.mode, config.scale)  # [R, K, d]
+    r, k = acts.shape[:2]
+    out = subject.run(acts.reshape(r * k, d))
+    base_out = base_output(subject)
+    effects = get_effect(config.effect)(base_out, out).reshape(r, k)
+    return Scan(config=config, steps=steps.detach(), effects=effects)
+
+
+def base_output(subject: Subject) -> Tensor:
+    """The subject's unperturbed output ``[n_out]``: its ``base_output`` if it keeps one, else a run."""
+    out = getattr(subject, "base_output", None)
+    if out is None:
+        with torch.no_grad():
+            out = subject.run(subject.base[None])[0]
+    return out.detach()
