@@ -11,12 +11,15 @@ with random weights from a seed: exact for plumbing and speed, meaningless for s
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from contextlib import contextmanager
 
 import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelUnavailableError", "load_model", "local_config", "LOCAL_ARCHITECTURES"]
+__all__ = ["ModelUnavailableError", "hub_reachable", "load_model", "local_config", "LOCAL_ARCHITECTURES"]
 
 
 class ModelUnavailableError(RuntimeError):
@@ -49,6 +52,38 @@ def local_config(arch: str = "gpt2", seed: int = 0, dtype: torch.dtype = torch.f
     )
 
 
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens within ``timeout`` seconds (False when offline mode is set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hf_offline(offline: bool):
+    """Make huggingface_hub use its cache only (no retries against an unreachable hub) while active."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hf_constants
+
+    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+
+
 def load_model(name: str, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """Load a ``HookedTransformer`` by name.
 
@@ -63,16 +98,22 @@ def load_model(name: str, seed: int = 0, device: str = "cpu", dtype: torch.dtype
         model = HookedTransformer(local_config(name.split(":", 1)[1], seed=seed, dtype=dtype))
         model.eval()
         return model.to(device, print_details=False)
+    offline = not hub_reachable()
+    if offline:
+        log.info("HuggingFace hub unreachable: looking for %r in the local HF cache only", name)
     try:
-        model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
+        with _hf_offline(offline):
+            model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
     except (OSError, ConnectionError, RuntimeError, ValueError) as exc:
         # HF raises OSError/LocalEntryNotFoundError/ConnectionError subclasses offline; an unknown
         # name raises ValueError. Either way the user needs the same two options.
+        why = "the HuggingFace hub is unreachable and the weights are not in the local HF cache" if offline else (
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
         raise ModelUnavailableError(
-            f"could not load pretrained model {name!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
-            "The weights come from the HuggingFace hub, which needs network access (or a populated HF cache; "
-            "set HF_HUB_OFFLINE=1 to use it). Offline, use a local model instead: "
-            f"--model random:gpt2 (GPT-2's architecture, random weights; also {', '.join('random:' + a for a in LOCAL_ARCHITECTURES)}), "
+            f"could not load pretrained model {name!r}: {why}. Pretrained weights come from the HuggingFace hub; "
+            "with no network access use a local model instead: --model "
+            f"{' or '.join('random:' + a for a in LOCAL_ARCHITECTURES)} (architecture with random weights), "
             "or build a HookedTransformer yourself and pass it to sensfind.TransformerSubject."
         ) from exc
     model.eval()

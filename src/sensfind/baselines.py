@@ -1,0 +1,90 @@
+"""Sources of directions: isotropic random, covariance-matched random targets, files of directions.
+
+Directions are ``[R, d]`` rows; helpers that make *targets* (activations to move towards) say so,
+and ``sensfind.scan.directions_from_targets`` turns targets into unit directions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["isotropic", "CovStats", "cov_stats", "cov_random_targets", "load_directions", "save_directions"]
+
+
+def isotropic(n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``n`` unit vectors drawn uniformly on the sphere in ``d`` dimensions (seeded). ``[n, d]``."""
+    if n < 1:
+        raise ValueError(f"number of directions must be >= 1, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return (x / x.norm(dim=1, keepdim=True)).to(dtype)
+
+
+class CovStats:
+    """Mean ``[d]`` and a PSD square-root factor ``[d, d]`` of a set of activations."""
+
+    def __init__(self, mean: Tensor, factor: Tensor):
+        self.mean, self.factor = mean, factor
+
+    @property
+    def cov(self) -> Tensor:
+        return self.factor @ self.factor.T
+
+
+def cov_stats(acts: Tensor, shrinkage: float = 1e-3) -> CovStats:
+    """Mean and covariance of activations ``[M, d]``, made PSD by clipping negative eigenvalues and
+    adding ``shrinkage`` × mean variance to the diagonal (needed when M < d)."""
+    if acts.ndim != 2 or acts.shape[0] < 2:
+        raise ValueError(f"need activations of shape [M >= 2, d] to estimate a covariance, got {tuple(acts.shape)}")
+    x = acts.double()
+    mean = x.mean(0)
+    cov = torch.cov(x.T)
+    cov = cov + shrinkage * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
+    evals, evecs = torch.linalg.eigh(cov)
+    factor = evecs * evals.clamp(min=0).sqrt()
+    return CovStats(mean.to(acts.dtype), factor.to(acts.dtype))
+
+
+def cov_random_targets(stats: CovStats, n: int, seed: int = 0) -> Tensor:
+    """``n`` Gaussian samples with the mean and covariance of ``stats`` (``[n, d]`` targets)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, stats.factor.shape[1], generator=g, dtype=stats.factor.dtype)
+    return stats.mean + z @ stats.factor.T
+
+
+def load_directions(path: str | Path, key: str = "directions") -> Tensor:
+    """Directions ``[R, d]`` from ``.safetensors`` (tensor ``key``, or its only tensor), ``.pt`` or ``.npy``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"direction file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        if key in tensors:
+            x = tensors[key]
+        elif len(tensors) == 1:
+            x = next(iter(tensors.values()))
+        else:
+            raise ValueError(f"{str(path)!r} holds tensors {sorted(tensors)}; expected one named {key!r}")
+    elif suffix == ".pt":
+        x = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{str(path)!r} must hold a single tensor of shape [R, d]")
+    elif suffix == ".npy":
+        x = torch.from_numpy(np.load(path))
+    else:
+        raise ValueError(f"unsupported direction file type {suffix!r}; allowed: .safetensors, .pt, .npy")
+    x = x.float()
+    return x[None] if x.ndim == 1 else x
+
+
+def save_directions(path: str | Path, directions: Tensor) -> None:
+    from .runio import save_tensors
+
+    save_tensors(path, {"directions": directions})
