@@ -2,11 +2,22 @@
 
 from .blowup import max_slope_index, soft_blowup, threshold_index, threshold_value
 from .effects import EFFECTS, get_effect
+from .objective import adaptive_grid, sensitivity_objective
+from .optima import Discovery, cluster_directions, effective_directions
+from .optimize import DiscoverConfig, NonFiniteOutputError, discover
 from .models import ModelUnavailableError, load_model, local_config
 from .scan import Scan, ScanConfig, check_directions, directions_from_targets, perturb, scan, step_grid
 from .subjects import FunctionSubject, Subject, TransformerSubject
 
 __all__ = [
+    "DiscoverConfig",
+    "Discovery",
+    "NonFiniteOutputError",
+    "adaptive_grid",
+    "cluster_directions",
+    "discover",
+    "effective_directions",
+    "sensitivity_objective",
     "EFFECTS",
     "FunctionSubject",
     "ModelUnavailableError",

@@ -1,0 +1,85 @@
+"""The sensitivity objective and its adaptive scan grid.
+
+The objective of a batch of directions is their soft blowup distance (``sensfind.blowup``) over a
+scan: a differentiable stand-in for "how early does the output blow up". Minimising it maximises
+sensitivity. It is a pure function of the directions; the optimiser loop lives in ``optimize``.
+
+Adaptive grid rule (``adaptive_grid``). A fixed grid over 0–180° spends most of its points after
+the blowup. Each direction instead keeps its own window around its current hard blowup value θ*:
+
+* while θ* is unknown (first iteration, or the last scan never crossed τ), scan the full range;
+* when the last scan crossed τ at its very first point (the blowup moved below the window), scan
+  from the range start up to the window's old upper end, so the crossing is bracketed again;
+* otherwise scan ``[θ* (1 - zoom), θ* (1 + zoom)]`` clipped to the range, with at least
+  ``min_width`` (in step units) between its ends.
+
+The soft distance measured on a window that brackets the crossing approximates the threshold value
+with resolution ``width / (K - 1)`` instead of ``range / (K - 1)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .blowup import soft_blowup
+from .scan import Scan, ScanConfig, scan
+from .subjects import Subject
+
+__all__ = ["ObjectiveValue", "sensitivity_objective", "adaptive_grid"]
+
+
+class ObjectiveValue(NamedTuple):
+    soft: Tensor  # [R] soft blowup distance (step units), differentiable
+    scan: Scan  # the scan it was computed on (effects [R, K], steps [R, K])
+
+
+def sensitivity_objective(
+    subject: Subject, directions: Tensor, config: ScanConfig, temperature: float, steps: Tensor | None = None
+) -> ObjectiveValue:
+    """Soft blowup distance of each direction ``[R, d]`` under ``config`` (lower = more sensitive)."""
+    result = scan(subject, directions, config, steps=steps)
+    steps_used = result.steps.to(result.effects.dtype)
+    return ObjectiveValue(soft_blowup(result.effects, steps_used, config.tau, temperature), result)
+
+
+def adaptive_grid(
+    config: ScanConfig,
+    current: Tensor,
+    previous: Tensor | None = None,
+    first_crossed: Tensor | None = None,
+    zoom: float = 0.5,
+    min_width: float | None = None,
+) -> Tensor:
+    """Per-direction scan grids ``[R, K]`` following the rule in the module docstring.
+
+    Args:
+        current: ``[R]`` current hard blowup value per direction (``inf`` if unknown / not reached).
+        previous: ``[R, K]`` the grids used last time (for the "crossed at first point" case).
+        first_crossed: ``[R]`` bool, the last scan crossed τ at its first point.
+    """
+    lo_range, hi_range = config.range
+    k = config.steps
+    if min_width is None:
+        min_width = (hi_range - lo_range) / 30
+    r = current.shape[0]
+    lo = torch.full((r,), lo_range, dtype=torch.float64)
+    hi = torch.full((r,), hi_range, dtype=torch.float64)
+    cur = current.detach().double().cpu()
+    known = torch.isfinite(cur)
+    zlo = (cur * (1 - zoom)).clamp(min=lo_range)
+    zhi = (cur * (1 + zoom)).clamp(max=hi_range)
+    # keep at least min_width between the ends
+    short = (zhi - zlo) < min_width
+    zlo = torch.where(short, (cur - min_width / 2).clamp(min=lo_range), zlo)
+    zhi = torch.where(short, (zlo + min_width).clamp(max=hi_range), zhi)
+    lo = torch.where(known, zlo, lo)
+    hi = torch.where(known, zhi, hi)
+    if previous is not None and first_crossed is not None:
+        fc = first_crossed.detach().cpu() & known
+        lo = torch.where(fc, torch.full_like(lo, lo_range), lo)
+        hi = torch.where(fc, previous.detach().double().cpu()[:, -1].clamp(max=hi_range), hi)
+    frac = torch.linspace(0, 1, k, dtype=torch.float64)
+    return lo[:, None] + (hi - lo)[:, None] * frac

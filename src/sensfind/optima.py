@@ -1,0 +1,139 @@
+"""Distinct optima: clustering converged directions, and the ``Discovery`` result."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .runio import load_json, load_tensors, save_json, save_tensors, to_jsonable
+
+__all__ = ["Discovery", "cluster_directions", "effective_directions"]
+
+
+def effective_directions(directions: Tensor, base: Tensor, mode: str) -> Tensor:
+    """The unit direction that actually moves the activation: in sphere mode the part orthogonal to
+    ``base``; in straight mode the direction itself. ``[R, d]``."""
+    u = directions / directions.norm(dim=1, keepdim=True)
+    if mode == "sphere":
+        xhat = (base / base.norm()).to(u.dtype)
+        u = u - (u @ xhat)[:, None] * xhat
+        u = u / u.norm(dim=1, keepdim=True)
+    return u
+
+
+def cluster_directions(directions: Tensor, scores: Tensor, threshold: float = 0.9) -> list[list[int]]:
+    """Group unit directions ``[R, d]`` whose cosine with a cluster's best member is ``>= threshold``.
+
+    Greedy, best score (lowest blowup) first; each cluster is represented by its best member. Signs
+    are kept apart: ``u`` and ``-u`` (cosine -1) are different optima (exciting vs dampening).
+    Returns clusters as lists of row indices, best cluster first.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"cluster threshold must be in (0, 1], got {threshold}")
+    order = torch.argsort(scores.double(), stable=True).tolist()
+    reps: list[int] = []
+    clusters: list[list[int]] = []
+    for i in order:
+        if reps:
+            cos = directions[reps] @ directions[i]
+            j = int(torch.argmax(cos))
+            if float(cos[j]) >= threshold:
+                clusters[j].append(i)
+                continue
+        reps.append(i)
+        clusters.append([i])
+    return clusters
+
+
+@dataclass
+class Discovery:
+    """Distinct sensitivity optima found by ``sensfind.discover``.
+
+    Attributes:
+        directions: ``[N, d]`` unit rows, one per distinct optimum (best member of its cluster; in
+            sphere mode the part orthogonal to the base).
+        blowup_deg: ``[N]`` hard threshold value on a fine final scan (degrees in sphere mode; step
+            units in straight mode); ``inf`` if never reached.
+        counts: ``[N]`` restarts that converged to each optimum.
+        members: restart indices of each optimum.
+        restart_directions: ``[R, d]`` every restart's final (effective) direction.
+        restart_blowup: ``[R]`` every restart's final hard threshold value.
+        init_directions: ``[R, d]`` where each restart started.
+        history: per-iteration records (objective, temperature, movement, ...).
+        config: the ``DiscoverConfig`` as a dict.
+        points_evaluated: scan points run through the subject (compute spent).
+    """
+
+    directions: Tensor
+    blowup_deg: Tensor
+    counts: Tensor
+    members: list[list[int]]
+    restart_directions: Tensor
+    restart_blowup: Tensor
+    init_directions: Tensor
+    history: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    points_evaluated: int = 0
+    stopped_early: bool = False
+
+    def __len__(self) -> int:
+        return self.directions.shape[0]
+
+    def to_json(self) -> str:
+        return json.dumps(to_jsonable(self._summary()), indent=2, allow_nan=False)
+
+    def _summary(self) -> dict:
+        return {
+            "n_optima": len(self),
+            "blowup": self.blowup_deg,
+            "counts": self.counts,
+            "members": self.members,
+            "restart_blowup": self.restart_blowup,
+            "points_evaluated": self.points_evaluated,
+            "stopped_early": self.stopped_early,
+            "iterations_run": len(self.history),
+            "config": self.config,
+            "history": self.history,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_json(directory / "discovery.json", self._summary())
+        save_tensors(
+            directory / "discovery.safetensors",
+            {
+                "directions": self.directions,
+                "blowup_deg": self.blowup_deg.double(),
+                "counts": self.counts,
+                "restart_directions": self.restart_directions,
+                "restart_blowup": self.restart_blowup.double(),
+                "init_directions": self.init_directions,
+            },
+        )
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Discovery":
+        directory = Path(directory)
+        if not (directory / "discovery.safetensors").is_file():
+            raise ValueError(f"{str(directory)!r} holds no discovery results (discovery.safetensors missing)")
+        meta = load_json(directory / "discovery.json")
+        t = load_tensors(directory / "discovery.safetensors")
+        return cls(
+            directions=t["directions"],
+            blowup_deg=t["blowup_deg"],
+            counts=t["counts"],
+            members=meta["members"],
+            restart_directions=t["restart_directions"],
+            restart_blowup=t["restart_blowup"],
+            init_directions=t["init_directions"],
+            history=meta.get("history", []),
+            config=meta.get("config", {}),
+            points_evaluated=meta.get("points_evaluated", 0),
+            stopped_early=meta.get("stopped_early", False),
+        )
