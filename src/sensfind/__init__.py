@@ -1,18 +1,41 @@
 """sensfind: discover the features a language model uses by maximising sensitivity."""
 
 from .blowup import max_slope_index, soft_blowup, threshold_index, threshold_value
+from .dictionary import (
+    Dictionary,
+    DictionaryUnavailableError,
+    TrainSAEConfig,
+    check_compatible,
+    train_sae,
+)
+from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from .effects import EFFECTS, get_effect
 from .objective import adaptive_grid, sensitivity_objective
 from .optima import Discovery, cluster_directions, effective_directions
-from .optimize import DiscoverConfig, NonFiniteOutputError, discover
+from .optimize import DiscoverConfig, NonFiniteOutputError, Refinement, discover, refine
+from .recovery import Recovery, recovery
 from .models import ModelUnavailableError, load_model, local_config
 from .scan import Scan, ScanConfig, check_directions, directions_from_targets, perturb, scan, step_grid
 from .subjects import FunctionSubject, Subject, TransformerSubject
 
 __all__ = [
+    "Dictionary",
+    "DictionaryUnavailableError",
+    "TrainSAEConfig",
+    "check_compatible",
+    "train_sae",
+    "Matches",
+    "NullConfig",
+    "RealOtherMatches",
+    "match_directions",
+    "match_real_other",
     "DiscoverConfig",
     "Discovery",
     "NonFiniteOutputError",
+    "Recovery",
+    "Refinement",
+    "recovery",
+    "refine",
     "adaptive_grid",
     "cluster_directions",
     "discover",

@@ -30,7 +30,7 @@ from .subjects import Subject
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DiscoverConfig", "discover", "NonFiniteOutputError"]
+__all__ = ["DiscoverConfig", "discover", "refine", "Refinement", "NonFiniteOutputError"]
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -60,6 +60,10 @@ class DiscoverConfig:
             the width. For SGD it is used as given.
         lr_final: cosine-decay the learning rate to this by the last iteration (``None``: constant).
         momentum: RiemannianSGD momentum.
+        normalize: scale each restart's Riemannian gradient to unit norm before the step, so that SGD
+            turns every direction by ``lr`` radians whatever the scale of the effect. With it, plain
+            RiemannianSGD is the default: on the toy it brings every restart to a planted feature,
+            while Adam's per-coordinate scaling (which ignores the sphere's isotropy) stalls far from them.
         tol, patience: stop early once no restart moved more than ``tol`` radians for ``patience``
             consecutive iterations.
         diversity: weight of a penalty on positive pairwise cosines between restarts (0: off).
@@ -82,11 +86,11 @@ class DiscoverConfig:
     zoom: float = 0.5
     restarts: int = 16
     iterations: int = 60
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "sgd"] = "sgd"
     lr: float = 0.1
     lr_final: float | None = 0.005
-    momentum: float = 0.0
-    normalize: bool = False
+    momentum: float = 0.5
+    normalize: bool = True
     tol: float = 1e-4
     patience: int = 5
     diversity: float = 0.0
@@ -131,8 +135,9 @@ class DiscoverConfig:
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.init not in ("isotropic", "covariance", "given"):
             raise ValueError(f"init must be 'isotropic', 'covariance' or 'given', got {self.init!r}")
-        if not isinstance(self.adaptive, bool):
-            raise ValueError(f"adaptive must be True or False, got {self.adaptive!r}")
+        for name in ("adaptive", "normalize"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         get_effect(self.effect)
         self.scan_config  # validates mode, range
 
@@ -373,3 +378,38 @@ def _finish(subject, config: DiscoverConfig, directions: Tensor, init: Tensor, h
         points_evaluated=points,
         stopped_early=stopped_early,
     )
+
+
+@dataclass
+class Refinement:
+    """Where each given direction went under discovery: start and end (effective directions), their
+    cosine, and the hard blowup value before and after."""
+
+    start: Tensor  # [R, d]
+    end: Tensor  # [R, d]
+    cos_start_end: Tensor  # [R]
+    blowup_start: Tensor  # [R]
+    blowup_end: Tensor  # [R]
+    discovery: Discovery
+
+    def to_dict(self) -> dict:
+        return {
+            "cos_start_end": self.cos_start_end.tolist(),
+            "blowup_start": self.blowup_start.tolist(),
+            "blowup_end": self.blowup_end.tolist(),
+        }
+
+
+def refine(subject: Subject, directions: Tensor, config: DiscoverConfig = DiscoverConfig(), **kwargs) -> Refinement:
+    """Run discovery from the given directions ``[R, d]`` (e.g. SAE decoder rows, real-other
+    directions) and report how far each moved and how much earlier it blows up."""
+    directions = check_directions(directions, subject.base.shape[0],
+                                  subject.base if config.mode == "sphere" else None, what="direction")
+    config = replace(config, init="given", restarts=directions.shape[0])
+    found = discover(subject, config, init_directions=directions, **kwargs)
+    with torch.no_grad():
+        start = effective_directions(directions.to(subject.base.dtype), subject.base, config.mode)
+        before = scan(subject, start, config.final_scan_config).threshold
+    end = found.restart_directions
+    return Refinement(start=start, end=end, cos_start_end=(start * end).sum(1), blowup_start=before,
+                      blowup_end=found.restart_blowup, discovery=found)

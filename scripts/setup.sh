@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv and install sensfind into it: the CPU build of torch first (so no CUDA wheels are
+# pulled in), then the project with its test extras. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -c "import torch, sensfind; print(f'sensfind {sensfind.__version__} ready (torch {torch.__version__})')"

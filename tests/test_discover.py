@@ -1,0 +1,221 @@
+"""Discovery on the ground-truth toy: convergence to planted features, refinement, resume, bad input."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+import sensfind as sf
+from sensfind.objective import adaptive_grid
+from sensfind.optima import cluster_directions
+from sensfind.toy import ToyConfig, ToyModel
+
+SMALL = sf.DiscoverConfig(restarts=12, iterations=40)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return ToyModel(ToyConfig(seed=0))
+
+
+def _random_median(subject, n=64, seed=123):
+    dirs = sf.baselines.isotropic(n, subject.d, seed=seed)
+    return sf.scan(subject, dirs, sf.ScanConfig(steps=361)).threshold.median().item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_restarts_converge_to_planted_features(seed):
+    model = ToyModel(ToyConfig(seed=seed))
+    subject = model.subject(0)
+    found = sf.discover(subject, replace(SMALL, seed=seed))
+    rec = sf.recovery(found.restart_directions, subject.signed_features(), subject.base)
+    assert rec.fraction_reached >= 0.9, rec.best_cos
+    # the optima blow up at most half as late as isotropic random directions
+    assert torch.isfinite(found.blowup_deg).all()
+    assert found.blowup_deg.max().item() <= 0.5 * _random_median(subject)
+    # every distinct optimum is a distinct planted feature (clustering neither merges nor splits)
+    assert len(found) == len(rec.distinct_features)
+    assert found.directions.shape == (len(found), subject.d)
+    assert torch.allclose(found.directions.norm(dim=1), torch.ones(len(found), dtype=found.directions.dtype))
+
+
+@pytest.mark.slow
+def test_distinct_features_grow_with_restarts(toy):
+    subject = toy.subject(1)
+    counts = []
+    for restarts in (2, 8, 24):
+        found = sf.discover(subject, replace(SMALL, restarts=restarts, iterations=30))
+        counts.append(len(sf.recovery(found.restart_directions, subject.signed_features(), subject.base).distinct_features))
+    assert counts[0] < counts[1] < counts[2], counts
+
+
+def _noisy_feature(feature, base, cos, seed):
+    g = torch.Generator().manual_seed(seed)
+    f = sf.effective_directions(feature[None], base, "sphere")[0]
+    noise = torch.randn(f.shape, generator=g, dtype=f.dtype)
+    noise = sf.effective_directions(noise[None], base, "sphere")[0]
+    noise = noise - (noise @ f) * f
+    noise = noise / noise.norm()
+    return cos * f + math.sqrt(1 - cos**2) * noise
+
+
+def test_refinement_returns_to_the_feature(toy):
+    subject = toy.subject(2)
+    signed = subject.signed_features()
+    flips = subject.flip_kl()
+    ids = torch.nonzero(flips > 1.0)[:3, 0]  # features whose flip matters for this input
+    starts = torch.stack([_noisy_feature(signed[i], subject.base, 0.7, int(i)) for i in ids])
+    rec0 = sf.recovery(starts, signed[ids], subject.base)
+    assert torch.allclose(rec0.best_cos, torch.full_like(rec0.best_cos, 0.7), atol=1e-4)
+    out = sf.refine(subject, starts, replace(SMALL, iterations=40))
+    cos = sf.recovery(out.end, signed[ids], subject.base, threshold=0.95)
+    assert (cos.best_feature == torch.arange(len(ids))).all(), cos.best_cos
+    assert (out.blowup_end <= out.blowup_start).all()
+
+
+def test_no_feature_is_claimed_where_none_was_reached(toy):
+    subject = toy.subject(2)
+    starts = sf.baselines.isotropic(6, subject.d, seed=7)
+    out = sf.refine(subject, starts, replace(SMALL, iterations=1))
+    rec = sf.recovery(out.end, subject.signed_features(), subject.base)
+    assert rec.best_cos.max() < 0.9
+    assert rec.distinct_features == [] and rec.fraction_reached == 0.0
+    assert (rec.best_feature == -1).all()
+
+
+def test_objective_gradcheck_on_toy():
+    model = ToyModel(ToyConfig(seed=0, d=8, n_features=12, k_active=2, n_out=32, sharpness=0.2), dtype=torch.float64)
+    subject = model.subject(0)
+    cfg = sf.ScanConfig(steps=8, stop=90.0)
+    u = torch.randn(3, subject.d, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: sf.sensitivity_objective(subject, x, cfg, 0.3).soft, (u,))
+
+
+def test_adaptive_grid_rule():
+    cfg = sf.ScanConfig(steps=5)
+    grids = adaptive_grid(cfg, torch.tensor([math.inf, 20.0, 0.5]))
+    assert torch.allclose(grids[0], torch.linspace(0, 180, 5, dtype=torch.float64))  # unknown: full range
+    assert torch.allclose(grids[1], torch.linspace(10, 30, 5, dtype=torch.float64))  # zoom ±50%
+    assert grids[2, 0] == 0 and abs((grids[2, -1] - grids[2, 0]).item() - 6.0) < 1e-9  # min width 180/30
+    # crossed at the window's first point: reopen down to the range start
+    again = adaptive_grid(cfg, torch.tensor([10.0, 20.0, 0.5]), grids, torch.tensor([False, True, False]))
+    assert again[1, 0] == 0 and again[1, -1] == 30.0
+
+
+def test_adaptive_grid_refines_the_blowup_estimate():
+    # a subject that blows up exactly at 7.3 degrees along e1 (output jumps when x rotates far enough)
+    base = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    limit = math.sin(math.radians(7.3))
+    subject = sf.FunctionSubject(base, lambda x: torch.stack([torch.zeros_like(x[:, 0]), 20 * torch.sigmoid((x[:, 1] - limit) / 1e-4)], 1))
+    cfg = sf.ScanConfig(steps=9)
+    steps = None
+    current = torch.tensor([math.inf])
+    for _ in range(6):
+        steps = adaptive_grid(cfg, current, steps)
+        res = sf.scan(subject, torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64), cfg, steps=steps)
+        current = res.threshold
+    width = (steps[0, 1] - steps[0, 0]).item()
+    assert 7.3 <= current.item() <= 7.3 + width and width < 1.0  # vs 22.5 degrees on the fixed grid
+
+
+def test_cluster_keeps_signs_apart_and_merges_close_ones():
+    e = torch.eye(3, dtype=torch.float64)
+    close = torch.nn.functional.normalize(e[0] + 0.05 * e[1], dim=0)
+    dirs = torch.stack([e[0], -e[0], close, e[2]])
+    clusters = cluster_directions(dirs, torch.tensor([3.0, 1.0, 2.0, 4.0]), threshold=0.9)
+    assert clusters == [[1], [2, 0], [3]]
+
+
+def test_discovery_save_load_roundtrip(toy, tmp_path):
+    found = sf.discover(toy.subject(0), replace(SMALL, restarts=4, iterations=3))
+    found.save(tmp_path / "run")
+    back = sf.Discovery.load(tmp_path / "run")
+    assert torch.equal(back.directions, found.directions) and back.members == found.members
+    assert back.config == found.config and '"n_optima"' in found.to_json()
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(toy, tmp_path):
+    subject = toy.subject(0)
+    cfg = replace(SMALL, restarts=4, iterations=12, tol=0.0)
+    full = sf.discover(subject, cfg)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_8(it, record):
+        if it == 8:
+            raise Killed
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Killed):
+        sf.discover(subject, cfg, checkpoint=ckpt, checkpoint_every=5, callback=kill_at_8)
+    assert torch.load(ckpt, weights_only=False)["iteration"] == 5  # lost at most the steps since
+    resumed = sf.discover(subject, cfg, checkpoint=ckpt, checkpoint_every=5, resume=True)
+    assert len(resumed.history) == 12
+    assert torch.allclose(resumed.restart_directions, full.restart_directions, atol=1e-6)
+    with pytest.raises(ValueError, match="different config"):
+        sf.discover(subject, replace(cfg, lr=0.2), checkpoint=ckpt, resume=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(restarts=0), "restarts must be an integer >= 1, got 0"),
+        (dict(lr=math.nan), "lr must be a finite number, got nan"),
+        (dict(lr=math.inf), "lr must be a finite number"),
+        (dict(tau=math.inf), "tau must be a finite number > 0"),
+        (dict(temperature=0.0), "temperature must be a finite number > 0, got 0.0"),
+        (dict(temperature=-1.0), "temperature must be"),
+        (dict(temperature_final=0.0), "temperature must be"),
+        (dict(scan_steps=1), "scan_steps must be an integer >= 2"),
+        (dict(optimizer="lbfgs"), "optimizer must be 'adam' or 'sgd'"),
+        (dict(diversity=math.nan), "diversity must be a finite number"),
+        (dict(cluster_threshold=1.5), "cluster_threshold must be <= 1"),
+        (dict(init="sae"), "init must be"),
+    ],
+)
+def test_bad_config_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sf.DiscoverConfig(**kwargs)
+
+
+def test_bad_init_directions(toy):
+    subject = toy.subject(0)
+    cfg = replace(SMALL, restarts=2, iterations=1, init="given")
+    with pytest.raises(ValueError, match=rf"shape \[R, {subject.d}\]"):
+        sf.discover(subject, cfg, init_directions=torch.randn(2, subject.d + 1))
+    with pytest.raises(ValueError, match="has 3 rows but restarts=2"):
+        sf.discover(subject, cfg, init_directions=torch.randn(3, subject.d))
+    with pytest.raises(ValueError, match="needs init_directions"):
+        sf.discover(subject, cfg)
+    with pytest.raises(ValueError, match="needs activations"):
+        sf.discover(subject, replace(cfg, init="covariance"))
+
+
+def test_non_finite_subject_output_stops_with_step_and_restart(tmp_path):
+    base = torch.tensor([1.0, 0.0, 0.0, 0.0])
+
+    def fn(x):  # blows up to NaN once a direction rotates past 40 degrees towards e1
+        out = torch.stack([x[:, 0], 3 * x[:, 1]], 1)
+        return torch.where(x[:, 1:2] > math.sin(math.radians(40)), torch.full_like(out, math.nan), out)
+
+    subject = sf.FunctionSubject(base, fn)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(sf.NonFiniteOutputError, match=r"iteration 0 for restart\(s\) \[0\]"):
+        sf.discover(subject, sf.DiscoverConfig(restarts=2, iterations=3, init="given"),
+                    init_directions=torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), checkpoint=ckpt)
+    assert not ckpt.exists()  # nothing written
+
+
+def test_diversity_penalty_runs_and_keeps_restarts_apart(toy):
+    subject = toy.subject(0)
+    plain = sf.discover(subject, replace(SMALL, restarts=8, iterations=20))
+    diverse = sf.discover(subject, replace(SMALL, restarts=8, iterations=20, diversity=1.0))
+
+    def mean_pos_cos(u):
+        c = u @ u.T
+        return c[~torch.eye(len(u), dtype=torch.bool)].clamp(min=0).mean()
+
+    assert mean_pos_cos(diverse.restart_directions) <= mean_pos_cos(plain.restart_directions) + 1e-6
