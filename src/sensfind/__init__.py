@@ -16,9 +16,16 @@ from .optimize import DiscoverConfig, NonFiniteOutputError, Refinement, discover
 from .recovery import Recovery, recovery
 from .models import ModelUnavailableError, load_model, local_config
 from .scan import Scan, ScanConfig, check_directions, directions_from_targets, perturb, scan, step_grid
+from .toy import ToyConfig, ToyModel, ToySample, ToySubject, feature_cosines, project_out
 from .subjects import FunctionSubject, Subject, TransformerSubject
 
 __all__ = [
+    "ToyConfig",
+    "ToyModel",
+    "ToySample",
+    "ToySubject",
+    "feature_cosines",
+    "project_out",
     "Dictionary",
     "DictionaryUnavailableError",
     "TrainSAEConfig",

@@ -7,7 +7,10 @@ is left in the results directory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,8 +29,9 @@ class CLIError(ValueError):
 def add_site_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("site")
     g.add_argument("--model", default="random:gpt2",
-                   help="TransformerLens model name (e.g. gpt2; needs the HuggingFace hub) or random:gpt2 / random:tiny "
-                        "(local architecture, random weights). Default: random:gpt2")
+                   help="TransformerLens model name (e.g. gpt2; needs the HuggingFace hub), random:gpt2 / random:tiny "
+                        "(local architecture, random weights), or toy (discover only: the ground-truth toy). "
+                        "Default: random:gpt2")
     g.add_argument("--prompt", default="The old lighthouse keeper climbed the stairs every evening",
                    help="prompt text (models without a tokenizer encode it as UTF-8 bytes)")
     g.add_argument("--tokens", default=None, help="comma-separated token ids instead of --prompt")
@@ -119,7 +123,7 @@ def cmd_scan(args) -> int:
         save_tensors(tmp / "tensors.safetensors", {"directions": directions, "steps": result.steps,
                                                    "effects": result.effects, "base": subject.base})
         plot_effect_curves(tmp / "effect_vs_step.png", {kind: (result.steps, result.effects)},
-                           xlabel=f"step ({config.unit})", effect=config.effect, tau=config.tau,
+                           xlabel=config.axis_label, effect=config.effect, tau=config.tau,
                            title=f"{args.model} {args.hook} pos {args.position}: {config.mode} scan")
     reached = summary["n_reached"]
     med = summary.get("threshold_median")
@@ -127,6 +131,150 @@ def cmd_scan(args) -> int:
           f"threshold reached by {reached}" + (f", median {med:.3g} {config.unit}" if med is not None else "")
           + f" -> {out}")
     return 0
+
+
+def add_config_args(p: argparse.ArgumentParser, cls, skip=()) -> None:
+    """One flag per dataclass field (``--field-name``), defaulting to None = the dataclass default."""
+    g = p.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        kind = type(default) if default is not None else float
+        if kind is bool:
+            g.add_argument(flag, choices=["true", "false"], default=None, help=f"default {str(default).lower()}")
+        else:
+            g.add_argument(flag, type=kind if kind in (int, float) else str, default=None, help=f"default {default}")
+
+
+def config_from_args(cls, args, base: dict | None = None):
+    """Dataclass from a base dict (e.g. a --config file) overridden by the flags that were given."""
+    values = dict(base or {})
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = (v == "true") if isinstance(f.default, bool) else v
+    return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
+
+
+def load_config_file(path: str | None, key: str | None = None) -> dict:
+    """A JSON config: a flat dict of fields, or a run's config.json holding it under ``key``."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"config file {path!r} does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"config file {path!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CLIError(f"config file {path!r} must hold a JSON object")
+    if key is not None and key in data and isinstance(data[key], dict):
+        data = data[key]
+    return data
+
+
+def build_discovery_subject(args):
+    """(subject, model or None, real-other activations [M, d]) for ``--model toy`` or a transformer."""
+    if args.model == "toy":
+        from .toy import ToyConfig, ToyModel
+
+        toy = ToyModel(ToyConfig(seed=args.seed))
+        subject = toy.subject(args.input)
+        return subject, None, subject.real_others(256, seed=args.seed + 1)
+    from .prompts import load_prompts, site_activations
+
+    model, subject = build_subject(args)
+    others = site_activations(model, load_prompts(args.prompts), subject.hook, args.position)
+    keep = (others - subject.base).norm(dim=1) > 1e-6 * subject.base.norm()
+    return subject, model, others[keep]
+
+
+def cmd_discover(args) -> int:
+    from .baselines import isotropic, load_directions
+    from .optimize import DiscoverConfig, discover, initial_directions
+    from .plots import plot_effect_curves, plot_history
+    from .runio import load_json, save_json
+    from .scan import scan
+
+    out = Path(args.out) if args.out else Path("runs") / f"discover-{time.strftime('%Y%m%d-%H%M%S')}"
+    ckpt = out / "checkpoint.pt"
+    if args.resume:
+        if not (out / "config.json").is_file():
+            raise CLIError(f"--resume needs an existing run directory with config.json, got {str(out)!r}")
+        saved = load_json(out / "config.json")
+        for k, v in saved["site"].items():
+            setattr(args, k, v)
+        config = DiscoverConfig.from_dict(saved["discover"])
+        init_file = saved.get("init_file")
+    else:
+        config = config_from_args(DiscoverConfig, args, load_config_file(args.config, "discover"))
+        init_file = args.init_file
+        if out.exists() and any(out.iterdir()) and not args.overwrite:
+            raise CLIError(f"output directory {str(out)!r} is not empty; choose another, pass --overwrite, or --resume")
+    subject, model, others = build_discovery_subject(args)
+    init = None
+    if config.init == "given":
+        if init_file is None:
+            raise CLIError("--init given needs --init-file PATH (.safetensors/.pt/.npy of shape [restarts, d])")
+        init = load_directions(init_file)
+        if init.shape[0] != config.restarts:
+            config = dataclasses.replace(config, restarts=init.shape[0])
+    initial_directions(subject, config, init, others)  # validates init before anything is written
+    # everything is validated: from here on the run directory is written
+    if not args.resume:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        save_json(out / "config.json", {"command": "discover", "site": discovery_site(args), "discover": config.to_dict(),
+                                        "init_file": init_file})
+    try:
+        found = discover(subject, config, init_directions=init, activations=others, progress=not args.quiet,
+                         checkpoint=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume)
+    except Exception:
+        # a failed run leaves nothing behind (an interrupted one keeps its checkpoint for --resume)
+        if not args.resume:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    found.save(out)
+    plot_history(out / "objective.png", found.history)
+    with torch.no_grad():
+        final_cfg = config.final_scan_config
+        random_dirs = isotropic(args.random_baseline, subject.base.shape[0], seed=args.seed + 7919, dtype=subject.base.dtype)
+        rand = scan(subject, random_dirs, final_cfg)
+        opt = scan(subject, found.directions, final_cfg)
+    plot_effect_curves(out / "effect_vs_angle.png",
+                       {"naive-random": (rand.steps, rand.effects), "discovered optima": (opt.steps, opt.effects)},
+                       xlabel=final_cfg.axis_label, effect=config.effect, tau=config.tau,
+                       title=f"{args.model}: sensitivity optima vs isotropic random directions")
+    rand_thr = rand.threshold
+    summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
+               "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
+               "random_blowup_median": float(rand_thr.median()), "random_reached": int(torch.isfinite(rand_thr).sum()),
+               "points_evaluated": found.points_evaluated, "iterations_run": len(found.history)}
+    if args.model == "toy":
+        from .recovery import recovery
+
+        rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
+        summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in
+                                   ("threshold", "fraction_reached", "n_distinct_features", "distinct_features")}
+    save_json(out / "summary.json", summary)
+    ckpt.unlink(missing_ok=True)
+    line = (f"{len(found)} distinct optima from {config.restarts} restarts; best blowup "
+            f"{summary['best_blowup']:.3g} {final_cfg.unit} vs random median {summary['random_blowup_median']:.3g}")
+    if "toy_recovery" in summary:
+        tr = summary["toy_recovery"]
+        line += f"; {tr['fraction_reached']:.0%} of restarts reached a planted feature ({tr['n_distinct_features']} distinct)"
+    print(line + f" -> {out}")
+    return 0
+
+
+def discovery_site(args) -> dict:
+    site = site_config(args)
+    site.update(input=args.input, prompts=args.prompts)
+    return site
 
 
 class _Runner:
@@ -139,6 +287,8 @@ class _Runner:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .optimize import DiscoverConfig
+
     parser = argparse.ArgumentParser(prog="sensfind", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,11 +310,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="results directory (default runs/scan-TIMESTAMP)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty results directory")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("discover", help="optimise directions for sensitivity (restarts on the sphere)")
+    add_site_args(p)
+    g = p.add_argument_group("discovery run")
+    g.add_argument("--input", type=int, default=0, help="--model toy: which input of the toy's stream is the base")
+    g.add_argument("--prompts", default="builtin",
+                   help="prompt file for real-other activations (covariance init, baselines); default builtin")
+    g.add_argument("--config", default=None, help="JSON file of DiscoverConfig fields (flags override it)")
+    g.add_argument("--init-file", default=None, help="initial directions for --init given")
+    g.add_argument("--random-baseline", type=int, default=64, help="isotropic directions scanned for comparison")
+    g.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--out", default=None, help="run directory (default runs/discover-TIMESTAMP)")
+    g.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_args(p, DiscoverConfig, skip=("seed",))  # --seed (site) seeds the restarts too
+    p.set_defaults(func=cmd_discover)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from .models import ModelUnavailableError
+    from .optimize import NonFiniteOutputError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -172,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, ModelUnavailableError, FileNotFoundError) as exc:
+    except (ValueError, ModelUnavailableError, FileNotFoundError, NonFiniteOutputError) as exc:
         print(f"sensfind: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 

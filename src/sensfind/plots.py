@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["EFFECT_LABELS", "plot_effect_curves"]
+__all__ = ["EFFECT_LABELS", "plot_effect_curves", "plot_history"]
 
 EFFECT_LABELS = {"kl": "KL(p0 || p) (nats)", "l2": "L2 distance at output hook", "cos": "cosine distance at output hook"}
 
@@ -40,6 +40,27 @@ def plot_effect_curves(
     if title:
         ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_history(path: str | Path, history: list[dict]) -> Path:
+    """Objective (soft blowup, mean and best over restarts) and median hard blowup per iteration."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    it = [h["iteration"] for h in history]
+    if history:
+        ax.plot(it, [h["objective_mean"] for h in history], label="soft blowup, mean over restarts")
+        ax.plot(it, [h["objective_min"] for h in history], label="soft blowup, best restart")
+        med = [h["blowup_median"] if isinstance(h["blowup_median"], (int, float)) else float("nan") for h in history]
+        ax.plot(it, med, ls="--", label="hard blowup, median over restarts")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("blowup (deg, or step units in straight mode)")
+    ax.set_title("discovery objective per iteration")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)

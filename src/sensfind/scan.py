@@ -92,6 +92,11 @@ class ScanConfig:
     def unit(self) -> str:
         return "deg" if self.mode == "sphere" else ("alpha (x |x0|)" if self.scale == "relative" else "alpha")
 
+    @property
+    def axis_label(self) -> str:
+        """Label for the step axis of a figure."""
+        return "angle θ (deg)" if self.mode == "sphere" else f"step α ({self.unit})"
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -1,0 +1,160 @@
+"""The command line: runs write complete results directories; bad input is one line and exit 2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sensfind.cli import main
+from sensfind.runio import load_tensors
+
+TINY = ["--model", "random:tiny", "--tokens", "5,6,7,8,9,10"]
+
+
+def test_scan_writes_a_complete_results_directory(tmp_path, capsys):
+    out = tmp_path / "scan"
+    assert main(["scan", *TINY, "--directions", "random:3", "--steps", "7", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "effect_vs_step.png", "results.json", "tensors.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["scan"]["steps"] == 7 and config["site"]["hook"] == "blocks.1.hook_resid_pre"
+    t = load_tensors(out / "tensors.safetensors")
+    assert t["effects"].shape == (3, 7) and t["directions"].shape == (3, 64)
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["threshold"]) == 3
+    assert "scanned 3 directions x 7 steps" in capsys.readouterr().out
+
+
+def test_scan_reference_path_gives_the_same_effects(tmp_path):
+    for path in ("fast", "reference"):
+        assert main(["scan", *TINY, "--directions", "random:2", "--steps", "5", "--path", path,
+                     "--out", str(tmp_path / path)]) == 0
+    a = load_tensors(tmp_path / "fast" / "tensors.safetensors")["effects"]
+    b = load_tensors(tmp_path / "reference" / "tensors.safetensors")["effects"]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_scan_directions_from_file_and_targets(tmp_path):
+    from sensfind.baselines import save_directions
+
+    save_directions(tmp_path / "dirs.safetensors", torch.randn(4, 64))
+    assert main(["scan", *TINY, "--directions", f"file:{tmp_path / 'dirs.safetensors'}", "--steps", "3",
+                 "--out", str(tmp_path / "f")]) == 0
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one prompt\n# a comment\n\nanother prompt here\n")
+    assert main(["scan", *TINY, "--directions", f"targets:{prompts}", "--steps", "3", "--out", str(tmp_path / "t")]) == 0
+    assert load_tensors(tmp_path / "t" / "tensors.safetensors")["effects"].shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--hook", "blocks.7.hook_resid_pre"], "unknown hook 'blocks.7.hook_resid_pre'"),
+        (["--position", "40"], "position 40 is out of range"),
+        (["--tokens", ""], "--tokens is empty"),
+        (["--tokens", "1,x"], "--tokens must be comma-separated integers"),
+        (["--tau", "0"], "tau must be a finite number > 0, got 0.0"),
+        (["--steps", "1"], "steps must be an integer >= 2, got 1"),
+        (["--directions", "random:0"], "random:N needs N >= 1"),
+        (["--directions", "gaussian:3"], "--directions must be random:N"),
+        (["--directions", "file:/nonexistent.safetensors"], "does not exist"),
+        (["--directions", "targets:/nonexistent.txt"], "prompt file '/nonexistent.txt' does not exist"),
+        (["--model", "random:huge"], "unknown local architecture 'huge'"),
+    ],
+)
+def test_scan_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys, argv, message):
+    out = tmp_path / "never"
+    base = ["scan", "--model", "random:tiny", "--tokens", "5,6,7,8,9,10", "--steps", "3", "--out", str(out)]
+    assert main(base + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sensfind: error: ") and message in err and "\n" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_wrong_width_direction_file(tmp_path, capsys):
+    from sensfind.baselines import save_directions
+
+    save_directions(tmp_path / "d.safetensors", torch.randn(2, 65))
+    assert main(["scan", *TINY, "--directions", f"file:{tmp_path / 'd.safetensors'}", "--out", str(tmp_path / "o")]) == 2
+    assert "shape [R, 64]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_discover_on_toy_writes_run_and_reports_recovery(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["discover", "--model", "toy", "--restarts", "6", "--iterations", "25", "--quiet", "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "discovery.json", "discovery.safetensors", "summary.json", "objective.png",
+            "effect_vs_angle.png"} <= names and "checkpoint.pt" not in names
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["toy_recovery"]["fraction_reached"] >= 0.8
+    assert summary["best_blowup"] < summary["random_blowup_median"]
+    assert "reached a planted feature" in capsys.readouterr().out
+    # the saved config is accepted back by --config
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps(json.loads((out / "config.json").read_text())["discover"]))
+    assert main(["discover", "--model", "toy", "--config", str(cfg), "--iterations", "2", "--quiet",
+                 "--out", str(tmp_path / "again")]) == 0
+
+
+def test_discover_on_transformer_runs_the_fast_path(tmp_path):
+    out = tmp_path / "tl"
+    assert main(["discover", *TINY, "--restarts", "3", "--iterations", "3", "--scan-steps", "6", "--final-steps", "7",
+                 "--random-baseline", "2", "--quiet", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["points_evaluated"] == 3 * 3 * 6 + 3 * 7
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--restarts", "0"], "restarts must be an integer >= 1, got 0"),
+        (["--temperature", "0"], "temperature must be a finite number > 0"),
+        (["--lr", "nan"], "lr must be a finite number, got nan"),
+        (["--init", "given"], "--init given needs --init-file"),
+        (["--optimizer", "lbfgs"], "optimizer must be 'adam' or 'sgd'"),
+    ],
+)
+def test_discover_bad_input(tmp_path, capsys, argv, message):
+    out = tmp_path / "never"
+    assert main(["discover", "--model", "toy", "--quiet", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_discover_init_file_of_wrong_width(tmp_path, capsys):
+    from sensfind.baselines import save_directions
+
+    save_directions(tmp_path / "init.safetensors", torch.randn(4, 63))
+    assert main(["discover", "--model", "toy", "--init", "given", "--init-file", str(tmp_path / "init.safetensors"),
+                 "--quiet", "--out", str(tmp_path / "o")]) == 2
+    assert "shape [R, 64]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_killed_discover_run_resumes(tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "sensfind.cli", "discover", "--model", "toy", "--restarts", "32", "--iterations", "150",
+            "--tol", "0", "--checkpoint-every", "5", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), "no checkpoint was written"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = torch.load(ckpt, weights_only=False)["iteration"]
+    assert 5 <= done < 150 and not (out / "discovery.safetensors").exists()
+    res = subprocess.run([sys.executable, "-m", "sensfind.cli", "discover", "--resume", "--quiet", "--out", str(out),
+                          "--iterations", "1"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "discovery.json").read_text())
+    assert meta["history"][0]["iteration"] == 0 and meta["iterations_run"] == 150
+    assert meta["config"]["iterations"] == 150  # resume keeps the run's own config, not new flags
