@@ -271,6 +271,91 @@ def cmd_discover(args) -> int:
     return 0
 
 
+def load_dictionary(spec: str, subject, model, args):
+    """``pretrained:RELEASE[/SAE_ID]`` | ``disk:PATH`` | ``train:D_SAE`` -> Dictionary."""
+    from .dictionary import load_from_disk, load_pretrained, train_sae
+
+    kind, _, value = spec.partition(":")
+    if kind == "pretrained":
+        release, _, sae_id = (value or "gpt2-small-res-jb").partition("/")
+        return load_pretrained(release, sae_id or getattr(subject, "hook", "blocks.1.hook_resid_pre"))
+    if kind == "disk":
+        if not Path(value).is_dir():
+            raise CLIError(f"SAE directory {value!r} does not exist")
+        if (Path(value) / "dictionary.json").is_file():  # written by Dictionary.save
+            from .dictionary import Dictionary
+
+            return Dictionary.load(value)
+        return load_from_disk(value)
+    if kind == "train":
+        try:
+            d_sae = int(value or 4 * subject.base.shape[0])
+        except ValueError as exc:
+            raise CLIError(f"--dictionary train:D_SAE needs an integer width, got {value!r}") from exc
+        if model is None:  # the toy: train on its own inputs
+            acts, hook = subject.model.sample(20000, seed=args.seed + 10).acts, None
+        else:
+            from .prompts import load_prompts, site_activations_all_positions
+
+            acts = site_activations_all_positions(model, load_prompts(args.prompts), subject.hook)
+            hook = subject.hook
+        from .dictionary import TrainSAEConfig
+
+        batch = min(256, acts.shape[0])
+        return train_sae(acts, hook, d_sae, seed=args.seed, config=TrainSAEConfig(batch_size=batch),
+                         cache_dir=Path.home() / ".cache" / "sensfind")
+    raise CLIError(f"--dictionary must be pretrained:RELEASE[/SAE_ID], disk:PATH or train:D_SAE, got {spec!r}")
+
+
+def cmd_compare(args) -> int:
+    from .baselines import load_directions
+    from .compare import CompareConfig, compare
+    from .optima import Discovery
+    from .report import write_compare_report
+    from .runio import load_json, save_json, staged_dir
+
+    if (args.run is None) == (args.directions is None):
+        raise CLIError("give exactly one of --run DIR (a discovery run) or --directions FILE")
+    if args.run is not None:
+        run = Path(args.run)
+        if not (run / "config.json").is_file():
+            raise CLIError(f"--run {str(run)!r} is not a discovery run directory (config.json missing)")
+        for k, v in load_json(run / "config.json")["site"].items():
+            setattr(args, k, v)
+        directions = Discovery.load(run).directions
+    else:
+        directions = load_directions(args.directions)
+    config = config_from_args(CompareConfig, args, load_config_file(args.config))
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    with staged_dir(out, overwrite=args.overwrite) as tmp:
+        subject, model, others = build_discovery_subject(args)
+        dictionary = load_dictionary(args.dictionary, subject, model, args)
+        result = compare(subject, directions, dictionary, others, config, hook_name=getattr(subject, "hook", None))
+        result.save(tmp)
+        save_json(tmp / "config.json", {"command": "compare", "site": discovery_site(args), "compare": config.to_dict(),
+                                        "dictionary": args.dictionary, "run": args.run, "directions": args.directions})
+        write_compare_report(tmp, subject, directions, result, f"sensfind compare: {args.model} vs {dictionary.source}")
+    s = result.summary()
+    print(f"{len(directions)} directions vs {dictionary.n_latents} latents: "
+          f"{s['matches_isotropic']['fraction_significant']:.0%} match a latent at p < {config.alpha}; "
+          f"{s['dictionary_sensitivity']['fraction_local_optima']:.0%} of scanned latents are local optima -> {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import DemoConfig, run_demo
+
+    config = DemoConfig.quick(seed=args.seed) if args.quick else DemoConfig(seed=args.seed)
+    out = Path(args.out)
+    summary = run_demo(out, config, progress=not args.quiet, overwrite=args.overwrite)
+    print(f"demo: SAE recovers planted features with mean best |cos| {summary['sae_mean_best_cos_to_planted']:.3f}; "
+          f"{summary['restarts_reaching_planted']:.0%} of restarts reached a planted feature "
+          f"({summary['distinct_planted_found']} distinct); {summary['optima_matching_sae']} of "
+          f"{summary['distinct_optima']} optima match an SAE latent (cos >= 0.9, p < {config.compare.alpha}) "
+          f"in {summary['timings']['total_seconds']:.0f}s -> {out / 'report.html'}")
+    return 0
+
+
 def discovery_site(args) -> dict:
     site = site_config(args)
     site.update(input=args.input, prompts=args.prompts)
@@ -287,6 +372,7 @@ class _Runner:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .compare import CompareConfig
     from .optimize import DiscoverConfig
 
     parser = argparse.ArgumentParser(prog="sensfind", description=__doc__.splitlines()[0])
@@ -327,10 +413,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_args(p, DiscoverConfig, skip=("seed",))  # --seed (site) seeds the restarts too
     p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("compare", help="compare directions with an SAE dictionary and real-other directions")
+    add_site_args(p)
+    g = p.add_argument_group("comparison")
+    g.add_argument("--run", default=None, help="a discovery run directory (its site is reused)")
+    g.add_argument("--directions", default=None, help="or a file of directions [N, d]")
+    g.add_argument("--dictionary", default="pretrained:gpt2-small-res-jb",
+                   help="pretrained:RELEASE[/SAE_ID] (hub), disk:PATH (SAELens format) or train:D_SAE (train on "
+                        "local activations). Default pretrained:gpt2-small-res-jb at the site's hook")
+    g.add_argument("--input", type=int, default=0, help="--model toy: which input is the base")
+    g.add_argument("--prompts", default="builtin", help="prompt file for real-other activations")
+    g.add_argument("--config", default=None, help="JSON file of CompareConfig fields")
+    g.add_argument("--out", default=None, help="results directory (default runs/compare-TIMESTAMP)")
+    g.add_argument("--overwrite", action="store_true")
+    add_config_args(p, CompareConfig, skip=("seed",))
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="offline demo: toy -> SAE -> discovery -> comparison -> HTML report")
+    p.add_argument("--out", default="runs/demo", help="results directory (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds instead of minutes)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing results directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .dictionary import DictionaryUnavailableError
     from .models import ModelUnavailableError
     from .optimize import NonFiniteOutputError
 
@@ -340,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, ModelUnavailableError, FileNotFoundError, NonFiniteOutputError) as exc:
+    except (ValueError, ModelUnavailableError, DictionaryUnavailableError, FileNotFoundError, NonFiniteOutputError) as exc:
         print(f"sensfind: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 

@@ -372,14 +372,17 @@ def load_pretrained(
     if sae_id not in ids:
         shown = ids if len(ids) <= 12 else ids[:12] + ["..."]
         raise ValueError(f"unknown sae_id {sae_id!r} for release {release!r}; allowed: {shown}")
+    from .models import hf_offline, hub_reachable
+
+    offline = not hub_reachable()  # unreachable: use the HF cache only, instead of retrying for ~30 s
     try:
-        sae = sae_lens.SAE.from_pretrained(release, sae_id, device=device)
+        with hf_offline(offline):
+            sae = sae_lens.SAE.from_pretrained(release, sae_id, device=device)
     except OSError as exc:  # HF hub errors (offline, not cached, HTTP) are all OSError subclasses
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise DictionaryUnavailableError(
-            f"could not fetch the SAE {release}/{sae_id} from the HuggingFace hub: {type(exc).__name__}: {first}\n"
-            "This needs network access to huggingface.co, or the files in the local HF cache (set "
-            "HF_HUB_OFFLINE=1 to use the cache without waiting for network retries). Offline, use a local SAE "
+            f"could not fetch the SAE {release}/{sae_id} from the HuggingFace hub: {type(exc).__name__}: {first}. "
+            "This needs network access to huggingface.co, or the files in the local HF cache. Offline, use a local SAE "
             "instead: sensfind.load_from_disk(path) for an SAE saved by SAELens (cfg.json + "
             "sae_weights.safetensors, e.g. copied from a machine with hub access), or train one on local "
             "activations with sensfind.train_sae(activations, hook_name, d_sae)."

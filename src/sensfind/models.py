@@ -19,7 +19,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelUnavailableError", "hub_reachable", "load_model", "local_config", "LOCAL_ARCHITECTURES"]
+__all__ = ["ModelUnavailableError", "hf_offline", "hub_reachable", "load_model", "local_config", "LOCAL_ARCHITECTURES"]
 
 
 class ModelUnavailableError(RuntimeError):
@@ -64,7 +64,7 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 @contextmanager
-def _hf_offline(offline: bool):
+def hf_offline(offline: bool):
     """Make huggingface_hub use its cache only (no retries against an unreachable hub) while active."""
     if not offline:
         yield
@@ -102,7 +102,7 @@ def load_model(name: str, seed: int = 0, device: str = "cpu", dtype: torch.dtype
     if offline:
         log.info("HuggingFace hub unreachable: looking for %r in the local HF cache only", name)
     try:
-        with _hf_offline(offline):
+        with hf_offline(offline):
             model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
     except (OSError, ConnectionError, RuntimeError, ValueError) as exc:
         # HF raises OSError/LocalEntryNotFoundError/ConnectionError subclasses offline; an unknown

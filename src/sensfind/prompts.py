@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .subjects import tokenize_prompt
 
-__all__ = ["load_prompts", "site_activations"]
+__all__ = ["load_prompts", "site_activations", "site_activations_all_positions"]
 
 
 def load_prompts(source: str | Path = "builtin") -> list[str]:
@@ -46,3 +46,17 @@ def site_activations(model, prompts: list[str], hook: str, position: int = -1) -
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook)
         out.append(cache[hook][0, position])
     return torch.stack(out).float()
+
+
+@torch.no_grad()
+def site_activations_all_positions(model, prompts: list[str], hook: str, skip_first: bool = True) -> Tensor:
+    """Activations ``[sum of positions, d]`` at ``hook`` for every position of every prompt (the first
+    position, an attention sink with outlying norm, skipped by default): data for training an SAE."""
+    if hook not in model.hook_dict:
+        raise ValueError(f"unknown hook {hook!r}; see model.hook_dict for the hook points of this model")
+    out = []
+    for prompt in prompts:
+        _, cache = model.run_with_cache(tokenize_prompt(model, prompt), names_filter=lambda name: name == hook)
+        acts = cache[hook][0]
+        out.append(acts[1:] if skip_first and acts.shape[0] > 1 else acts)
+    return torch.cat(out).float()

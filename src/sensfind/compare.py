@@ -1,0 +1,294 @@
+"""Comparing sensitivity optima with a dictionary (SAE decoder rows) and with real-other directions.
+
+``compare`` answers, for one subject:
+
+* do the discovered directions match dictionary latents better than random directions do
+  (``match.match_directions`` with isotropic and covariance-matched nulls)?
+* do they lie along real-other directions or in their span (``match.match_real_other``)?
+* is the dictionary itself sensitive: how early does each decoder row (either sign) blow up compared
+  with random and real-other directions, and is it a local optimum — do small rotations of it blow up
+  no earlier (``dictionary_sensitivity``)?
+* refinement: started from decoder rows, where does discovery take them, and how much earlier do
+  they blow up (``optimize.refine``)?
+
+In sphere mode only the part of a direction orthogonal to the base moves the activation, so with
+``project_base`` (default) decoder rows are compared after projecting the base out of them too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .baselines import isotropic
+from .dictionary import Dictionary, check_compatible, from_tensors
+from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
+from .optima import effective_directions
+from .optimize import DiscoverConfig, Refinement, refine
+from .runio import save_json, save_tensors
+from .scan import ScanConfig, directions_from_targets, scan
+from .subjects import Subject
+
+__all__ = ["CompareConfig", "Comparison", "DictionarySensitivity", "compare", "dictionary_sensitivity",
+           "project_dictionary", "latents_to_probe"]
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Settings of ``compare``.
+
+    Attributes:
+        k: dictionary matches reported per direction.
+        n_null: random directions per null (p-values cannot go below 1/(1 + n_null)).
+        alpha: significance level for "matches a latent".
+        project_base: compare in the space orthogonal to the base (sphere mode).
+        latents: which decoder rows get a sensitivity scan: ``active`` (encoded > 0 on the base, needs
+            an encoder), ``matched`` (top match of each direction), ``sample`` (``n_latents`` random
+            ones) — several joined by ``+``, e.g. ``active+matched+sample``.
+        n_latents: size of the random sample of latents.
+        probes, probe_deg: rotations of each row by ``probe_deg`` degrees in random directions used to
+            test whether the row is a local optimum of the threshold angle.
+        scan_steps, stop: the fine scan used for every threshold angle here (0..stop degrees).
+        refine_iterations: discovery iterations when refining from decoder rows (0: no refinement).
+        seed: seeds nulls, samples and probes.
+    """
+
+    k: int = 5
+    n_null: int = 1000
+    alpha: float = 0.01
+    project_base: bool = True
+    latents: str = "active+matched+sample"
+    n_latents: int = 32
+    probes: int = 8
+    probe_deg: float = 5.0
+    scan_steps: int = 361
+    stop: float = 90.0
+    tau: float = 0.5
+    effect: str = "kl"
+    refine_iterations: int = 40
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, lo in (("k", 1), ("n_null", 1), ("n_latents", 0), ("probes", 1), ("scan_steps", 2),
+                         ("refine_iterations", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if not (isinstance(self.alpha, float) and 0 < self.alpha < 1):
+            raise ValueError(f"alpha must be a number in (0, 1), got {self.alpha!r}")
+        if not (isinstance(self.probe_deg, (int, float)) and 0 < self.probe_deg < 90):
+            raise ValueError(f"probe_deg must be in (0, 90) degrees, got {self.probe_deg!r}")
+        parts = self.latents.split("+")
+        bad = [p for p in parts if p not in ("active", "matched", "sample")]
+        if bad or not parts:
+            raise ValueError(f"latents must be 'active', 'matched' or 'sample' joined by '+', got {self.latents!r}")
+        self.scan_config  # validates tau, stop, effect
+
+    @property
+    def scan_config(self) -> ScanConfig:
+        return ScanConfig(mode="sphere", stop=float(self.stop), steps=self.scan_steps, tau=self.tau, effect=self.effect)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def project_dictionary(dictionary: Dictionary, base: Tensor) -> Dictionary:
+    """The dictionary's rows with ``base`` projected out (unit rows), for sphere-mode comparisons."""
+    rows = effective_directions(dictionary.decoder.to(base.dtype), base, "sphere")
+    return Dictionary(decoder=rows, hook_name=dictionary.hook_name, source=f"{dictionary.source} (base projected out)",
+                      info=dictionary.info)
+
+
+@dataclass
+class DictionarySensitivity:
+    """Threshold angles of signed decoder rows, and whether each is a local optimum."""
+
+    latents: Tensor  # [L] latent ids
+    sign: Tensor  # [L] +1 / -1 (the sign that blows up earlier)
+    blowup: Tensor  # [L] threshold angle (deg) of the signed row; inf if not reached
+    probe_blowup: Tensor  # [L, P] threshold angles of the rotated rows
+    local_optimum: Tensor  # [L] bool: no rotation blows up earlier
+    random_blowup: Tensor  # [R] isotropic random directions
+    real_other_blowup: Tensor  # [M] real-other directions (empty without others)
+    groups: dict = field(default_factory=dict)  # why each latent was chosen: name -> list of ids
+
+    def summary(self) -> dict:
+        def med(x):
+            f = x[torch.isfinite(x)]
+            return float(f.median()) if f.numel() else math.inf
+
+        return {
+            "n_latents": int(self.latents.numel()),
+            "latent_blowup_median": med(self.blowup),
+            "random_blowup_median": med(self.random_blowup),
+            "real_other_blowup_median": med(self.real_other_blowup),
+            "fraction_local_optima": float(self.local_optimum.float().mean()) if self.latents.numel() else 0.0,
+            "groups": {k: len(v) for k, v in self.groups.items()},
+        }
+
+
+def latents_to_probe(subject: Subject, dictionary: Dictionary, matched: Tensor | None, config: CompareConfig) -> dict:
+    """Latent ids per group (``active``, ``matched``, ``sample``) as chosen by ``config.latents``."""
+    groups: dict[str, list[int]] = {}
+    parts = config.latents.split("+")
+    if "active" in parts and dictionary.can_encode:
+        with torch.no_grad():
+            z = dictionary.encode(subject.base[None].to(torch.float32))[0]
+        groups["active"] = torch.nonzero(z > 0)[:, 0].tolist()
+    if "matched" in parts and matched is not None:
+        groups["matched"] = sorted(set(matched.tolist()))
+    if "sample" in parts and config.n_latents > 0:
+        g = torch.Generator().manual_seed(config.seed + 1)
+        n = min(config.n_latents, dictionary.n_latents)
+        groups["sample"] = torch.randperm(dictionary.n_latents, generator=g)[:n].tolist()
+    return groups
+
+
+@torch.no_grad()
+def _rotations(rows: Tensor, base: Tensor, probes: int, deg: float, seed: int) -> Tensor:
+    """``[L, P, d]``: each row rotated by ``deg`` towards random tangent directions (orthogonal to the
+    row and to the base, so the rotation stays within what a sphere scan sees)."""
+    g = torch.Generator().manual_seed(seed)
+    L, d = rows.shape
+    noise = torch.randn(L, probes, d, generator=g, dtype=torch.float64).to(rows.dtype)
+    xhat = base / base.norm()
+    noise = noise - (noise @ xhat)[..., None] * xhat
+    noise = noise - (noise * rows[:, None]).sum(-1, keepdim=True) * rows[:, None]
+    noise = noise / noise.norm(dim=-1, keepdim=True)
+    a = math.radians(deg)
+    return math.cos(a) * rows[:, None] + math.sin(a) * noise
+
+
+@torch.no_grad()
+def dictionary_sensitivity(
+    subject: Subject, dictionary: Dictionary, groups: dict, others: Tensor | None = None,
+    config: CompareConfig = CompareConfig(),
+) -> DictionarySensitivity:
+    """Threshold angle of each chosen decoder row with the sign that blows up earlier, against random
+    and real-other directions, and a local-optimum test by small rotations."""
+    base = subject.base
+    ids = sorted({i for v in groups.values() for i in v})
+    cfg = config.scan_config
+    latents = torch.tensor(ids, dtype=torch.long)
+    rand = scan(subject, isotropic(64, base.shape[0], seed=config.seed + 2, dtype=base.dtype), cfg).threshold
+    real = torch.empty(0, dtype=torch.float64)
+    if others is not None and len(others):
+        real = scan(subject, directions_from_targets(base, others.to(base.dtype)), cfg).threshold
+    if not ids:
+        empty = torch.empty(0, dtype=torch.float64)
+        return DictionarySensitivity(latents, latents.clone(), empty, torch.empty(0, config.probes, dtype=torch.float64),
+                                     torch.empty(0, dtype=torch.bool), rand, real, groups)
+    rows = effective_directions(dictionary.decoder[latents].to(base.dtype), base, "sphere")
+    both = scan(subject, torch.cat([rows, -rows]), cfg).threshold.view(2, -1)
+    neg_better = both[1] < both[0]
+    sign = torch.where(neg_better, -1, 1)
+    blowup = torch.where(neg_better, both[1], both[0])
+    signed = rows * sign[:, None].to(rows.dtype)
+    rot = _rotations(signed, base, config.probes, config.probe_deg, config.seed + 3)
+    probe = scan(subject, rot.reshape(-1, rot.shape[-1]), cfg).threshold.view(len(ids), config.probes)
+    local = (probe >= blowup[:, None]).all(dim=1) & torch.isfinite(blowup)
+    return DictionarySensitivity(latents, sign, blowup, probe, local, rand, real, groups)
+
+
+@dataclass
+class Comparison:
+    """Everything ``compare`` measured; ``save`` writes JSON + safetensors beside each other."""
+
+    config: CompareConfig
+    matches: dict  # null kind -> Matches
+    real_other: RealOtherMatches | None
+    sensitivity: DictionarySensitivity
+    refinement: Refinement | None
+    refined_latents: Tensor | None  # [L] latent ids refined (signed by `refined_sign`)
+    refined_sign: Tensor | None
+    dictionary: Dictionary
+
+    def significant(self, kind: str = "isotropic") -> Tensor:
+        """[N] bool: the best match of each direction beats the ``kind`` null at level ``alpha``."""
+        return self.matches[kind].p_value[:, 0] < self.config.alpha
+
+    def summary(self) -> dict:
+        out = {"config": self.config.to_dict()}
+        for kind, m in self.matches.items():
+            out[f"matches_{kind}"] = {
+                "best_abs_cos": m.cos[:, 0].abs().tolist(), "best_latent": m.latents[:, 0].tolist(),
+                "p_value": m.p_value[:, 0].tolist(), "fraction_significant": float(self.significant(kind).float().mean()),
+                "null_best_median": float(m.null_best.median()),
+            }
+        if self.real_other is not None:
+            out["real_other"] = self.real_other.summary()
+        out["dictionary_sensitivity"] = self.sensitivity.summary()
+        if self.refinement is not None:
+            out["refinement"] = {"latents": self.refined_latents.tolist(), "sign": self.refined_sign.tolist(),
+                                 **self.refinement.to_dict()}
+        return out
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_json(directory / "comparison.json", self.summary())
+        for kind, m in self.matches.items():
+            m.save(directory / f"matches_{kind}")
+        if self.real_other is not None:
+            self.real_other.save(directory / "real_other")
+        s = self.sensitivity
+        tensors = {"latents": s.latents, "sign": s.sign, "blowup": s.blowup, "probe_blowup": s.probe_blowup,
+                   "local_optimum": s.local_optimum.to(torch.uint8), "random_blowup": s.random_blowup,
+                   "real_other_blowup": s.real_other_blowup}
+        if self.refinement is not None:
+            tensors.update(refine_start=self.refinement.start, refine_end=self.refinement.end)
+        save_tensors(directory / "comparison.safetensors", tensors)
+        return directory
+
+
+def compare(
+    subject: Subject,
+    directions: Tensor,
+    dictionary: Dictionary,
+    others: Tensor | None = None,
+    config: CompareConfig = CompareConfig(),
+    hook_name: str | None = None,
+    discover_config: DiscoverConfig | None = None,
+) -> Comparison:
+    """Compare ``directions [N, d]`` (e.g. ``Discovery.directions``) with ``dictionary`` at ``subject``.
+
+    ``others [M, d]`` are activations of other inputs at the same site (real-other directions and the
+    covariance null); ``hook_name`` is the subject's site, checked against the dictionary's.
+    """
+    base = subject.base
+    d = base.shape[0]
+    check_compatible(dictionary, d, hook_name)
+    dirs = directions.to(base.dtype)
+    if dirs.ndim != 2 or dirs.shape[1] != d or dirs.shape[0] == 0:
+        raise ValueError(f"directions must have shape [N, {d}] with N >= 1, got {tuple(directions.shape)}")
+    if config.k > dictionary.n_latents:
+        raise ValueError(f"k={config.k} is larger than the dictionary ({dictionary.n_latents} latents)")
+    if config.project_base:
+        dirs = effective_directions(dirs, base, "sphere")
+        target = project_dictionary(dictionary, base)
+    else:
+        target = dictionary
+    matches = {"isotropic": match_directions(dirs, target, config.k, NullConfig("isotropic", config.n_null, config.seed))}
+    real_other = None
+    if others is not None and len(others) >= 2:
+        others = others.to(base.dtype)
+        matches["covariance"] = match_directions(dirs, target, config.k,
+                                                 NullConfig("covariance", config.n_null, config.seed),
+                                                 activations=others, base=base)
+        real_other = match_real_other(dirs, base, others, NullConfig("isotropic", config.n_null, config.seed))
+    # urls name the original latents
+    groups = latents_to_probe(subject, dictionary, matches["isotropic"].latents[:, 0], config)
+    sensitivity = dictionary_sensitivity(subject, dictionary, groups, others, config)
+    refinement = refined_latents = refined_sign = None
+    if config.refine_iterations > 0 and sensitivity.latents.numel():
+        rows = effective_directions(dictionary.decoder[sensitivity.latents].to(base.dtype), base, "sphere")
+        starts = rows * sensitivity.sign[:, None].to(rows.dtype)
+        dc = discover_config or DiscoverConfig()
+        dc = replace(dc, iterations=config.refine_iterations, tau=config.tau, effect=config.effect, seed=config.seed)
+        refinement = refine(subject, starts, dc)
+        refined_latents, refined_sign = sensitivity.latents, sensitivity.sign
+    return Comparison(config, matches, real_other, sensitivity, refinement, refined_latents, refined_sign, dictionary)
