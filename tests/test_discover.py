@@ -219,3 +219,19 @@ def test_diversity_penalty_runs_and_keeps_restarts_apart(toy):
         return c[~torch.eye(len(u), dtype=torch.bool)].clamp(min=0).mean()
 
     assert mean_pos_cos(diverse.restart_directions) <= mean_pos_cos(plain.restart_directions) + 1e-6
+
+
+def test_covariance_init_follows_the_activations(toy):
+    subject = toy.subject(0)
+    g = torch.Generator().manual_seed(0)
+    acts = torch.zeros(200, subject.d)
+    acts[:, :3] = torch.randn(200, 3, generator=g) * torch.tensor([3.0, 2.0, 1.0])  # variance in 3 dims only
+    cfg = replace(SMALL, restarts=5, iterations=0, init="covariance")
+    found = sf.discover(subject, cfg, activations=acts)
+    init = found.init_directions
+    assert init.shape == (5, subject.d)
+    assert torch.allclose(init[:, :3].norm(dim=1), torch.ones(5, dtype=init.dtype), atol=1e-6)
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        bad = acts.clone()
+        bad[1, 0] = math.nan
+        sf.discover(subject, cfg, activations=bad)

@@ -35,25 +35,37 @@ class CovStats:
         return self.factor @ self.factor.T
 
 
-def cov_stats(acts: Tensor, shrinkage: float = 1e-3) -> CovStats:
-    """Mean and covariance of activations ``[M, d]``, made PSD by clipping negative eigenvalues and
-    adding ``shrinkage`` × mean variance to the diagonal (needed when M < d)."""
-    if acts.ndim != 2 or acts.shape[0] < 2:
-        raise ValueError(f"need activations of shape [M >= 2, d] to estimate a covariance, got {tuple(acts.shape)}")
-    x = acts.double()
+def cov_stats(acts: Tensor, d: int | None = None, shrinkage: float = 0.0) -> CovStats:
+    """Mean and a PSD factor of the covariance of activations ``[M, d]`` (float64).
+
+    Negative eigenvalues (rounding, or fewer activations than dimensions) are clipped to zero;
+    ``shrinkage`` adds that multiple of the mean variance to the diagonal.
+    """
+    if not isinstance(acts, Tensor) or acts.ndim != 2 or (d is not None and acts.shape[1] != d):
+        shape = tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__
+        raise ValueError(f"activations must have shape [M, {d if d is not None else 'd'}], got {shape}")
+    if acts.shape[0] < 2:
+        raise ValueError(f"need at least 2 activations to estimate a covariance, got {acts.shape[0]}")
+    finite = torch.isfinite(acts).all(dim=1)
+    if not finite.all():
+        raise ValueError(f"activation row {int((~finite).nonzero()[0])} contains NaN or inf values")
+    x = acts.detach().to("cpu", torch.float64)
     mean = x.mean(0)
-    cov = torch.cov(x.T)
-    cov = cov + shrinkage * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
+    xc = x - mean
+    cov = xc.T @ xc / (x.shape[0] - 1)
+    cov = (cov + cov.T) / 2 + shrinkage * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
     evals, evecs = torch.linalg.eigh(cov)
-    factor = evecs * evals.clamp(min=0).sqrt()
-    return CovStats(mean.to(acts.dtype), factor.to(acts.dtype))
+    evals = evals.clamp(min=0)
+    if float(evals.max()) == 0.0:
+        raise ValueError("activations have zero variance; a covariance-matched baseline needs varied activations")
+    return CovStats(mean, evecs * evals.sqrt())
 
 
 def cov_random_targets(stats: CovStats, n: int, seed: int = 0) -> Tensor:
     """``n`` Gaussian samples with the mean and covariance of ``stats`` (``[n, d]`` targets)."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, stats.factor.shape[1], generator=g, dtype=stats.factor.dtype)
-    return stats.mean + z @ stats.factor.T
+    return (stats.mean + z @ stats.factor.T).float()
 
 
 def load_directions(path: str | Path, key: str = "directions") -> Tensor:

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .baselines import cov_stats
 from .dictionary import Dictionary
 from .scan import check_directions, directions_from_targets
 
@@ -94,27 +95,6 @@ def _check_base(base: Tensor, d: int) -> Tensor:
     return base
 
 
-def _gaussian_factor(activations: Tensor, d: int) -> tuple[Tensor, Tensor]:
-    """Mean ``[d]`` and a factor ``L [d, d]`` with ``L Lᵀ = Σ₊`` (``Σ`` with negative eigenvalues clipped)."""
-    if not isinstance(activations, Tensor) or activations.ndim != 2 or activations.shape[1] != d:
-        shape = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__
-        raise ValueError(f"activations must have shape [M, {d}] (the directions' width), got {shape}")
-    if activations.shape[0] < 2:
-        raise ValueError(f"need at least 2 activations to estimate a covariance, got {activations.shape[0]}")
-    if not torch.isfinite(activations).all():
-        i = int((~torch.isfinite(activations).all(dim=1)).nonzero()[0])
-        raise ValueError(f"activation row {i} contains NaN or inf values")
-    x = activations.detach().to("cpu", torch.float64)
-    mean = x.mean(0)
-    xc = x - mean
-    cov = xc.T @ xc / (x.shape[0] - 1)
-    evals, evecs = torch.linalg.eigh((cov + cov.T) / 2)
-    evals = evals.clamp(min=0)
-    if float(evals.max()) == 0.0:
-        raise ValueError("activations have zero variance; a covariance-matched null needs varied activations")
-    return mean, evecs * evals.sqrt()
-
-
 def null_directions(
     d: int,
     null: NullConfig | str = NullConfig(),
@@ -136,7 +116,8 @@ def null_directions(
     else:
         if activations is None:
             raise ValueError("null kind 'covariance' needs activations [M, d] to estimate the mean and covariance")
-        mean, factor = _gaussian_factor(activations, d)
+        stats = cov_stats(activations, d)
+        mean, factor = stats.mean, stats.factor
         u = g @ factor.T
         if base is not None:
             u = u + (mean - _check_base(base, d).detach().to("cpu", torch.float64))

@@ -11,7 +11,9 @@ from torch import Tensor
 
 from .runio import load_json, load_tensors, save_json, save_tensors, to_jsonable
 
-__all__ = ["Discovery", "cluster_directions", "effective_directions"]
+__all__ = ["Discovery", "cluster_directions", "effective_directions", "PARALLEL_TOL"]
+
+PARALLEL_TOL = 1e-6  # relative size of the orthogonal part below which a direction counts as parallel
 
 
 def effective_directions(directions: Tensor, base: Tensor, mode: str) -> Tensor:
@@ -21,7 +23,12 @@ def effective_directions(directions: Tensor, base: Tensor, mode: str) -> Tensor:
     if mode == "sphere":
         xhat = (base / base.norm()).to(u.dtype)
         u = u - (u @ xhat)[:, None] * xhat
-        u = u / u.norm(dim=1, keepdim=True)
+        norms = u.norm(dim=1, keepdim=True)
+        parallel = norms[:, 0] < PARALLEL_TOL
+        if parallel.any():
+            i = int(parallel.nonzero()[0])
+            raise ValueError(f"direction {i} is parallel to the base; it has no part orthogonal to it")
+        u = u / norms
     return u
 
 

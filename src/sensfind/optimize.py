@@ -190,12 +190,11 @@ def initial_directions(
     if config.init == "covariance":
         if activations is None:
             raise ValueError("init='covariance' needs activations [M, d] to estimate the covariance from")
-        check_directions(activations, d, what="activation")
-        stats = cov_stats(activations.to(dtype))
+        stats = cov_stats(activations, d)
         g = torch.Generator().manual_seed(config.seed)
-        z = torch.randn(config.restarts, d, generator=g, dtype=dtype)
+        z = torch.randn(config.restarts, d, generator=g, dtype=torch.float64)
         x = z @ stats.factor.T
-        return x / x.norm(dim=1, keepdim=True)
+        return (x / x.norm(dim=1, keepdim=True)).to(dtype)
     return isotropic(config.restarts, d, seed=config.seed, dtype=dtype)
 
 

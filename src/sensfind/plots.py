@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["EFFECT_LABELS", "plot_effect_curves", "plot_history"]
+__all__ = ["EFFECT_LABELS", "finish", "plot_before_after", "plot_effect_curves", "plot_histograms", "plot_history"]
 
 EFFECT_LABELS = {"kl": "KL(p0 || p) (nats)", "l2": "L2 distance at output hook", "cos": "cosine distance at output hook"}
 
@@ -35,11 +35,16 @@ def plot_effect_curves(
         ax.plot([], [], color=color, label=f"{name} (n={effects.shape[0]})")
     if tau is not None:
         ax.axhline(tau, color="k", ls="--", lw=1, label=f"threshold τ = {tau:g}")
+    return finish(fig, ax, path, xlabel, EFFECT_LABELS.get(effect, effect), title, legend_loc="upper left")
+
+
+def finish(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: str = "", legend_loc: str = "best") -> Path:
+    """Label, legend, grid, save as PNG and close: the common tail of every figure here."""
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(EFFECT_LABELS.get(effect, effect))
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc=legend_loc, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -57,13 +62,34 @@ def plot_history(path: str | Path, history: list[dict]) -> Path:
         ax.plot(it, [h["objective_min"] for h in history], label="soft blowup, best restart")
         med = [h["blowup_median"] if isinstance(h["blowup_median"], (int, float)) else float("nan") for h in history]
         ax.plot(it, med, ls="--", label="hard blowup, median over restarts")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("blowup (deg, or step units in straight mode)")
-    ax.set_title("discovery objective per iteration")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return finish(fig, ax, path, "iteration", "blowup (deg, or step units in straight mode)",
+                  "discovery objective per iteration")
+
+
+def plot_histograms(path: str | Path, groups: dict, xlabel: str, title: str, lines: dict | None = None,
+                    bins: int = 30) -> Path:
+    """Overlaid density histograms of ``groups[name] = values`` (non-finite values dropped), with
+    dashed vertical ``lines[name] = [x, ...]``."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    finite = [v[torch.isfinite(v)].double() for v in groups.values()]
+    finite = [v for v in finite if v.numel()]
+    lo = min((float(v.min()) for v in finite), default=0.0)
+    hi = max((float(v.max()) for v in finite), default=1.0)
+    edges = torch.linspace(lo, hi if hi > lo else lo + 1, bins + 1).tolist()
+    for i, (name, v) in enumerate(groups.items()):
+        v = v[torch.isfinite(v)].double()
+        if v.numel():
+            ax.hist(v.tolist(), bins=edges, alpha=0.5, density=True, color=f"C{i}", label=f"{name} (n={v.numel()})")
+    for j, (name, xs) in enumerate((lines or {}).items()):
+        for k, x in enumerate(xs):
+            ax.axvline(x, color=f"C{len(groups) + j}", lw=1, ls="--", label=name if k == 0 else None)
+    return finish(fig, ax, path, xlabel, "density", title)
+
+
+def plot_before_after(path: str | Path, before, after, xlabel: str, ylabel: str, title: str) -> Path:
+    """Scatter of paired values with the no-change diagonal."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(before, after, s=14, label="one item")
+    lo = min(min(before), min(after), 0.0)
+    ax.plot([lo, 1], [lo, 1], color="k", lw=1, ls="--", label="no change")
+    return finish(fig, ax, path, xlabel, ylabel, title)

@@ -7,14 +7,10 @@ import html
 import math
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from .plots import EFFECT_LABELS, plot_effect_curves, plot_history  # noqa: E402
-from .scan import scan  # noqa: E402
+from .plots import plot_before_after, plot_effect_curves, plot_histograms, plot_history
+from .scan import scan
 
 __all__ = ["comparison_figures", "html_page", "write_compare_report", "write_demo_report"]
 
@@ -47,30 +43,6 @@ def html_page(title: str, sections: list[tuple[str, str]]) -> str:
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
 
 
-def _hist(path: Path, groups: dict, xlabel: str, title: str, lines: dict | None = None, bins: int = 30) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    finite = [v[torch.isfinite(v)].double() for v in groups.values() if v.numel()]
-    lo = min((float(v.min()) for v in finite if v.numel()), default=0.0)
-    hi = max((float(v.max()) for v in finite if v.numel()), default=1.0)
-    edges = torch.linspace(lo, hi if hi > lo else lo + 1, bins + 1).tolist()
-    for i, (name, v) in enumerate(groups.items()):
-        v = v[torch.isfinite(v)].double()
-        if v.numel():
-            ax.hist(v.tolist(), bins=edges, alpha=0.5, density=True, color=f"C{i}", label=f"{name} (n={v.numel()})")
-    for j, (name, xs) in enumerate((lines or {}).items()):
-        for k, x in enumerate(xs):
-            ax.axvline(x, color=f"C{len(groups) + j}", lw=1, ls="--", label=name if k == 0 else None)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def comparison_figures(directory: Path, subject, directions, comparison) -> list[tuple[Path, str]]:
     """The figures every comparison report shows; returns (path, caption) pairs."""
     fig_dir = Path(directory) / "figures"
@@ -96,7 +68,7 @@ def comparison_figures(directory: Path, subject, directions, comparison) -> list
                    "isotropic random directions; the dashed line is the threshold τ."))
     m = comparison.matches["isotropic"]
     nulls = {f"null: best |cos| of {k} random directions": v.null_best for k, v in comparison.matches.items()}
-    p = _hist(fig_dir / "cos_vs_null.png", nulls, "best |cos| with any decoder row", "optima vs the null",
+    p = plot_histograms(fig_dir / "cos_vs_null.png", nulls, "best |cos| with any decoder row", "optima vs the null",
               lines={"discovered optima": m.cos[:, 0].abs().tolist()})
     out.append((p, "Best |cosine| of each discovered optimum with the dictionary (dashed) against the same statistic "
                    "for random directions (histograms)."))
@@ -104,7 +76,7 @@ def comparison_figures(directory: Path, subject, directions, comparison) -> list
     if sens.real_other_blowup.numel():
         th["real-other"] = sens.real_other_blowup
     finite_opt = [float(x) for x in scan(subject, directions.to(subject.base.dtype), cfg).threshold if math.isfinite(x)]
-    p = _hist(fig_dir / "threshold_angles.png", th, "threshold angle (deg)", "how early each kind of direction blows up",
+    p = plot_histograms(fig_dir / "threshold_angles.png", th, "threshold angle (deg)", "how early each kind of direction blows up",
               lines={"discovered optima": finite_opt})
     out.append((p, "Threshold angle (first angle with effect > τ) of SAE decoder rows, random and real-other "
                    "directions; discovered optima dashed."))
@@ -182,24 +154,11 @@ def write_demo_report(directory: Path, subject, found, comparison, summary: dict
     ref = summary.get("refinement_cos_to_planted")
     figs = [figure(directory / "figures" / "objective.png", "Discovery objective per iteration (soft and hard blowup).")]
     if ref:
-        p = _refinement_plot(directory / "figures" / "refinement.png", ref["before"], ref["after"])
+        p = plot_before_after(directory / "figures" / "refinement.png", ref["before"], ref["after"],
+                              "cos with nearest planted feature, before", "cos with nearest planted feature, after",
+                              "refinement of SAE decoder rows")
         figs.append(figure(p, "Cosine with the nearest planted feature of each SAE decoder row before and after "
                               "refinement by discovery; points above the diagonal moved closer."))
     text = text.replace("</body>", f"<section><h2>Discovery and refinement</h2>{''.join(figs)}</section></body>")
     page.write_text(text)
     return page
-
-
-def _refinement_plot(path: Path, before, after) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(before, after, s=14)
-    ax.plot([0, 1], [0, 1], color="k", lw=1, ls="--", label="no change")
-    ax.set_xlabel("cos with nearest planted feature, before")
-    ax.set_ylabel("cos with nearest planted feature, after")
-    ax.set_title("refinement of SAE decoder rows")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -91,6 +91,7 @@ import torch
 from torch import Tensor
 
 from .effects import kl
+from .optima import PARALLEL_TOL, effective_directions
 from .subjects import check_acts, check_base
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,6 @@ __all__ = ["ToyConfig", "ToyModel", "ToySample", "ToySubject", "feature_cosines"
 
 FeatureInit = Literal["spread", "random"]
 
-_PARALLEL_TOL = 1e-6  # a row whose part orthogonal to the base is below this fraction of its norm
 _SPREAD_STEPS = 100
 _SPREAD_POWER = 8  # soft maximum of |cos| via Σ (cos / c_max)^8
 _SPREAD_LR = 0.1
@@ -477,11 +477,7 @@ def project_out(directions: Tensor, base: Tensor) -> Tensor:
             f"need directions [N, d] and base [d] of the same width, "
             f"got {tuple(directions.shape)} and {tuple(base.shape)}"
         )
-    t, rel = _orthogonal_part(directions, base)
-    if (rel < _PARALLEL_TOL).any():
-        i = int((rel < _PARALLEL_TOL).nonzero()[0])
-        raise ValueError(f"direction {i} is parallel to the base; it has no part orthogonal to it")
-    return t / t.norm(dim=1, keepdim=True)
+    return effective_directions(directions, base.to(directions.dtype), "sphere")
 
 
 def _orthogonal_part(x: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
@@ -502,7 +498,7 @@ def feature_cosines(directions: Tensor, features: Tensor, base: Tensor) -> Tenso
     if features.ndim != 2 or features.shape[1] != base.shape[0]:
         raise ValueError(f"features must have shape [n, {base.shape[0]}], got {tuple(features.shape)}")
     t, rel = _orthogonal_part(features.to(dirs.dtype), base)
-    keep = rel >= _PARALLEL_TOL
+    keep = rel >= PARALLEL_TOL
     t = torch.where(keep[:, None], t, torch.zeros_like(t))
     norms = torch.where(keep, t.norm(dim=1), torch.ones_like(rel))
     return dirs @ (t / norms[:, None]).T
