@@ -1,0 +1,29 @@
+"""Benchmark scripts run (tiny sizes) and report what they promise; no timing is asserted."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str) -> dict:
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--quick", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_bench_discover_quick():
+    out = _run("bench_discover.py")
+    g = out["gpt2_arch"]
+    for key in ("plain_scan_fwd_bwd_s", "discover_step_s", "step_over_scan_ratio"):
+        assert math.isfinite(g[key]) and g[key] > 0
+    assert g["points_evaluated"] == g["iterations"] * g["points_per_step"] + g["restarts"] * g["scan_steps"]
+    for key in ("toy_no_diversity", "toy_diversity"):
+        assert out[key]["mean_points_per_distinct_feature"] > 0
