@@ -79,9 +79,14 @@ def bench_toy(restarts: int, iterations: int, seeds: list[int], diversity: float
                                                        diversity=diversity))
         rec = sf.recovery(found.restart_directions, subject.signed_features(), subject.base)
         n = max(1, len(rec.distinct_features))
+        random = sf.scan(subject, sf.baselines.isotropic(64, subject.d, seed=seed + 100),
+                         sf.ScanConfig(steps=361)).threshold
         out.append({"seed": seed, "fraction_reached": rec.fraction_reached,
                     "distinct_features": len(rec.distinct_features), "points": found.points_evaluated,
-                    "points_per_distinct_feature": found.points_evaluated / n})
+                    "points_per_distinct_feature": found.points_evaluated / n,
+                    "worst_optimum_blowup_deg": float(found.blowup_deg.max()),
+                    "random_median_blowup_deg": float(random.median()),
+                    "worst_optimum_over_random_median": float(found.blowup_deg.max() / random.median())})
     return {
         "diversity": diversity, "restarts": restarts, "iterations": iterations, "runs": out,
         "mean_distinct_features": statistics.mean(r["distinct_features"] for r in out),
@@ -104,7 +109,10 @@ def main() -> None:
     else:
         gpt2 = bench_gpt2(restarts=16, steps=16, iterations=8, repeats=5, arch="gpt2")
         toy = [bench_toy(32, 60, [0, 1, 2], d) for d in (0.0, 1.0)]
-    result = {"threads": torch.get_num_threads(), "gpt2_arch": gpt2, "toy_no_diversity": toy[0], "toy_diversity": toy[1]}
+    sweep = {r: bench_toy(r, 15 if args.quick else 60, [0] if args.quick else [0, 1, 2], 0.0)["mean_distinct_features"]
+             for r in ((2, 8) if args.quick else (4, 16, 64))}
+    result = {"threads": torch.get_num_threads(), "gpt2_arch": gpt2, "toy_no_diversity": toy[0], "toy_diversity": toy[1],
+              "toy_distinct_features_by_restarts": sweep}
     if args.json:
         print(json.dumps(result))
     else:
