@@ -158,3 +158,33 @@ def test_killed_discover_run_resumes(tmp_path):
     meta = json.loads((out / "discovery.json").read_text())
     assert meta["history"][0]["iteration"] == 0 and meta["iterations_run"] == 150
     assert meta["config"]["iterations"] == 150  # resume keeps the run's own config, not new flags
+
+
+def test_openwebtext_prompts_fail_offline_with_one_line(tmp_path, capsys, monkeypatch):
+    from sensfind import prompts
+
+    monkeypatch.setattr(prompts, "openwebtext_windows", lambda model, n: (_ for _ in ()).throw(
+        prompts.DatasetUnavailableError("could not stream 'x' from the HuggingFace hub (OSError). Offline, use ...")))
+    assert main(["scan", *TINY, "--directions", "targets:openwebtext:8", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "could not stream" in err and not (tmp_path / "o").exists()
+
+
+def test_openwebtext_needs_a_tokenizer(tiny_model):
+    from sensfind.prompts import load_prompts
+
+    with pytest.raises(ValueError, match="tokenizer"):
+        load_prompts("openwebtext:4", tiny_model)
+
+
+def test_openwebtext_loader_really_fails_offline(monkeypatch):
+    from types import SimpleNamespace
+
+    from sensfind.prompts import DatasetUnavailableError, openwebtext_windows
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = SimpleNamespace(tokenizer=lambda text: {"input_ids": list(range(len(text.split())))})
+    t0 = time.time()
+    with pytest.raises(DatasetUnavailableError, match="could not stream 'Skylion007/openwebtext'"):
+        openwebtext_windows(model, 4)
+    assert time.time() - t0 < 60

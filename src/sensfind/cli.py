@@ -85,7 +85,7 @@ def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, s
     if kind == "file":
         return load_directions(value), "file"
     if kind == "targets":
-        prompts = load_prompts(value or "builtin")
+        prompts = load_prompts(value or "builtin", model)
         targets = site_activations(model, prompts, subject.hook, args.position)
         # real-other means *other* prompts: drop targets identical to the base (the subject's own prompt)
         same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
@@ -187,7 +187,7 @@ def build_discovery_subject(args):
     from .prompts import load_prompts, site_activations
 
     model, subject = build_subject(args)
-    others = site_activations(model, load_prompts(args.prompts), subject.hook, args.position)
+    others = site_activations(model, load_prompts(args.prompts, model), subject.hook, args.position)
     keep = (others - subject.base).norm(dim=1) > 1e-6 * subject.base.norm()
     return subject, model, others[keep]
 
@@ -297,7 +297,7 @@ def load_dictionary(spec: str, subject, model, args):
         else:
             from .prompts import load_prompts, site_activations_all_positions
 
-            acts = site_activations_all_positions(model, load_prompts(args.prompts), subject.hook)
+            acts = site_activations_all_positions(model, load_prompts(args.prompts, model), subject.hook)
             hook = subject.hook
         from .dictionary import TrainSAEConfig
 
@@ -444,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     from .dictionary import DictionaryUnavailableError
     from .models import ModelUnavailableError
     from .optimize import NonFiniteOutputError
+    from .prompts import DatasetUnavailableError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -451,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, ModelUnavailableError, DictionaryUnavailableError, FileNotFoundError, NonFiniteOutputError) as exc:
+    except (ValueError, ModelUnavailableError, DictionaryUnavailableError, DatasetUnavailableError, FileNotFoundError,
+            NonFiniteOutputError) as exc:
         print(f"sensfind: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
