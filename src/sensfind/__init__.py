@@ -16,10 +16,26 @@ from .optimize import DiscoverConfig, NonFiniteOutputError, Refinement, discover
 from .recovery import Recovery, recovery
 from .models import ModelUnavailableError, load_model, local_config
 from .scan import Scan, ScanConfig, check_directions, directions_from_targets, perturb, scan, step_grid
+from .landscape import Landscape, landscape, simplex_directions, simplex_grid
+from .synthetic import LatentStats, Synthetic, latent_stats, synthetic_baseline, synthetic_structured
+from .baselines import cov_random_targets, cov_stats, isotropic, load_directions
 from .toy import ToyConfig, ToyModel, ToySample, ToySubject, feature_cosines, project_out
 from .subjects import FunctionSubject, Subject, TransformerSubject
 
 __all__ = [
+    "Landscape",
+    "LatentStats",
+    "Synthetic",
+    "cov_random_targets",
+    "cov_stats",
+    "isotropic",
+    "landscape",
+    "latent_stats",
+    "load_directions",
+    "simplex_directions",
+    "simplex_grid",
+    "synthetic_baseline",
+    "synthetic_structured",
     "ToyConfig",
     "ToyModel",
     "ToySample",

@@ -101,15 +101,19 @@ class Landscape:
         return torch.nonzero((self.weights[:, corner] - (1 - step)).abs() < 1e-9)[:, 0]
 
     def corner_report(self, corner: int) -> dict:
-        """The corner's threshold, its neighbours', whether it is a local optimum, and its rank."""
+        """The corner's threshold, its neighbours' (and how far they are, in degrees between
+        directions), whether it is a local optimum, and its rank among all grid points."""
         i = self.corner_index(corner)
         val = float(self.threshold[i])
-        nb = self.threshold[self.neighbours(corner)]
+        nbi = self.neighbours(corner)
+        nb = self.threshold[nbi]
         best_nb = float(nb.min())
+        cos = (self.directions[nbi].double() @ self.directions[i].double()).clamp(-1, 1)
         finite = self.threshold[torch.isfinite(self.threshold)]
         rank = int((finite < val).sum()) if math.isfinite(val) else int(finite.numel())
         return dict(
             name=self.corner_names[corner], threshold=val, neighbour_min=best_nb,
+            neighbour_angle_deg=float(torch.rad2deg(torch.arccos(cos)).mean()),
             local_optimum=bool(val <= best_nb), margin=best_nb - val,
             rank=rank, n_points=int(self.threshold.numel()),
             global_optimum=bool(math.isfinite(val) and val <= float(self.threshold.min())),

@@ -7,6 +7,7 @@ openwebtext documents as the prior work used. A prompt is text or a list of toke
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -95,9 +96,18 @@ def site_activations(model, prompts: list, hook: str, position: int = -1) -> Ten
         n = tokens.shape[1]
         if not -n <= position < n:
             raise ValueError(f"position {position} is out of range for prompt {prompt!r} of {n} tokens")
-        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook)
-        out.append(cache[hook][0, position])
+        out.append(_hook_activations(model, tokens, hook)[position])
     return torch.stack(out).float()
+
+
+def _hook_activations(model, tokens: Tensor, hook: str) -> Tensor:
+    """Activations ``[pos, ...]`` at ``hook`` for one prompt, running only the blocks up to the hook."""
+    m = re.match(r"^blocks\.(\d+)\.", hook)
+    stop = int(m.group(1)) + 1 if m else None
+    if stop is not None and stop >= model.cfg.n_layers:
+        stop = None
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook, stop_at_layer=stop)
+    return cache[hook][0]
 
 
 @torch.no_grad()
@@ -108,7 +118,6 @@ def site_activations_all_positions(model, prompts: list[str], hook: str, skip_fi
         raise ValueError(f"unknown hook {hook!r}; see model.hook_dict for the hook points of this model")
     out = []
     for prompt in prompts:
-        _, cache = model.run_with_cache(tokenize_prompt(model, prompt), names_filter=lambda name: name == hook)
-        acts = cache[hook][0]
+        acts = _hook_activations(model, tokenize_prompt(model, prompt), hook)
         out.append(acts[1:] if skip_first and acts.shape[0] > 1 else acts)
     return torch.cat(out).float()

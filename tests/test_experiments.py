@@ -1,0 +1,233 @@
+"""The experiment scripts: a smoke run of each on a tiny model or the toy (so none can rot), the
+predictions of the theory asserted on the ground-truth toy, the offline failure of ``--model gpt2``,
+and the library pieces the experiments added (synthetic activations, simplex landscapes).
+
+Statistical assertions compare per-base means (directions that share a base are not independent)
+with a margin of ``K_SE`` standard errors computed from the run itself, not a hand-picked number.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sensfind as sf
+from sensfind.runio import load_tensors
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+K_SE = 3.0  # margin, in standard errors of the measured difference
+NAMES = ("plateaus", "sensitive_directions", "landscape", "sae_error", "topk_latents", "latent_geometry")
+
+
+def experiment(name: str):
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sae-cache")
+
+
+def run(name: str, out: Path, cache: Path, *extra: str) -> Path:
+    rc = experiment(name).main([*extra, "--smoke", "--out", str(out), "--cache-dir", str(cache)])
+    assert rc == 0
+    assert (out / "config.json").is_file() and (out / "summary.txt").is_file() and (out / "results.json").is_file()
+    assert list(out.glob("*.safetensors")) and list(out.glob("*.png"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["experiment"] == name and config["args"]["smoke"]
+    return out
+
+
+def per_base_means(values: torch.Tensor, n_bases: int) -> np.ndarray:
+    """Mean over each base's directions of a flat ``[n_bases · n_dirs]`` result (inf never occurs here)."""
+    v = values.double().reshape(n_bases, -1)
+    assert torch.isfinite(v).all(), "a scan never crossed τ; widen the scan before comparing means"
+    return v.mean(1).numpy()
+
+
+def welch_margin(a: np.ndarray, b: np.ndarray) -> float:
+    return K_SE * math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+
+
+# -- smoke runs: every experiment, on a transformer or the toy ---------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, model, extra",
+    [
+        ("plateaus", "random:tiny", ("--straight-effect", "l2", "--straight-tau", "5")),
+        ("sensitive_directions", "random:tiny", ()),
+        ("landscape", "random:tiny", ("--n-bases", "2", "--n-discover", "1")),
+        ("sae_error", "random:tiny", ()),
+        ("topk_latents", "random:tiny", ()),
+        ("latent_geometry", "toy", ()),
+    ],
+)
+def test_experiment_smoke(name, model, extra, tmp_path, cache, capsys):
+    out = run(name, tmp_path / name, cache, "--model", model, *extra)
+    printed = capsys.readouterr().out
+    assert f"{name}: {model}" in printed and str(out) in printed
+
+
+def test_published_model_offline_fails_with_one_line(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(repo, "config.json"), str) for repo in ("gpt2", "openai-community/gpt2")):
+        pytest.skip("GPT-2 is in the local HuggingFace cache, so --model gpt2 would load")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    rc = experiment("plateaus").main(["--model", "gpt2", "--smoke", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("plateaus: error: could not load pretrained model 'gpt2'")
+    assert "random:gpt2" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_published_configuration_runs_with_stand_ins(tmp_path, cache, monkeypatch, capsys):
+    """``--model gpt2`` end to end with a tiny local model and a locally trained SAE standing in for the
+    hub downloads: prompt tokenisation, the pretrained-SAE path and the published reference columns."""
+    import _common
+
+    model = sf.load_model("random:tiny", seed=0)
+    model.to_tokens = lambda text: torch.tensor([[1] + list(text.encode("utf-8"))])
+    acts = _common.collect_activations(model, torch.randint(512, (64, 10), generator=torch.Generator().manual_seed(0)),
+                                       "blocks.1.hook_resid_pre", position=None)
+    sae = sf.train_sae(acts, "blocks.1.hook_resid_pre", 128, config=sf.TrainSAEConfig(epochs=2), cache_dir=cache)
+    requested = []
+    monkeypatch.setattr(sf, "load_model", lambda name, seed=0: model)
+    monkeypatch.setattr(_common, "load_pretrained", lambda release, sae_id: requested.append((release, sae_id)) or sae)
+    out = run("sensitive_directions", tmp_path / "sd", cache, "--model", "gpt2", "--n-pool", "40",
+              "--kinds", "real-other,cov-random,synthetic-structured")
+    assert requested == [("gpt2-small-res-jb", "blocks.1.hook_resid_pre")]
+    config = json.loads((out / "config.json").read_text())
+    assert config["scans"]["step"] == 0.5 and config["scans"]["straight"]["effect"] == "l2"
+    assert config["scans"]["straight"]["tau"] == 20.0 and config["scans"]["straight_output_hook"] == "blocks.2.hook_resid_post"
+    printed = capsys.readouterr().out
+    assert "LASR max-slope" in printed and "51.7 ± 7.4" in printed and "64.9 ± 10.5 (0.62)" in printed
+
+
+def test_bad_value_fails_with_one_line(tmp_path, capsys):
+    rc = experiment("sensitive_directions").main(["--model", "random:tiny", "--kinds", "feature", "--smoke",
+                                                  "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "needs the ground-truth toy" in err
+    assert not (tmp_path / "run").exists()
+
+
+# -- the theory's predictions on the ground-truth toy ----------------------------------------------------
+def test_toy_real_bases_plateau_longer_than_random_ones(tmp_path, cache):
+    n = 12
+    out = run("plateaus", tmp_path / "plateaus", cache, "--model", "toy", "--no-synthetic", "--n-bases", str(n))
+    t = load_tensors(out / "results.safetensors")
+    real = per_base_means(t["sphere_threshold_deg.real"], n)
+    for kind in ("cov-random", "isotropic"):
+        rand = per_base_means(t[f"sphere_threshold_deg.{kind}"], n)
+        assert real.mean() - rand.mean() > welch_margin(real, rand), kind
+        # the straight (LASR) plateau agrees
+        real_s = per_base_means(t["straight_plateau_steps.real"], n)
+        rand_s = per_base_means(t[f"straight_plateau_steps.{kind}"], n)
+        assert real_s.mean() - rand_s.mean() > welch_margin(real_s, rand_s), kind
+
+
+def test_toy_feature_and_real_other_directions_blow_up_before_cov_random(tmp_path, cache):
+    n = 12
+    out = run("sensitive_directions", tmp_path / "sd", cache, "--model", "toy", "--n-bases", str(n),
+              "--kinds", "real-other,feature,cov-random,naive-random")
+    t = load_tensors(out / "results.safetensors")
+    cov = per_base_means(t["threshold_deg.cov-random"], n)
+    for kind in ("feature", "real-other"):
+        diff = cov - per_base_means(t[f"threshold_deg.{kind}"], n)  # paired: same base
+        assert diff.mean() > K_SE * diff.std(ddof=1) / math.sqrt(n), kind
+    naive = per_base_means(t["threshold_deg.naive-random"], n)
+    real_other = per_base_means(t["threshold_deg.real-other"], n)
+    diff = naive - real_other
+    assert diff.mean() > K_SE * diff.std(ddof=1) / math.sqrt(n)
+    results = json.loads((out / "results.json").read_text())["kinds"]
+    assert results["cov-random"]["ks_vs_real_other_threshold"]["pvalue"] < 0.01
+
+
+def test_toy_discovered_directions_are_local_optima(tmp_path, cache):
+    out = run("landscape", tmp_path / "ls", cache, "--model", "toy")
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert summary["discovered"]["local_optimum_fraction"] == 1.0
+    # a real-other direction mixes several features, so the theory does not make it an optimum; it
+    # must still blow up before the random corners of its simplex
+    for kind in ("real-other", "discovered"):
+        s = summary[kind]
+        assert s["corner_threshold_deg"]["mean"] < s["random_corner_threshold_deg"]["mean"], kind
+
+
+# -- library pieces --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy_sae():
+    toy = sf.ToyModel(sf.ToyConfig(seed=0))
+    acts = toy.sample(4096, seed=3).acts.float()
+    dic = sf.train_sae(acts, None, 128, config=sf.TrainSAEConfig(epochs=3), seed=0)
+    return toy, dic, toy.sample(400, seed=4).acts.float()
+
+
+def top_cosines(dic, codes: torch.Tensor) -> np.ndarray:
+    """Cosines between each code's top latent (largest value × decoder norm) and its other latents."""
+    dense = codes.to_dense() * dic.decoder_norms
+    top = dense.argmax(1)
+    rows, cols = (dense > 0).nonzero(as_tuple=True)
+    other = cols != top[rows]
+    return (dic.decoder[cols[other]] * dic.decoder[top[rows[other]]]).sum(1).numpy()
+
+
+def test_synthetic_activations_match_real_l0_and_structure(toy_sae):
+    from scipy.stats import ks_2samp
+
+    from sensfind.synthetic import latent_stats, synthetic_baseline, synthetic_structured
+
+    _, dic, real = toy_sae
+    stats = latent_stats(dic, real)
+    assert stats.l0.shape == (400,) and int(stats.offsets[-1]) == stats.values.numel() == int(stats.l0.sum())
+    assert torch.isclose(stats.frequency.sum() * 400, stats.l0.sum().float())
+    base = synthetic_baseline(dic, stats, 300, seed=1)
+    struct = synthetic_structured(dic, stats, 300, seed=1)
+    for synth in (base, struct):
+        assert synth.acts.shape == (300, dic.d) and torch.isfinite(synth.acts).all()
+        l0 = torch.bincount(synth.codes.indices()[0], minlength=300)
+        assert ks_2samp(l0.numpy(), stats.l0.numpy()).pvalue > 1e-3  # L0 drawn from the real distribution
+        assert (synth.codes.values() > 0).all()
+    # codes decode to the activations, and the structured codes copy the real cosines to the top latent
+    torch.testing.assert_close(sf.synthetic.decode(dic, struct.codes.to_dense()), struct.acts)
+    real_cos = stats.top_cos.numpy()
+    ks_struct = ks_2samp(top_cosines(dic, struct.codes), real_cos).statistic
+    ks_base = ks_2samp(top_cosines(dic, base.codes), real_cos).statistic
+    assert ks_struct < ks_base  # on this SAE: 0.06 vs 0.19
+    with pytest.raises(ValueError, match="number of synthetic activations"):
+        synthetic_baseline(dic, stats, 0)
+
+
+def test_simplex_grid_and_landscape_find_a_planted_optimum():
+    from sensfind.landscape import landscape, simplex_directions, simplex_grid
+
+    w = simplex_grid(4)
+    assert w.shape == (15, 3) and torch.allclose(w.sum(1), torch.ones(15, dtype=w.dtype))
+    corners = torch.eye(3, 5)
+    dirs = simplex_directions(corners, w)
+    torch.testing.assert_close(dirs.norm(dim=1), torch.ones(15))
+    with pytest.raises(ValueError, match="cancel"):
+        simplex_directions(torch.stack([corners[0], -corners[0], corners[1]]), simplex_grid(2))
+
+    toy = sf.ToyModel(sf.ToyConfig(seed=0))
+    subject = toy.subject(0)
+    feature = subject.signed_features()[~subject.is_active][:1]
+    corners = torch.cat([feature, sf.baselines.isotropic(2, toy.d, seed=5)])
+    land = landscape(subject, corners, sf.ScanConfig(steps=46), resolution=4, corner_names=("feature", "a", "b"))
+    report = land.corner_report(0)
+    assert report["local_optimum"] and report["name"] == "feature"
+    assert report["threshold"] < min(land.corner_report(1)["threshold"], land.corner_report(2)["threshold"])
+    assert land.threshold.shape == (15,)
