@@ -315,14 +315,14 @@ class SearchSpace:
 
     @classmethod
     def default(cls) -> SearchSpace:
-        return cls.from_dict({}, merge=True)
+        return cls.from_dict({})
 
     @classmethod
-    def from_dict(cls, entries: dict, merge: bool = True) -> SearchSpace:
-        """Entries as in a space file; with ``merge`` they replace the default entries of the same name."""
+    def from_dict(cls, entries: dict) -> SearchSpace:
+        """Entries as in a space file, replacing the default entries of the same name."""
         if not isinstance(entries, dict):
             raise ValueError(f"a search space must be a JSON object of parameter -> spec, got {type(entries).__name__}")
-        base = dict(_DEFAULT_SPACE) if merge else {}
+        base = dict(_DEFAULT_SPACE)
         for derived, target in _DERIVED.items():
             if target in entries and derived not in entries:
                 base.pop(derived, None)
@@ -347,10 +347,10 @@ class SearchSpace:
             raise ValueError(f"search space file {str(path)!r} could not be parsed: {exc}") from None
         return cls.from_dict(data if data is not None else {})
 
-    def suggest(self, trial: optuna.Trial, base: DiscoverConfig = DiscoverConfig()) -> DiscoverConfig:
+    def suggest(self, trial: optuna.Trial) -> DiscoverConfig:
         """The trial's ``DiscoverConfig`` (raises ``ValueError`` for an invalid combination)."""
         values = {name: spec.suggest(trial) for name, spec in self.params.items()}
-        return _apply(base, values)
+        return _apply(DiscoverConfig(), values)
 
     def default_params(self) -> dict | None:
         """The tuned parameter values that reproduce ``DiscoverConfig()``, or None if it lies outside the space."""
@@ -528,7 +528,7 @@ def evaluate(
         probe = _Probe(target.subject)
         last_step = 0
 
-        def callback(it: int, record: dict, k=k, probe=probe, target=target) -> None:
+        def callback(it: int, record: dict, k=k, probe=probe, target=target, done=points) -> None:
             nonlocal last_step
             step = REPORTS_PER_SUBJECT * (it + 1) // config.iterations
             if report is None or step <= last_step or step >= REPORTS_PER_SUBJECT:
@@ -538,7 +538,7 @@ def evaluate(
                 return
             last_step = step
             running = (sum(scores.values()) + target.score(dirs, config)) / (k + 1)
-            report(k * REPORTS_PER_SUBJECT + step, running, points + record["points"])
+            report(k * REPORTS_PER_SUBJECT + step, running, done + record["points"])
 
         found = discover(probe, config, callback=callback if report is not None else None)
         points += found.points_evaluated
@@ -687,12 +687,16 @@ def _display_url(url: str) -> str:
 
 
 def storage_url(storage: str | None, out: str | Path | None) -> str:
-    """The storage URL for a ``storage`` spec: a URL as given, a file path as SQLite, ``None`` as ``<out>/study.db``."""
+    """The storage URL for a ``storage`` spec: a URL as given (``postgresql://`` uses psycopg 3), a file path as
+    SQLite, ``None`` as ``<out>/study.db``."""
     if storage is None:
         if out is None:
             raise ValueError("no storage given and no output directory to put the default study.db in")
         storage = str(Path(out) / "study.db")
     if storage == "memory" or "://" in storage:
+        for plain in ("postgresql://", "postgres://"):  # psycopg 3 whatever SQLAlchemy's default driver
+            if storage.startswith(plain):
+                return "postgresql+psycopg://" + storage[len(plain):]
         return storage
     path = Path(storage).expanduser().resolve()
     if path.is_dir():
@@ -701,28 +705,39 @@ def storage_url(storage: str | None, out: str | Path | None) -> str:
     return f"sqlite:///{path}"
 
 
+_OPEN_ATTEMPTS = 5
+# messages of workers racing to create the tables of a new storage (SQLite, PostgreSQL)
+_CREATION_RACE = ("already exists", "database is locked", "duplicate key", "UniqueViolation", "UNIQUE constraint")
+
+
 def open_storage(config: TuneConfig, out: str | Path | None = None) -> optuna.storages.BaseStorage:
     """Open (and create the tables of) the study storage, with heartbeats and retries of stale trials."""
     url = storage_url(config.storage, out)
+    shown = _display_url(config.storage if config.storage and "://" in config.storage else url)
     if url == "memory":
         return optuna.storages.InMemoryStorage()
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     grace = config.grace_period if config.grace_period is not None else 3 * config.heartbeat_interval
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            stale_callback = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.retries)
-                              if config.retries > 0 else None)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=config.heartbeat_interval,
-                grace_period=grace, heartbeat_stale_trial_callback=stale_callback,
-            )
-    except ImportError as exc:
-        hint = " (pip install 'psycopg[binary]')" if url.startswith("postgres") else ""
-        raise StorageError(f"cannot open storage {_display_url(url)!r}: database driver missing: {exc}{hint}") from None
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver errors of many kinds: one clear line
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise StorageError(f"cannot open storage {_display_url(url)!r}: {reason}") from None
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                stale_callback = (optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.retries)
+                                  if config.retries > 0 else None)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=config.heartbeat_interval,
+                    grace_period=grace, heartbeat_stale_trial_callback=stale_callback,
+                )
+        except ImportError as exc:
+            hint = " (pip install 'psycopg[binary]')" if url.startswith("postgres") else ""
+            raise StorageError(f"cannot open storage {shown!r}: database driver missing: {exc}{hint}") from None
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver errors of many kinds: one clear line
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if attempt + 1 < _OPEN_ATTEMPTS and any(m in reason for m in _CREATION_RACE):
+                log.info("storage tables being created by another worker (%s); retrying", reason)
+                time.sleep(0.5 + attempt)
+                continue
+            raise StorageError(f"cannot open storage {shown!r}: {reason}") from None
 
 
 def _sampler(config: TuneConfig) -> optuna.samplers.BaseSampler:
@@ -794,11 +809,10 @@ class _Objective:
     def __call__(self, trial: optuna.Trial):
         self.ran += 1
         trial.set_user_attr("worker", self.worker)
-        nan = (math.nan,) * len(self.config.directions)
         try:
             discover_config = self.space.suggest(trial)
         except ValueError as exc:
-            return self._fail(trial, f"invalid settings: {exc}", 0, nan)
+            return self._fail(trial, f"invalid settings: {exc}", 0)
         trial.set_user_attr("discover_config", discover_config.to_dict())
         spent = 0
 
@@ -807,15 +821,14 @@ class _Objective:
             spent = points
             if not math.isfinite(value):
                 raise NonFiniteOutputError(f"the score turned non-finite ({value}) at step {step}")
-            if self.config.pruning:
-                trial.report(value, step)
-                if trial.should_prune():
-                    raise _Stop(f"pruned at step {step} with running {self.config.metric} {value:.4g}")
+            trial.report(value, step)
+            if trial.should_prune():
+                raise _Stop(f"pruned at step {step} with running {self.config.metric} {value:.4g}")
 
         try:
-            ev = evaluate(discover_config, self.targets, report=report)
+            ev = evaluate(discover_config, self.targets, report=report if self.config.pruning else None)
         except NonFiniteOutputError as exc:
-            return self._fail(trial, f"non-finite: {' '.join(str(exc).split())}", spent, nan)
+            return self._fail(trial, f"non-finite: {' '.join(str(exc).split())}", spent)
         except _Stop as stop:
             trial.set_user_attr("points", spent)
             raise optuna.TrialPruned(str(stop)) from None
@@ -824,15 +837,15 @@ class _Objective:
         trial.set_user_attr("scores", ev.scores)
         trial.set_user_attr("n_optima", ev.n_optima)
         if not math.isfinite(ev.quality):
-            return self._fail(trial, f"non-finite: the {self.config.metric} score is {ev.quality}", ev.points, nan)
+            return self._fail(trial, f"non-finite: the {self.config.metric} score is {ev.quality}", ev.points)
         return (ev.quality, float(ev.points)) if self.config.multi_objective else ev.quality
 
-    def _fail(self, trial: optuna.Trial, reason: str, points: int, nan):
+    def _fail(self, trial: optuna.Trial, reason: str, points: int):
         """Record why and return NaN, which Optuna stores as a FAIL without stopping the study."""
         log.warning("trial %d failed: %s", trial.number, reason)
         trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr("points", points)
-        return nan if len(nan) > 1 else nan[0]
+        return (math.nan, math.nan) if self.config.multi_objective else math.nan
 
 
 def tune(
@@ -907,6 +920,7 @@ class TuneResult:
         best_config: ``DiscoverConfig`` fields of the best trial (multi-objective: the highest quality on the
             front), or None before any trial completed. ``sensfind discover --config`` accepts it.
         ran: trials this worker ran.
+        config: this worker's ``TuneConfig``; settings: what the study's workers share (search space included).
     """
 
     study_name: str
@@ -918,13 +932,13 @@ class TuneResult:
     best_config: dict | None
     ran: int = 0
     config: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
 
     @classmethod
     def from_study(cls, study: optuna.Study, config: TuneConfig, storage: str = "", ran: int = 0) -> TuneResult:
         trials = [_row(t) for t in study.get_trials(deepcopy=False)]
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         best: list[FrozenTrial] = []
-        if complete:
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if config.multi_objective:
                 best = sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0]))
             else:
@@ -935,7 +949,7 @@ class TuneResult:
             top = max(best, key=lambda t: (t.values[0], -(t.values[1] if len(t.values) > 1 else 0)))
             best_config = top.user_attrs.get("discover_config")
         return cls(study.study_name, _display_url(storage), config.directions, config.metric, trials, best_rows,
-                   best_config, ran, config.to_dict())
+                   best_config, ran, config.to_dict(), study.user_attrs.get(_SETTINGS_ATTR, {}))
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -963,8 +977,8 @@ class TuneResult:
 
     def summary(self) -> str:
         counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(self.counts().items()))
-        lines = [f"study {self.study_name!r} ({self.storage}): {len(self.trials)} trials ({counts}); "
-                 f"this worker ran {self.ran}; {self.points_spent} points spent in all"]
+        lines = [(f"study {self.study_name!r} ({self.storage}): {len(self.trials)} trials ({counts}); "
+                  f"this worker ran {self.ran}; {self.points_spent} points spent in all")]
         if self.best:
             b = self.best[0] if len(self.best) == 1 else max(self.best, key=lambda r: r["quality"])
             front = f", Pareto front of {len(self.best)}" if len(self.best) > 1 or len(self.directions) > 1 else ""
@@ -982,8 +996,8 @@ class TuneResult:
             _write_atomic(out / "pareto.json", _json(self.best))
         _write_atomic(out / "trials.csv", self._csv())
         _write_atomic(out / "summary.md", f"# {self.study_name}\n\n{self.summary()}\n\n{self.table(None)}\n")
-        _write_atomic(out / "tune.json", _json({"config": self.config, "summary": self.summary(),
-                                                "counts": self.counts(), "best": self.best}))
+        _write_atomic(out / "tune.json", _json({"config": self.config, "settings": self.settings,
+                                                "summary": self.summary(), "counts": self.counts(), "best": self.best}))
         if study is not None:
             save_plots(study, out, self.metric)
         return out
