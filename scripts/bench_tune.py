@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sensfind.optimize import DiscoverConfig
-from sensfind.tune import SearchSpace, TuneConfig, evaluate, toy_targets, tune
+from sensfind.tuning import SearchSpace, TuneConfig, evaluate, toy_targets, tune
 
 HOLDOUT_SPACE = {"restarts": 16, "iterations": {"type": "int", "low": 10, "high": 60}}
 

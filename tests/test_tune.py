@@ -1,6 +1,6 @@
 """Tuning: search spaces, scoring, failures, pruning, results, and studies shared by worker processes.
 
-Worker tests start real processes (``python -m sensfind.tune``) against a real PostgreSQL server
+Worker tests start real processes (``python -m sensfind.cli tune``) against a real PostgreSQL server
 (``tests/pg.py``) and against the default SQLite file. Budgets are tiny: 4 restarts, <= 8 iterations.
 """
 
@@ -19,9 +19,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import sensfind.tune as tn
+import sensfind.tuning as tn
 from sensfind import DiscoverConfig, FunctionSubject
-from sensfind.tune import SearchSpace, StudyMismatchError, Target, TuneConfig, tune
+from sensfind.tuning import SearchSpace, StudyMismatchError, Target, TuneConfig, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPACE = {
@@ -61,7 +61,7 @@ def _config(**kw) -> TuneConfig:
 
 def _worker(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "sensfind.tune", "--quiet", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "sensfind.cli", "tune", "--quiet", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

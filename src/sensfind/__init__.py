@@ -19,7 +19,7 @@ from .scan import Scan, ScanConfig, check_directions, directions_from_targets, p
 from .landscape import Landscape, landscape, simplex_directions, simplex_grid
 from .synthetic import LatentStats, Synthetic, latent_stats, synthetic_baseline, synthetic_structured
 from .baselines import cov_random_targets, cov_stats, isotropic, load_directions
-from .tune import SearchSpace, Target, TuneConfig, TuneResult, evaluate, tune  # the module that imports optuna
+from .tuning import SearchSpace, Target, TuneConfig, TuneResult, evaluate, tune  # the module that imports optuna
 from .toy import ToyConfig, ToyModel, ToySample, ToySubject, feature_cosines, project_out
 from .subjects import FunctionSubject, Subject, TransformerSubject
 

@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
-    from .tune import add_tune_parser
+    from .tuning import add_tune_parser
 
     add_tune_parser(sub)
     return parser

@@ -1154,11 +1154,11 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sensfind.tune ARGS``, the same as ``sensfind tune ARGS``."""
+    """``python -m sensfind.tuning ARGS``, the same as ``sensfind tune ARGS``."""
     from .dictionary import DictionaryUnavailableError
     from .models import ModelUnavailableError
 
-    parser = argparse.ArgumentParser(prog="python -m sensfind.tune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sensfind.tuning", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     _add_tune_args(parser)
     args = parser.parse_args(argv)
