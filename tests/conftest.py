@@ -5,6 +5,11 @@ import torch
 
 import sensfind as sf
 
+# One intra-op thread: with two OpenMP threads on two cores, any other busy process (a worker the
+# tests start, or anything else on the machine) makes each small op wait on the other thread, and
+# the suite runs ten times slower. Tests assert correctness only, never speed.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_model():

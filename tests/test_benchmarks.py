@@ -27,3 +27,13 @@ def test_bench_discover_quick():
     assert g["points_evaluated"] == g["iterations"] * g["points_per_step"] + g["restarts"] * g["scan_steps"]
     for key in ("toy_no_diversity", "toy_diversity"):
         assert out[key]["mean_points_per_distinct_feature"] > 0
+
+
+@pytest.mark.slow
+def test_bench_scan_quick():
+    out = _run("bench_scan.py")
+    for key in ("points_per_s_fast", "points_per_s_reference", "speedup_vs_reference", "sgemm_gflops",
+                "roofline_fraction_fp32", "bf16_speedup", "bf16_angle_agreement", "peak_rss_gib"):
+        assert isinstance(out[key], (int, float)) and math.isfinite(out[key]), key
+    assert len(out["speedup_vs_reference_by_length"]) == 3
+    assert out["max_abs_diff_fast_vs_reference"] <= 1e-4
