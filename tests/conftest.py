@@ -1,4 +1,7 @@
 import logging
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the worker processes the tests start, too (see below)
 
 import pytest
 import torch
