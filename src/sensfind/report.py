@@ -75,7 +75,7 @@ def comparison_figures(directory: Path, subject, directions, comparison) -> list
     th = {"SAE decoder rows": sens.blowup, "naive-random": sens.random_blowup}
     if sens.real_other_blowup.numel():
         th["real-other"] = sens.real_other_blowup
-    finite_opt = [float(x) for x in scan(subject, directions.to(subject.base.dtype), cfg).threshold if math.isfinite(x)]
+    finite_opt = [float(x) for x in opt.threshold if math.isfinite(x)]  # the optima's scan from above
     p = plot_histograms(fig_dir / "threshold_angles.png", th, "threshold angle (deg)", "how early each kind of direction blows up",
               lines={"discovered optima": finite_opt})
     out.append((p, "Threshold angle (first angle with effect > τ) of SAE decoder rows, random and real-other "
