@@ -22,12 +22,14 @@ def _tiny_subject(model):
     return sf.TransformerSubject(model, PROMPT_IDS[:6], hook="blocks.1.hook_resid_pre")
 
 
-@pytest.fixture(params=["function", "transformer", "transformer-late-hook"])
+@pytest.fixture(params=["function", "transformer", "transformer-late-hook", "smollm2"])
 def subject(request, tiny_model):
     if request.param == "function":
         return _function_subject()
     if request.param == "transformer":
         return _tiny_subject(tiny_model)
+    if request.param == "smollm2":
+        return sf.TransformerSubject(request.getfixturevalue("smollm2"), "The cat sat on the mat and")
     return sf.TransformerSubject(tiny_model, PROMPT_IDS[:6], output_hook="ln_final.hook_normalized")
 
 

