@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CorpusSAEConfig", "SAEQuality", "SiteActivations", "massive_positions", "sae_quality",
            "site_activations", "train_corpus_sae"]
 
-_FORMAT = 1  # bump when what is cached changes
+_FORMAT = 2  # bump when what is cached changes (2: train_dead_fraction)
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
