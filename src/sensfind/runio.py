@@ -63,14 +63,18 @@ def umask() -> int:
     return mask
 
 
+def _open_new(path: Path):
+    """A new file opened for writing, with the permissions of the umask (the one place results are opened)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` via a uniquely named sibling temporary file (never a torn file, even with
     concurrent writers). Raises ``ResultsWriteError`` naming ``path`` when it cannot be written."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-        with os.fdopen(fd, "wb") as f:
+        with _open_new(tmp) as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except OSError as exc:
@@ -140,15 +144,18 @@ def check_output_dir(out: str | Path, overwrite: bool = False, what: str = "outp
         existing = existing.parent
     if not existing.is_dir():
         raise ResultsWriteError(out, f"{str(existing)!r} is a file, not a directory")
-    try:
-        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    if read_only:
+    if _is_read_only(existing):
         raise ResultsWriteError(out, "read-only file system")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ResultsWriteError(out, f"permission denied (cannot create files in {str(existing)!r})")
     return out
+
+
+def _is_read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _normalize_permissions(root: Path) -> None:
