@@ -585,3 +585,28 @@ def test_15_genuine_bugs_keep_their_traceback(tmp_path, monkeypatch):
     with pytest.raises(KeyError):
         main(["scan", *TINY, "--directions", "random:2", "--steps", "3", "--out", str(tmp_path / "o")])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bogus:1", "--dictionary must be pretrained:RELEASE"),
+    ("train:x", "train:D_SAE needs an integer width >= 1, got 'x'"),
+    ("disk:/nonexistent-sae", "SAE directory '/nonexistent-sae' does not exist"),
+])
+def test_3_compare_dictionary_spec_is_checked_before_any_work(tmp_path, capsys, monkeypatch, directions_file,
+                                                             spec, message):
+    cli = sys.modules["sensfind.cli"]
+    monkeypatch.setattr(cli, "build_discovery_subject", lambda args: pytest.fail("work started"))
+    assert main(["compare", "--model", "toy", "--directions", str(directions_file), "--dictionary", spec,
+                 "--out", str(tmp_path / "o")]) == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_4_full_disk_during_demo_is_one_line(tmp_path, capsys, full_disk):
+    _FullDisk.room = 0
+    assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err  # SAELens may draw its own training progress bar first (not cached yet)
+    assert "Traceback" not in err and err.rstrip("\n").splitlines()[-1].startswith("sensfind: error: ")
+    assert "No space left on device" in err
+    assert list(tmp_path.iterdir()) == []

@@ -374,6 +374,18 @@ def cmd_discover(args) -> int:
     return 0
 
 
+def check_dictionary_spec(spec: str) -> None:
+    """Refuse a malformed ``--dictionary`` before any work (``load_dictionary`` reads it afterwards)."""
+    kind, _, value = spec.partition(":")
+    if kind not in ("pretrained", "disk", "train"):
+        raise CLIError(f"--dictionary must be pretrained:RELEASE[/SAE_ID], disk:PATH or train:D_SAE, got {spec!r}")
+    if kind == "disk" and not Path(value).is_dir():
+        raise CLIError(f"SAE directory {value!r} does not exist" if not Path(value).exists()
+                       else f"SAE directory {value!r} is not a directory")
+    if kind == "train" and value and (not value.isdigit() or int(value) < 1):
+        raise CLIError(f"--dictionary train:D_SAE needs an integer width >= 1, got {value!r}")
+
+
 def load_dictionary(spec: str, subject, model, args):
     """``pretrained:RELEASE[/SAE_ID]`` | ``disk:PATH`` | ``train:D_SAE`` -> Dictionary."""
     from .dictionary import load_from_disk, load_pretrained, train_sae
@@ -432,6 +444,7 @@ def cmd_compare(args) -> int:
                               f"--config {args.config!r}" if args.config else "the flags")
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     check_output_dir(out, args.overwrite)
+    check_dictionary_spec(args.dictionary)
     with staged_dir(out, overwrite=args.overwrite) as tmp:
         subject, model, others = build_discovery_subject(args)
         dictionary = load_dictionary(args.dictionary, subject, model, args)
