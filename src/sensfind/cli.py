@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import shutil
 import sys
@@ -65,11 +64,8 @@ def build_subject(args):
     return model, subject
 
 
-_SITE_KEYS = ("model", "prompt", "tokens", "hook", "position", "output_hook", "dtype", "seed")
-
-
 def site_config(args) -> dict:
-    return {k: getattr(args, k) for k in _SITE_KEYS}
+    return {k: getattr(args, k) for k in ("model", "prompt", "tokens", "hook", "position", "output_hook", "dtype", "seed")}
 
 
 def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, str]:
@@ -201,10 +197,6 @@ def load_run_config(path: Path, key: str | None = None) -> dict:
     if key is not None and not isinstance(data.get(key), dict):
         raise InputFileError(f"run config {str(path)!r} has no {key!r} settings; is it the config.json of a "
                              f"sensfind {key} run?")
-    allowed = set(_SITE_KEYS) | {"input", "prompts"}
-    unknown = sorted(set(data["site"]) - allowed)
-    if unknown:
-        raise InputFileError(f"run config {str(path)!r} has unknown site setting(s) {unknown}; allowed: {sorted(allowed)}")
     return data
 
 
