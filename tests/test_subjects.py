@@ -161,3 +161,20 @@ def test_pretrained_loader_fails_offline_with_one_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(sf.ModelUnavailableError, match="could not load pretrained model 'gpt2'.*random:gpt2"):
         sf.load_model("gpt2")
+
+
+# -- issue 10, defect 14 --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base", [torch.arange(1, 9), torch.ones(8, dtype=torch.bool), torch.ones(8, dtype=torch.complex64)])
+def test_function_subject_refuses_a_non_real_float_base(base):
+    with pytest.raises(TypeError, match=f"base must be a real floating-point tensor, got dtype {base.dtype}"):
+        sf.FunctionSubject(base, lambda x: x)
+
+
+def test_a_non_differentiable_fn_is_named_before_autograd_fails():
+    subject = sf.FunctionSubject(torch.randn(8), lambda x: torch.from_numpy(x.detach().numpy() ** 2))
+    with pytest.raises(TypeError, match="is not differentiable"):
+        sf.discover(subject, sf.DiscoverConfig(restarts=2, iterations=1, final_steps=5))
+    with torch.no_grad():  # without gradients it is a fine subject
+        assert subject.run(torch.randn(3, 8)).shape == (3, 8)

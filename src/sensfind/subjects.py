@@ -51,6 +51,8 @@ class Subject(Protocol):
 def check_base(base: Tensor) -> Tensor:
     if not isinstance(base, Tensor):
         raise TypeError(f"base must be a torch.Tensor of shape [d], got {type(base).__name__}")
+    if base.is_complex() or not base.is_floating_point():
+        raise TypeError(f"base must be a real floating-point tensor, got dtype {base.dtype}; convert with .float()")
     if base.ndim != 1 or base.numel() == 0:
         raise ValueError(f"base must have shape [d] with d >= 1, got shape {tuple(base.shape)}")
     if not torch.isfinite(base).all():
@@ -83,6 +85,12 @@ class FunctionSubject:
         if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != acts.shape[0]:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"fn must return a tensor of shape [B, n_out] with B={acts.shape[0]}, got {shape}")
+        if torch.is_grad_enabled() and acts.requires_grad and not out.requires_grad:
+            raise TypeError(
+                f"fn {getattr(self.fn, '__name__', self.fn)!r} is not differentiable: its output does not require "
+                "grad although its input does (does it detach, call .numpy() or run under torch.no_grad()?). "
+                "Discovery needs gradients from the output back to the activations"
+            )
         return out
 
     def __repr__(self) -> str:
