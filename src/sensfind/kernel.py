@@ -32,6 +32,7 @@ checks the stack against TransformerLens's forward before trusting it.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -157,6 +158,26 @@ def unsupported(model, layer: int) -> str | None:
     return ", ".join(failed) if failed else None
 
 
+# fused weights, shared by every stack built on the same model while their source parameters are
+# unchanged (a SmolLM2 stack would otherwise copy ~270 MB per subject): model -> {name: (stamp, tensor)}
+_FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fused(model, name: str, params: tuple[Tensor, ...], flatten: bool = False) -> Tensor:
+    """The parameters concatenated along their last dimension (``[H, d, d_head]`` ones as
+    ``[d, H·d_head]``; with ``flatten``, all flattened), cached per model until a parameter changes."""
+    stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in params)
+    cache = _FUSED.setdefault(model, {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != stamp:
+        if flatten:
+            parts = [t.reshape(-1) for t in params]
+        else:
+            parts = [t.permute(1, 0, 2).reshape(t.shape[1], -1) if t.ndim == 3 else t for t in params]
+        hit = cache[name] = (stamp, torch.cat(parts, dim=-1))
+    return hit[1]
+
+
 # -- the maths ----------------------------------------------------------------------------------------
 def _normalize(x: Tensor, kind: Norm, w: Tensor | None, b: Tensor | None, eps: float) -> Tensor:
     """TransformerLens's LayerNorm / LayerNormPre / RMSNorm / RMSNormPre over the last dimension."""
@@ -166,9 +187,10 @@ def _normalize(x: Tensor, kind: Norm, w: Tensor | None, b: Tensor | None, eps: f
     return F.rms_norm(x, shape, w, eps)
 
 
-def _rotary_tables(attn, positions: Tensor, d_head: int) -> tuple[Tensor, Tensor, Tensor]:
+def _rotary_tables(attn, positions: Tensor, d_head: int) -> tuple[Tensor, Tensor, Tensor | int]:
     """``cos, sin`` ``[T, d_head]`` and a permutation ``[d_head]`` such that, for one head's vector
-    ``x`` at those positions, TransformerLens's rotary is ``x * cos + x[..., perm] * sin``.
+    ``x`` at those positions, TransformerLens's rotary is ``x * cos + x[..., perm] * sin``. The common
+    case (pairs ``(i, i + d_head/2)`` over the whole head) returns the shift ``d_head/2`` instead, a roll.
 
     Dimensions past ``rotary_dim`` pass through (cos 1, sin 0). The sign of ``rotate_every_two`` is
     folded into ``sin``. Taken from the attention's own sin/cos buffers, so scaled variants (NTK by
@@ -193,17 +215,21 @@ def _rotary_tables(attn, positions: Tensor, d_head: int) -> tuple[Tensor, Tensor
         cos = torch.cat([cos, cos.new_ones(cos.shape[0], rest)], dim=-1)
         sin = torch.cat([sin, sin.new_zeros(sin.shape[0], rest)], dim=-1)
         perm = torch.cat([perm, torch.arange(rdim, d_head, device=positions.device)])
+    elif not cfg.rotary_adjacent_pairs:
+        perm = rdim // 2
     return cos, sin, perm
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor, perm: Tensor) -> Tensor:
-    return x * cos + x[..., perm] * sin
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, perm: Tensor | int) -> Tensor:
+    flipped = torch.roll(x, perm, dims=-1) if isinstance(perm, int) else x[..., perm]
+    return x * cos + flipped * sin
 
 
 class _Layer:
     """One block's weights in the layout the compact path multiplies with, and the shared prefix K/V."""
 
-    def __init__(self, block, entry, family: BlockFamily, act, p_new: int, work_dtype: torch.dtype):
+    def __init__(self, model, index: int, entry, family: BlockFamily, act, p_new: int, work_dtype: torch.dtype):
+        block = model.blocks[index]
         attn = block.attn
         cfg = block.cfg
         self.family = family
@@ -214,8 +240,8 @@ class _Layer:
         w_k, w_v = (attn._W_K, attn._W_V) if grouped else (attn.W_K, attn.W_V)
         b_k, b_v = (attn._b_K, attn._b_V) if grouped else (attn.b_K, attn.b_V)
         # fused [d, (H + 2·H_kv)·d_head]: the only weight copies the compact path makes are fusions
-        self.w_qkv = torch.cat([w.permute(1, 0, 2).reshape(d, -1) for w in (attn.W_Q, w_k, w_v)], dim=1)
-        self.b_qkv = torch.cat([attn.b_Q.reshape(-1), b_k.reshape(-1), b_v.reshape(-1)])
+        self.w_qkv = _fused(model, f"{index}.w_qkv", (attn.W_Q, w_k, w_v))
+        self.b_qkv = _fused(model, f"{index}.b_qkv", (attn.b_Q, b_k, b_v), flatten=True)
         self.w_o = attn.W_O.reshape(-1, d)  # [H·d_head, d]
         self.b_o = attn.b_O
         self.scale = attn.attn_scale
@@ -239,7 +265,8 @@ class _Layer:
         if not cfg.attn_only:
             self.ln2 = self._norm_weights(block.ln2)
             mlp = block.mlp
-            w_in = torch.cat([mlp.W_gate, mlp.W_in], dim=1) if family.gated else mlp.W_in  # [d, (2·)d_mlp]
+            # [d, 2·d_mlp] (gate, then in) or [d, d_mlp]
+            w_in = _fused(model, f"{index}.w_gate_in", (mlp.W_gate, mlp.W_in)) if family.gated else mlp.W_in
             self.mlp = (w_in, mlp.b_in, mlp.W_out, mlp.b_out)
         self.act = act
 
@@ -253,15 +280,15 @@ class _Layer:
         b, t, _ = h.shape
         n_kv, group, d_head, p0 = fam.n_kv_heads, fam.group, self.d_head, self.v_pre.shape[1]
         qkv = torch.addmm(self.b_qkv, h.reshape(b * t, -1), self.w_qkv)  # [B·T, (H + 2·H_kv)·d_head]
-        n_qk = (fam.n_heads + n_kv) * d_head
-        qk = qkv[:, :n_qk].view(b, t, fam.n_heads + n_kv, d_head)
+        qk, v = qkv.split([(fam.n_heads + n_kv) * d_head, n_kv * d_head], dim=1)
+        qk = qk.view(b, t, fam.n_heads + n_kv, d_head)
         if self.rotary is not None:
             qk = _rotate(qk, *self.rotary)
         # queries grouped by their key/value head: [H_kv, B, T·group, d_head] (rows t·group + j)
         q = qk[:, :, : fam.n_heads].reshape(b, t, n_kv, group, d_head).permute(2, 0, 1, 3, 4)
         q = q.reshape(n_kv, b, t * group, d_head)
         k = qk[:, :, fam.n_heads :].permute(2, 0, 1, 3)  # [H_kv, B, T, d_head]
-        v = qkv[:, n_qk:].view(b, t, n_kv, d_head).permute(2, 0, 1, 3)  # [H_kv, B, T, d_head]
+        v = v.view(b, t, n_kv, d_head).permute(2, 0, 1, 3)  # [H_kv, B, T, d_head]
         if t == 1:
             s_new = (q * k).sum(-1, keepdim=True)  # [H_kv, B, group, 1]
         else:
@@ -339,7 +366,8 @@ class CompactStack:
             act = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}.get(cfg.act_fn)
         self.layers = [
             _Layer(
-                model.blocks[i],
+                model,
+                i,
                 prefix_cache.entries[i],
                 self.family,
                 act or (None if cfg.attn_only else model.blocks[i].mlp.act_fn),
