@@ -198,6 +198,13 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def arm_directions(directions: torch.Tensor, d: int, seed: int) -> torch.Tensor:
+    """``directions`` if they have width ``d`` (another model's arm: as many, drawn the same way)."""
+    if directions.shape[1] == d:
+        return directions
+    return torch.randn(directions.shape[0], d, generator=torch.Generator().manual_seed(seed))
+
+
 def bench_fast(arms: dict, directions, angles, cfg: BenchConfig) -> dict:
     """Points/s of the fast path for each arm ``name: (subject, dtype)``, with a matmul in that dtype.
 
@@ -205,7 +212,10 @@ def bench_fast(arms: dict, directions, angles, cfg: BenchConfig) -> dict:
     (this machine is shared); medians over ``cfg.repeats``.
     """
     points = directions.shape[0] * angles.shape[0]
-    steps = {name: partial(scan_step, subject, subject.run, directions, angles) for name, (subject, _) in arms.items()}
+    steps = {
+        name: partial(scan_step, subject, subject.run, arm_directions(directions, subject.d, cfg.seed), angles)
+        for name, (subject, _) in arms.items()
+    }
     for step in steps.values():
         for _ in range(cfg.warmup):
             step()
