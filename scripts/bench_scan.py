@@ -10,23 +10,31 @@ hook that writes the perturbed activation, as the anchors' code does.
 FLOP model (analytic, per point; multiply-adds count 2). Perturbing the last position at layer L of
 an n-token prompt and reading the logits there, each of the N - L remaining blocks runs one position:
 
-    block   = 2·d·(3·H·d_head)        QKV projections
+    block   = 2·d·(H + 2·H_kv)·d_head QKV projections (H_kv = H without grouped-query attention)
             + 2·(H·d_head)·d          attention output projection
-            + 2·2·d·d_mlp             MLP in and out
+            + m·2·d·d_mlp             MLP in and out (m = 2), or gate, up and down (gated MLP: m = 3)
             + 2·2·H·d_head·n          attention scores and weighted values over the n keys
     forward = (N - L)·block + 2·d·V   plus the unembedding
     total   = 2·forward               the input-gradient backward repeats every matmul once
                                       (grad_input = grad_output · Wᵀ; no weight gradients)
 
-GPT-2 small from layer 1 with 10 tokens: 0.233 GFLOP forward, 0.466 GFLOP per point. Norms, softmax,
-GELU and the KL over the vocabulary are not counted (memory-bound, a few % of the matmul FLOPs).
+GPT-2 small from layer 1 with 10 tokens: 0.233 GFLOP forward, 0.466 GFLOP per point. SmolLM2-135M
+(``--model smollm2-135m``: 9 query / 3 key-value heads, gated MLP, vocabulary 49152): 0.263 GFLOP
+forward, 0.527 per point. Norms, softmax, rotary, the activation and the KL over the vocabulary are not
+counted (memory-bound, a few % of the matmul FLOPs).
 ``roofline_fraction`` is that FLOP count times the measured points/s, divided by the FLOP/s of a
 representative matmul (``[points, d] @ [d, d_mlp]``) timed in the same run, interleaved with the scan
 steps so that both see the same machine load (this machine is shared): the ratio is taken within each
 repeat and the median over repeats reported. For the same reason fp32 and bf16 steps alternate
 (``bf16_speedup`` is the median of per-repeat ratios), and ``speedup_vs_reference`` divides the fast
 path's points/s by the reference's with their steps alternating (``points_per_s_fast_paired``);
-``points_per_s_fast`` is the median of the separate, longer measurement.
+``points_per_s_fast`` is the median of the separate, longer measurement. ``roofline_fraction_bf16`` is
+judged against a bf16 matmul timed the same way: on a CPU without AMX bf16 matrix products can be
+slower than fp32 ones, so ``bf16_speedup`` is a property of the machine as much as of the code.
+
+A second model (``compare_with``, default ``random:gpt2``) runs its fp32 fast-path steps interleaved with
+the main model's, and ``compare.points_per_s_ratio`` is the per-repeat ratio of the two (median); a
+summary line on stderr states it.
 
 Memory allocation matters here: glibc serves blocks above 32 MiB with fresh mmaps and unmaps them on
 free, so every ``[256, 50257]`` fp32 tensor of the logits and the KL (51 MB) is page-faulted in again:
@@ -49,6 +57,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -79,7 +88,10 @@ class BenchConfig:
         agreement_directions, agreement_steps: the bf16-vs-fp32 threshold comparison (sphere scan).
         logit_scale: for the agreement only, W_U and b_U are multiplied by this. Random-init GPT-2 has
             logits with std ≈ 0.8, so KL never reaches τ = 0.5 on a sphere scan; ×3 gives std ≈ 2.4
-            and thresholds near 40°, the regime of real GPT-2 (Heimersheim & Mendel).
+            and thresholds near 40°, the regime of real GPT-2 (Heimersheim & Mendel). ``None``: 3 for
+            ``random:*`` models, 1 (untouched) for trained ones.
+        compare_with: a second model whose fp32 fast path is timed interleaved with this one's
+            (``None`` or the same name: no comparison).
         tau: threshold (nats of KL) for the threshold step.
         seed: seeds the model, the prompts and the directions.
         malloc_tune: raise glibc's mmap/trim thresholds first (fewer page faults; see above).
@@ -98,7 +110,8 @@ class BenchConfig:
     threads: int | None = None
     agreement_directions: int = 64
     agreement_steps: int = 91
-    logit_scale: float = 3.0
+    logit_scale: float | None = None
+    compare_with: str | None = "random:gpt2"
     tau: float = 0.5
     seed: int = 0
     malloc_tune: bool = False
@@ -119,7 +132,7 @@ class BenchConfig:
             raise ValueError(f"lengths must be positive prompt lengths, got {self.lengths}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.logit_scale <= 0:
+        if self.logit_scale is not None and self.logit_scale <= 0:
             raise ValueError(f"logit_scale must be > 0, got {self.logit_scale}")
 
     @property
@@ -140,6 +153,7 @@ QUICK = dict(
     agreement_directions=8,
     agreement_steps=19,
     logit_scale=20.0,
+    compare_with=None,
 )
 
 
@@ -147,9 +161,10 @@ QUICK = dict(
 def flops_per_point(cfg, layer: int, n_keys: int) -> float:
     """Forward FLOPs of one scan point (see the module docstring); the backward doubles it."""
     d, hd = cfg.d_model, cfg.n_heads * cfg.d_head
-    block = 2 * d * 3 * hd + 2 * hd * d + 2 * 2 * hd * n_keys
+    kv = (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+    block = 2 * d * (hd + 2 * kv) + 2 * hd * d + 2 * 2 * hd * n_keys
     if not cfg.attn_only:
-        block += 2 * 2 * d * cfg.d_mlp
+        block += (3 if cfg.gated_mlp else 2) * 2 * d * cfg.d_mlp
     return (cfg.n_layers - layer) * block + 2 * d * cfg.d_vocab_out
 
 
@@ -183,6 +198,13 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def arm_directions(directions: torch.Tensor, d: int, seed: int) -> torch.Tensor:
+    """``directions`` if they have width ``d`` (another model's arm: as many, drawn the same way)."""
+    if directions.shape[1] == d:
+        return directions
+    return torch.randn(directions.shape[0], d, generator=torch.Generator().manual_seed(seed))
+
+
 def bench_fast(arms: dict, directions, angles, cfg: BenchConfig) -> dict:
     """Points/s of the fast path for each arm ``name: (subject, dtype)``, with a matmul in that dtype.
 
@@ -190,7 +212,10 @@ def bench_fast(arms: dict, directions, angles, cfg: BenchConfig) -> dict:
     (this machine is shared); medians over ``cfg.repeats``.
     """
     points = directions.shape[0] * angles.shape[0]
-    steps = {name: partial(scan_step, subject, subject.run, directions, angles) for name, (subject, _) in arms.items()}
+    steps = {
+        name: partial(scan_step, subject, subject.run, arm_directions(directions, subject.d, cfg.seed), angles)
+        for name, (subject, _) in arms.items()
+    }
     for step in steps.values():
         for _ in range(cfg.warmup):
             step()
@@ -241,6 +266,10 @@ def bench_reference(subject, directions, angles, cfg: BenchConfig) -> dict:
     )
 
 
+def fast_path_name(subject: TransformerSubject) -> str:
+    return "compact" if getattr(subject, "_compact", None) is not None else "transformer_lens"
+
+
 def tune_malloc() -> bool:
     """glibc only: keep freed large blocks in the heap rather than unmapping them (see the docstring)."""
     try:
@@ -260,12 +289,20 @@ def random_prompt(n_tokens: int, d_vocab: int, seed: int) -> list[int]:
     return torch.randint(0, d_vocab, (n_tokens,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
+def agreement_logit_scale(cfg: BenchConfig) -> float:
+    if cfg.logit_scale is not None:
+        return cfg.logit_scale
+    return 3.0 if cfg.model.startswith("random:") else 1.0
+
+
 def bf16_agreement(cfg: BenchConfig, prompt: list[int]) -> dict:
     """Threshold steps (first KL > τ on a sphere scan) of bf16 vs fp32, on a sharpened random model."""
     model = load_model(cfg.model, seed=cfg.seed)
-    with torch.no_grad():
-        model.unembed.W_U.mul_(cfg.logit_scale)
-        model.unembed.b_U.mul_(cfg.logit_scale)
+    logit_scale = agreement_logit_scale(cfg)
+    if logit_scale != 1.0:
+        with torch.no_grad():
+            model.unembed.W_U.mul_(logit_scale)
+            model.unembed.b_U.mul_(logit_scale)
     fp32 = TransformerSubject(model, prompt, hook=cfg.hook)
     bf16 = fp32.to_dtype(torch.bfloat16)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -286,7 +323,7 @@ def bf16_agreement(cfg: BenchConfig, prompt: list[int]) -> dict:
         steps=cfg.agreement_steps,
         step_deg=step_deg,
         tau=cfg.tau,
-        logit_scale=cfg.logit_scale,
+        logit_scale=logit_scale,
         base_logit_std=float(fp32.base_output.std()),
         n_reached_fp32=int(reached_a.sum()),
         n_reached_bf16=int(reached_b.sum()),
@@ -317,7 +354,31 @@ def run(cfg: BenchConfig) -> dict:
     log.info("fast path, fp32 and bf16 interleaved, %d tokens", main)
     bf16_subject = subjects[main].to_dtype(torch.bfloat16)
     arms = {"fp32": (subjects[main], torch.float32), "bf16": (bf16_subject, torch.bfloat16)}
+    other = None
+    if cfg.compare_with and cfg.compare_with != cfg.model:
+        log.info("and %s's fp32 fast path interleaved with them", cfg.compare_with)
+        other_model = load_model(cfg.compare_with, seed=cfg.seed)
+        other_prompt = random_prompt(main, other_model.cfg.d_vocab, cfg.seed + main)
+        other = TransformerSubject(other_model, other_prompt, hook=cfg.hook)
+        arms["compare"] = (other, torch.float32)
     fast_main = bench_fast(arms, directions, angles, cfg)
+    compare = None
+    if other is not None:
+        other_gflop = 2 * flops_per_point(other.model.cfg, other.layer, main) / 1e9
+        compare = dict(
+            model=cfg.compare_with,
+            points_per_s_fast=fast_main["compare"]["points_per_s"],
+            points_per_s_ratio=statistics.median(
+                a / b for a, b in zip(fast_main["fp32"]["all"], fast_main["compare"]["all"])
+            ),
+            gflop_per_point=other_gflop,
+            roofline_fraction_fp32=statistics.median(
+                p * other_gflop / g for p, g in zip(fast_main["compare"]["all"], fast_main["compare"]["gflops_all"])
+            ),
+            fast_path=fast_path_name(other),
+            all=fast_main["compare"]["all"],
+        )
+        del other, other_model
     del arms, bf16_subject
     fast, fast_bf16 = {main: fast_main["fp32"]}, fast_main["bf16"]
     for n in lengths:
@@ -376,6 +437,7 @@ def run(cfg: BenchConfig) -> dict:
         roofline_fraction_bf16=paired_median(fast_bf16["all"], fast_bf16["gflops_all"], 2 * gflop[main]),
         bf16_angle_agreement=agreement["bf16_angle_agreement"],
         bf16_agreement=agreement,
+        compare=compare,
         peak_rss_gib=rss_fast,
         peak_rss_gib_with_reference=peak_rss_gib(),
         by_length=by_length,
@@ -397,7 +459,7 @@ def run(cfg: BenchConfig) -> dict:
             layer=layer,
         ),
         max_abs_diff_fast_vs_reference=max_abs_diff,
-        fast_path="compact" if getattr(subjects[main], "_compact", None) is not None else "transformer_lens",
+        fast_path=fast_path_name(subjects[main]),
         torch_num_threads=torch.get_num_threads(),
         torch_version=torch.__version__,
         sensfind_version=sensfind.__version__,
@@ -409,6 +471,23 @@ def run(cfg: BenchConfig) -> dict:
         malloc_env={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         config=asdict(cfg),
     )
+
+
+def summary(result: dict) -> str:
+    """One line: the main model's fp32/bf16 points/s and roofline, and the comparison model's."""
+    cfg = result["config"]
+    line = (
+        f"{cfg['model']}: {result['points_per_s_fast']:.0f} points/s fp32 (roofline {result['roofline_fraction_fp32']:.2f}), "
+        f"{result['points_per_s_fast_bf16']:.0f} bf16 (roofline {result['roofline_fraction_bf16']:.2f}), "
+        f"{result['speedup_vs_reference']:.1f}x the reference path at {cfg['tokens']} tokens"
+    )
+    c = result.get("compare")
+    if c:
+        line += (
+            f"; {c['model']} in the same run: {c['points_per_s_fast']:.0f} points/s fp32 "
+            f"(roofline {c['roofline_fraction_fp32']:.2f}), ratio {c['points_per_s_ratio']:.2f}"
+        )
+    return line
 
 
 def parse_args(argv=None) -> tuple[BenchConfig, argparse.Namespace]:
@@ -427,7 +506,9 @@ def parse_args(argv=None) -> tuple[BenchConfig, argparse.Namespace]:
     p.add_argument("--ref-points", type=int, help="points for the reference path (default 32)")
     p.add_argument("--ref-repeats", type=int, help="timed reference steps (default 3)")
     p.add_argument("--agreement-directions", type=int, help="directions in the bf16 agreement scan (default 64)")
-    p.add_argument("--logit-scale", type=float, help="sharpen the random model's logits for the agreement (default 3)")
+    p.add_argument("--logit-scale", type=float,
+                   help="scale the logits for the agreement (default: 3 for random:* models, 1 for trained ones)")
+    p.add_argument("--compare-with", help="second model timed interleaved (default random:gpt2; 'none': no comparison)")
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--malloc-tune", action="store_true", default=None, help="keep large freed blocks in glibc's heap"
@@ -439,6 +520,8 @@ def parse_args(argv=None) -> tuple[BenchConfig, argparse.Namespace]:
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = value
+    if overrides.get("compare_with") == "none":
+        overrides["compare_with"] = None
     return replace(BenchConfig(), **overrides), args
 
 
@@ -446,6 +529,7 @@ def main(argv=None) -> None:
     cfg, args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     result = run(cfg)
+    print(summary(result), file=sys.stderr)
     text = json.dumps(result) if args.json else json.dumps(result, indent=2)
     if args.output:
         with open(args.output, "w") as f:

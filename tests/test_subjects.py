@@ -44,7 +44,10 @@ def test_contract_shapes_and_protocol(subject):
 def test_contract_base_run_reproduces_base_output(subject):
     out = subject.run(subject.base[None])[0]
     ref = base_output(subject)
-    assert torch.allclose(out, ref, atol=1e-5)
+    # float32 differences between the fast and the reference path grow with depth and logit size
+    # (SmolLM2: 29 layers, logits near 30), so the tolerance is relative to the output's scale
+    err = (out - ref).abs().max()
+    assert err <= 1e-5 * max(1.0, float(ref.abs().max())), f"max abs diff {float(err):.3g}"
 
 
 def test_contract_autograd_flows_to_acts(subject):

@@ -7,10 +7,11 @@ activation). Everything downstream (scans, effects, the optimiser) only talks to
 ``TransformerSubject`` wraps a TransformerLens ``HookedTransformer`` at a site (prompt, hook name,
 token position). Its ``run`` is the fast path: the key/value cache of the prefix is computed once, and
 each batch runs only the positions from the perturbed one onwards through the layers from the hook's
-layer onwards. For GPT-2-style blocks, and while no hooks are attached to the model, those layers run
-as plain fused tensor ops sharing one copy of the prefix keys/values (``_CompactStack``, checked against
-TransformerLens's forward when the subject is built); otherwise TransformerLens runs them with the cache
-expanded to the batch. ``run_reference`` is the slow path used as ground truth: a full forward pass of
+layer onwards. For the pre-norm block families of GPT-2- and Llama-style models, and while no hooks are
+attached to the model, those layers run as plain fused tensor ops sharing one copy of the prefix
+keys/values (:class:`sensfind.kernel.CompactStack`, checked against TransformerLens's forward when the
+subject is built); otherwise TransformerLens runs them with the cache expanded to the batch, and the
+fallback is announced once at WARNING level. ``run_reference`` is the slow path used as ground truth: a full forward pass of
 the whole prompt with a hook that writes the perturbed activation.
 """
 
@@ -19,12 +20,12 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from functools import partial
 from typing import Callable, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .kernel import CompactStack, has_hooks, unsupported
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ MASSIVE_NORM_RATIO = 3.0
 
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+_FALLBACKS_ANNOUNCED: set[str] = set()  # why the compact path was unavailable, announced once each
 
 
 @runtime_checkable
@@ -269,11 +271,14 @@ class TransformerSubject:
         # the compact path (plain tensor ops, shared prefix K/V) where the architecture allows it,
         # checked against TransformerLens's own forward on a few probe points before it is trusted
         self._compact = None
-        reason = _compact_unsupported(model, self.layer)
-        if reason is None and not _CompactStack.supports_output(self.output_hook):
+        reason = unsupported(model, self.layer)
+        if reason is None and not CompactStack.supports_output(self.output_hook):
             reason = f"output_hook {self.output_hook!r}"
         if reason is not None:
-            log.info("compact fast path unavailable (%s); using TransformerLens's forward with a KV cache", reason)
+            level = logging.INFO if reason in _FALLBACKS_ANNOUNCED else logging.WARNING
+            _FALLBACKS_ANNOUNCED.add(reason)
+            log.log(level, "compact fast path unavailable (%s); using TransformerLens's forward with a KV cache "
+                    "(slower)", reason)
             return
         noise = torch.randn(2, self.d, generator=torch.Generator().manual_seed(0)).to(self.base)
         probe = torch.cat([self.base[None], self.base + noise * self.base.norm() / noise.norm(dim=1, keepdim=True)])
@@ -281,7 +286,8 @@ class TransformerSubject:
         rel_tol = 1e-3 if model.cfg.dtype in (torch.float32, torch.float64) else 5e-2
         tol = rel_tol * max(1.0, float(expected.abs().max()))
         try:
-            self._compact = _CompactStack(model, self.layer, self._prefix_cache, self.output_hook)
+            n_new = self.tokens.shape[1] - self.position
+            self._compact = CompactStack(model, self.layer, self._prefix_cache, n_new, self.output_hook)
             err = float((self._run_fast(probe) - expected).abs().max())
         except (RuntimeError, TypeError, ValueError) as exc:  # e.g. an op this dtype/device lacks
             err = f"{type(exc).__name__}: {exc}"
@@ -332,7 +338,7 @@ class TransformerSubject:
         dtype = self.model.cfg.dtype
         resid = torch.cat([acts[:, None, :].to(dtype), self._suffix.expand(batch, -1, -1)], dim=1)
         read = self.read_position - self.position
-        if self._compact is not None and not _has_hooks(self.model):
+        if self._compact is not None and not has_hooks(self.model):
             return self._compact(resid, read).to(self.base.dtype)
         kwargs = dict(start_at_layer=self.layer, past_kv_cache=self._expanded_cache(batch))
         return self._forward(resid, read, kwargs)
@@ -388,173 +394,3 @@ class TransformerSubject:
             f"output={'logits' if self.output_hook is None else self.output_hook!r}, "
             f"path={'fast' if self.layer is not None else 'reference'})"
         )
-
-
-# -- compact fast path ----------------------------------------------------------------------------
-# TransformerLens's forward pays for generality: hook points, layer norm and gelu_new as chains of
-# small elementwise ops, weights rearranged (copied) on every call, W_U^T copied for every unembed,
-# and a key/value cache that must be expanded and concatenated per layer for every batch. For the
-# common GPT-2-style block the same maths is a handful of fused ops; the prefix keys/values are kept
-# once, [H, P0, d_head], and every point's queries attend to them with one matmul per head.
-
-_TANH_GELUS = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh")
-_QK_NORM_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
-_RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
-
-
-def _has_hooks(model) -> bool:
-    """Whether any module of ``model`` has a hook attached (the compact path would skip it)."""
-    return any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-        for m in model.modules()
-    )
-
-
-def _softcap_on(cap) -> bool:
-    return cap is not None and cap > 0
-
-
-def _compact_unsupported(model, layer: int) -> str | None:
-    """Why the compact path cannot run this model from ``layer`` on, or ``None`` if it can."""
-    from transformer_lens.components import MLP, Attention, LayerNorm, LayerNormPre, TransformerBlock
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-
-    cfg = model.cfg
-    norms = (LayerNorm, LayerNormPre)
-    checks = {
-        "positional_embedding_type != 'standard'": cfg.positional_embedding_type == "standard",
-        "model spread over several devices": getattr(cfg, "n_devices", 1) == 1,
-        "4-bit weights": not getattr(cfg, "load_in_4bit", False),
-        "non-causal attention": getattr(cfg, "attention_dir", "causal") == "causal",
-        "local attention (attn_types)": getattr(cfg, "attn_types", None) is None,
-        "parallel attention and MLP": not getattr(cfg, "parallel_attn_mlp", False),
-        "post-norm blocks": getattr(cfg, "original_architecture", None) not in POST_NORM_ARCHITECTURES,
-        "norms before and after sublayers": not getattr(cfg, "use_normalization_before_and_after", False),
-        "QK norm": not getattr(cfg, "use_qk_norm", False)
-        and getattr(cfg, "original_architecture", None) not in _QK_NORM_ARCHITECTURES,
-        "clipped QKV": getattr(cfg, "clip_qkv", None) is None,
-        "attention sinks": not getattr(cfg, "use_attention_sinks", False),
-        "log-n attention scaling": not getattr(cfg, "use_logn_attn", False),
-        "attention score soft cap": not _softcap_on(getattr(cfg, "attn_scores_soft_cap", None)),
-        "output logit soft cap": not _softcap_on(getattr(cfg, "output_logits_soft_cap", None)),
-        "grouped-query attention": getattr(cfg, "n_key_value_heads", None) in (None, cfg.n_heads),
-        "layer-norm activation (SoLU-LN)": not cfg.is_layer_norm_activation(),
-        "final norm is not LayerNorm / LayerNormPre": type(getattr(model, "ln_final", None)) in norms,
-        "a block is not plain attention + MLP with LayerNorm": all(
-            type(block) is TransformerBlock
-            and type(block.attn) is Attention
-            and getattr(block.attn, "_attention_dir_override", None) in (None, "causal")
-            and type(block.ln1) in norms
-            and (cfg.attn_only or (type(block.ln2) in norms and type(block.mlp) is MLP))
-            for block in model.blocks[layer:]
-        ),
-    }
-    failed = [reason for reason, ok in checks.items() if not ok]
-    return ", ".join(failed) if failed else None
-
-
-class _CompactLayer:
-    """One block's weights in the layout the compact path multiplies with (views where possible)."""
-
-    def __init__(self, block, entry, act):
-        attn = block.attn
-        self.n_heads, self.d_head = attn.W_Q.shape[0], attn.W_Q.shape[2]
-        d = attn.W_Q.shape[1]
-        self.ln1 = (getattr(block.ln1, "w", None), getattr(block.ln1, "b", None))
-        # fused [d, 3·H·d_head]: the only weight copy the compact path makes
-        self.w_qkv = torch.cat([w.permute(1, 0, 2).reshape(d, -1) for w in (attn.W_Q, attn.W_K, attn.W_V)], 1)
-        self.b_qkv = torch.cat([attn.b_Q.reshape(-1), attn.b_K.reshape(-1), attn.b_V.reshape(-1)])
-        self.w_o = attn.W_O.reshape(-1, d)  # [H·d_head, d]
-        self.b_o = attn.b_O
-        self.scale = attn.attn_scale
-        # prefix keys/values, shared by the batch: [H, d_head, P0] and [H, P0, d_head]
-        self.k_pre_t = entry.past_keys[0].permute(1, 2, 0).contiguous()
-        self.v_pre = entry.past_values[0].permute(1, 0, 2).contiguous()
-        self.mlp = None
-        if not block.cfg.attn_only:
-            self.ln2 = (getattr(block.ln2, "w", None), getattr(block.ln2, "b", None))
-            self.mlp = (block.mlp.W_in, block.mlp.b_in, block.mlp.W_out, block.mlp.b_out)
-        self.act = act
-
-    def attend(self, h: Tensor) -> Tensor:  # [B, T, d] (normalised) -> [B·T, d]
-        b, t, _ = h.shape
-        n_heads, d_head, p0 = self.n_heads, self.d_head, self.v_pre.shape[1]
-        qkv = torch.addmm(self.b_qkv, h.reshape(b * t, -1), self.w_qkv)
-        q, k, v = qkv.view(b, t, 3, n_heads, d_head).permute(2, 3, 0, 1, 4).unbind(0)  # [H, B, T, d_head]
-        if t == 1:
-            s_new = (q * k).sum(-1, keepdim=True)  # [H, B, 1, 1]
-        else:
-            s_new = q @ k.transpose(-1, -2)  # [H, B, T, T]
-            causal = torch.ones(t, t, dtype=torch.bool, device=h.device).triu(1)
-            s_new = s_new.masked_fill(causal, float("-inf"))
-        if p0:
-            s_pre = (q.reshape(n_heads, b * t, d_head) @ self.k_pre_t).view(n_heads, b, t, p0)
-            scores = torch.cat([s_pre, s_new], dim=-1)
-        else:
-            scores = s_new
-        pattern = (scores / self.scale).softmax(dim=-1)  # [H, B, T, P0 + T]
-        p_new = pattern[..., p0:]
-        z = p_new * v if t == 1 else p_new @ v  # [H, B, T, d_head]
-        if p0:
-            p_pre = pattern[..., :p0].reshape(n_heads, b * t, p0)
-            z = z + (p_pre @ self.v_pre).view(n_heads, b, t, d_head)
-        z = z.permute(1, 2, 0, 3).reshape(b * t, n_heads * d_head)
-        return torch.addmm(self.b_o, z, self.w_o)
-
-    def __call__(self, x: Tensor, eps: float) -> Tensor:  # [B, T, d] -> [B, T, d]
-        b, t, d = x.shape
-        x = x + self.attend(F.layer_norm(x, (d,), *self.ln1, eps)).view(b, t, d)
-        if self.mlp is None:
-            return x
-        w_in, b_in, w_out, b_out = self.mlp
-        h = F.layer_norm(x, (d,), *self.ln2, eps).reshape(b * t, d)
-        return x + torch.addmm(b_out, self.act(torch.addmm(b_in, h, w_in)), w_out).view(b, t, d)
-
-
-class _CompactStack:
-    """Blocks ``layer..`` of a GPT-2-style TransformerLens model (plus final norm and unembed) as
-    plain tensor ops on the positions from the perturbed one onwards, ``[B, T, d]``.
-
-    The output is read at one position: logits (``output_hook=None``), ``ln_final.hook_normalized``,
-    or ``blocks.N.hook_resid_post``. Hook points are not called, so the subject uses this only while
-    the model has no hooks attached. Weights and the prefix keys/values are taken from the model at
-    construction, like the rest of the subject's state.
-    """
-
-    def __init__(self, model, layer: int, prefix_cache, output_hook: str | None):
-        cfg = model.cfg
-        self.eps = cfg.eps
-        stop, self.final = cfg.n_layers, "logits"
-        if output_hook == "ln_final.hook_normalized":
-            self.final = "normalized"
-        elif output_hook is not None:
-            stop, self.final = int(_RESID_POST.match(output_hook).group(1)) + 1, "resid"
-        # fused kernels for the common activations (TransformerLens spells gelu_new out op by op)
-        if cfg.act_fn in _TANH_GELUS:
-            act = partial(F.gelu, approximate="tanh")
-        else:
-            act = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}.get(cfg.act_fn)
-        self.layers = []
-        for i in range(layer, stop):
-            block = model.blocks[i]
-            block_act = act or (None if cfg.attn_only else block.mlp.act_fn)
-            self.layers.append(_CompactLayer(block, prefix_cache.entries[i], block_act))
-        self.ln_final = (getattr(model.ln_final, "w", None), getattr(model.ln_final, "b", None))
-        self.unembed = (model.unembed.W_U, model.unembed.b_U)
-
-    @staticmethod
-    def supports_output(output_hook: str | None) -> bool:
-        return output_hook in (None, "ln_final.hook_normalized") or bool(_RESID_POST.match(output_hook))
-
-    def __call__(self, resid: Tensor, read: int) -> Tensor:  # [B, T, d] -> [B, n_out]
-        x = resid
-        for layer in self.layers:
-            x = layer(x, self.eps)
-        x = x[:, read]
-        d = x.shape[-1]
-        if self.final == "resid":
-            return x
-        if self.final == "normalized":
-            return F.layer_norm(x, (d,), None, None, self.eps)
-        w_u, b_u = self.unembed
-        return torch.addmm(b_u, F.layer_norm(x, (d,), *self.ln_final, self.eps), w_u)

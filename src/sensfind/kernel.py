@@ -1,0 +1,398 @@
+"""The compact fast path: the blocks from a layer onwards as a handful of fused tensor ops.
+
+TransformerLens's forward pays for generality: hook points, norms and activations as chains of small
+elementwise ops, weights rearranged (copied) on every call, ``W_U`` copied for every unembedding, and a
+key/value cache that must be expanded to the batch and concatenated per layer on every call. For the
+pre-norm attention + MLP block the same maths is a few fused ops per layer, with the prefix keys and
+values kept once and shared by every point of the batch.
+
+One implementation covers the block families TransformerLens builds for GPT-2- and Llama-style models
+(:class:`BlockFamily`):
+
+- norm: ``LN`` (LayerNorm), ``LNPre`` (LayerNorm without weights), ``RMS``, ``RMSPre``;
+- positions: ``standard`` (absolute, added to the embedding: nothing to do here) or ``rotary``, applied
+  to the new queries/keys at their absolute positions; the prefix keys are rotated once at
+  construction (TransformerLens caches keys *before* rotary and rotates them on every call);
+- attention grouping: ``n_kv_heads`` key/value heads shared by ``n_heads / n_kv_heads`` query heads
+  each (grouped-query attention), without repeating the keys/values: the queries of a group are
+  stacked as rows, ``[kv_heads, group·B·T, d_head] @ [kv_heads, d_head, P0]``;
+- MLP: plain (``act(x W_in + b_in) W_out``) or gated (``(act(x W_gate) * x W_in + b_in) W_out``) with
+  one fused ``[d, 2·d_mlp]`` gate/up projection.
+
+Each block has one fused ``[d, (H + 2·H_kv)·d_head]`` query/key/value projection. Low-precision models
+(bfloat16, float16) multiply in their own dtype but keep the residual stream, norms and softmax in
+float32.
+
+:class:`CompactStack` runs the positions from the perturbed one onwards, ``[B, T, d]``, and returns one
+position's output. Hook points are not called, so it must only run while the model has no hooks
+attached (:func:`has_hooks`). :func:`unsupported` says why a model cannot take this path; the subject
+checks the stack against TransformerLens's forward before trusting it.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["BlockFamily", "CompactStack", "block_family", "has_hooks", "unsupported"]
+
+_TANH_GELUS = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh")
+_QK_NORM_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+_RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+Norm = Literal["LN", "LNPre", "RMS", "RMSPre"]
+
+
+@dataclass(frozen=True)
+class BlockFamily:
+    """What the compact path needs to know about a model's blocks.
+
+    Attributes:
+        norm: the norm before each sublayer and at the end (``LN``, ``LNPre``, ``RMS``, ``RMSPre``).
+        positions: ``standard`` (nothing to do inside the blocks) or ``rotary``.
+        n_heads: query heads.
+        n_kv_heads: key/value heads (``n_heads`` unless grouped-query attention).
+        gated: whether the MLP is gated (``GatedMLP``).
+    """
+
+    norm: Norm
+    positions: Literal["standard", "rotary"]
+    n_heads: int
+    n_kv_heads: int
+    gated: bool
+
+    def __post_init__(self):
+        if self.norm not in ("LN", "LNPre", "RMS", "RMSPre"):
+            raise ValueError(f"norm must be one of LN, LNPre, RMS, RMSPre, got {self.norm!r}")
+        if self.positions not in ("standard", "rotary"):
+            raise ValueError(f"positions must be 'standard' or 'rotary', got {self.positions!r}")
+        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a positive multiple of n_kv_heads ({self.n_kv_heads})")
+
+    @property
+    def group(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+
+def _norm_kind(module) -> Norm | None:
+    from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
+
+    return {LayerNorm: "LN", LayerNormPre: "LNPre", RMSNorm: "RMS", RMSNormPre: "RMSPre"}.get(type(module))
+
+
+def block_family(model) -> BlockFamily:
+    """The :class:`BlockFamily` of a TransformerLens model (call :func:`unsupported` first)."""
+    cfg = model.cfg
+    return BlockFamily(
+        norm=_norm_kind(model.ln_final),
+        positions=cfg.positional_embedding_type,
+        n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_key_value_heads or cfg.n_heads,
+        gated=bool(cfg.gated_mlp),
+    )
+
+
+def has_hooks(model) -> bool:
+    """Whether any module of ``model`` has a hook attached (the compact path would skip it)."""
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in model.modules()
+    )
+
+
+def _softcap_on(cap) -> bool:
+    return cap is not None and cap > 0
+
+
+def unsupported(model, layer: int) -> str | None:
+    """Why the compact path cannot run ``model`` from ``layer`` on, or ``None`` if it can."""
+    from transformer_lens.components import Attention, GroupedQueryAttention, TransformerBlock
+    from transformer_lens.components.mlps.gated_mlp import GatedMLP
+    from transformer_lens.components.mlps.mlp import MLP
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    cfg = model.cfg
+    arch = getattr(cfg, "original_architecture", None)
+    checks = {
+        "positional_embedding_type not 'standard' or 'rotary'": cfg.positional_embedding_type in ("standard", "rotary"),
+        "dynamic NTK rotary": not getattr(cfg, "use_dynamic_ntk_rope", False),
+        "model spread over several devices": getattr(cfg, "n_devices", 1) == 1,
+        "4-bit weights": not getattr(cfg, "load_in_4bit", False),
+        "non-causal attention": getattr(cfg, "attention_dir", "causal") == "causal",
+        "local attention (attn_types)": getattr(cfg, "attn_types", None) is None,
+        "parallel attention and MLP": not getattr(cfg, "parallel_attn_mlp", False),
+        "post-norm blocks": arch not in POST_NORM_ARCHITECTURES,
+        "norms before and after sublayers": not getattr(cfg, "use_normalization_before_and_after", False),
+        "QK norm": not getattr(cfg, "use_qk_norm", False) and arch not in _QK_NORM_ARCHITECTURES,
+        "clipped QKV": getattr(cfg, "clip_qkv", None) is None,
+        "attention sinks": not getattr(cfg, "use_attention_sinks", False),
+        "log-n attention scaling": not getattr(cfg, "use_logn_attn", False),
+        "attention score soft cap": not _softcap_on(getattr(cfg, "attn_scores_soft_cap", None)),
+        "output logit soft cap": not _softcap_on(getattr(cfg, "output_logits_soft_cap", None)),
+        "ungrouped grouped-query attention": not (
+            getattr(cfg, "n_key_value_heads", None) and getattr(cfg, "ungroup_grouped_query_attention", False)
+        ),
+        "layer-norm activation (SoLU-LN)": not cfg.is_layer_norm_activation(),
+        "final norm is not LayerNorm / RMSNorm (with or without weights)": _norm_kind(
+            getattr(model, "ln_final", None)
+        ) is not None,
+        "a block is not attention + (gated) MLP with LayerNorm / RMSNorm": all(
+            type(block) is TransformerBlock
+            and type(block.attn) in (Attention, GroupedQueryAttention)
+            and getattr(block.attn, "_attention_dir_override", None) in (None, "causal")
+            and getattr(block.attn, "attn_type", "global") == "global"
+            and _norm_kind(block.ln1) == _norm_kind(model.ln_final)
+            and (cfg.attn_only or (_norm_kind(block.ln2) == _norm_kind(model.ln_final) and type(block.mlp) in (MLP, GatedMLP)))
+            for block in model.blocks[layer:]
+        ),
+    }
+    failed = [reason for reason, ok in checks.items() if not ok]
+    return ", ".join(failed) if failed else None
+
+
+# fused weights, shared by every stack built on the same model while their source parameters are
+# unchanged (a SmolLM2 stack would otherwise copy ~270 MB per subject): model -> {name: (stamp, tensor)}
+_FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fused(model, name: str, params: tuple[Tensor, ...], flatten: bool = False) -> Tensor:
+    """The parameters concatenated along their last dimension (``[H, d, d_head]`` ones as
+    ``[d, H·d_head]``; with ``flatten``, all flattened), cached per model until a parameter changes."""
+    stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in params)
+    cache = _FUSED.setdefault(model, {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != stamp:
+        if flatten:
+            parts = [t.reshape(-1) for t in params]
+        else:
+            parts = [t.permute(1, 0, 2).reshape(t.shape[1], -1) if t.ndim == 3 else t for t in params]
+        hit = cache[name] = (stamp, torch.cat(parts, dim=-1))
+    return hit[1]
+
+
+# -- the maths ----------------------------------------------------------------------------------------
+def _normalize(x: Tensor, kind: Norm, w: Tensor | None, b: Tensor | None, eps: float) -> Tensor:
+    """TransformerLens's LayerNorm / LayerNormPre / RMSNorm / RMSNormPre over the last dimension."""
+    shape = (x.shape[-1],)
+    if kind in ("LN", "LNPre"):
+        return F.layer_norm(x, shape, w, b, eps)
+    return F.rms_norm(x, shape, w, eps)
+
+
+def _rotary_tables(attn, positions: Tensor, d_head: int) -> tuple[Tensor, Tensor, Tensor | int]:
+    """``cos, sin`` ``[T, d_head]`` and a permutation ``[d_head]`` such that, for one head's vector
+    ``x`` at those positions, TransformerLens's rotary is ``x * cos + x[..., perm] * sin``. The common
+    case (pairs ``(i, i + d_head/2)`` over the whole head) returns the shift ``d_head/2`` instead, a roll.
+
+    Dimensions past ``rotary_dim`` pass through (cos 1, sin 0). The sign of ``rotate_every_two`` is
+    folded into ``sin``. Taken from the attention's own sin/cos buffers, so scaled variants (NTK by
+    parts, YaRN, linear) come for free.
+    """
+    cfg = attn.cfg
+    rdim = cfg.rotary_dim
+    need = int(positions.max()) + 1
+    if need > attn.rotary_cos.shape[0]:
+        attn._extend_rotary_embeddings(min(cfg.n_ctx, max(need, 2 * attn.rotary_cos.shape[0])))
+    cos = attn.rotary_cos[positions]  # [T, rdim]
+    sin = attn.rotary_sin[positions]
+    idx = torch.arange(rdim, device=positions.device)
+    if cfg.rotary_adjacent_pairs:  # pairs (0, 1), (2, 3), ...: x_flip = [-x1, x0, -x3, x2, ...]
+        perm, sign = idx ^ 1, torch.where(idx % 2 == 0, -1.0, 1.0)
+    else:  # pairs (i, i + rdim/2): x_flip = [-x_hi, x_lo]
+        half = rdim // 2
+        perm, sign = (idx + half) % rdim, torch.where(idx < half, -1.0, 1.0)
+    sin = sin * sign.to(sin)
+    if rdim < d_head:
+        rest = d_head - rdim
+        cos = torch.cat([cos, cos.new_ones(cos.shape[0], rest)], dim=-1)
+        sin = torch.cat([sin, sin.new_zeros(sin.shape[0], rest)], dim=-1)
+        perm = torch.cat([perm, torch.arange(rdim, d_head, device=positions.device)])
+    elif not cfg.rotary_adjacent_pairs:
+        perm = rdim // 2
+    return cos, sin, perm
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, perm: Tensor | int) -> Tensor:
+    flipped = torch.roll(x, perm, dims=-1) if isinstance(perm, int) else x[..., perm]
+    return x * cos + flipped * sin
+
+
+class _Layer:
+    """One block's weights in the layout the compact path multiplies with, and the shared prefix K/V."""
+
+    def __init__(self, model, index: int, entry, family: BlockFamily, act, p_new: int, work_dtype: torch.dtype):
+        block = model.blocks[index]
+        attn = block.attn
+        cfg = block.cfg
+        self.family = family
+        d, self.d_head = attn.W_Q.shape[1], attn.W_Q.shape[2]
+        self.work_dtype = work_dtype  # residual stream, norms, softmax
+        # grouped-query attention keeps H_kv key/value heads in _W_K/_W_V (W_K/W_V repeat them)
+        grouped = hasattr(attn, "_W_K")
+        w_k, w_v = (attn._W_K, attn._W_V) if grouped else (attn.W_K, attn.W_V)
+        b_k, b_v = (attn._b_K, attn._b_V) if grouped else (attn.b_K, attn.b_V)
+        # fused [d, (H + 2·H_kv)·d_head]: the only weight copies the compact path makes are fusions
+        self.w_qkv = _fused(model, f"{index}.w_qkv", (attn.W_Q, w_k, w_v))
+        self.b_qkv = _fused(model, f"{index}.b_qkv", (attn.b_Q, b_k, b_v), flatten=True)
+        self.w_o = attn.W_O.reshape(-1, d)  # [H·d_head, d]
+        self.b_o = attn.b_O
+        self.scale = attn.attn_scale
+        self.ln1 = self._norm_weights(block.ln1)
+
+        # prefix keys/values, shared by the batch; keys rotated once: [H_kv, d_head, P0], [H_kv, P0, d_head]
+        keys, values = entry.past_keys[0], entry.past_values[0]  # [P0, H_kv, d_head], pre-rotary
+        p0 = keys.shape[0]
+        self.rotary = None
+        if family.positions == "rotary":
+            device = keys.device
+            cos, sin, perm = _rotary_tables(attn, torch.arange(p0 + p_new, device=device), self.d_head)
+            if p0:
+                keys = _rotate(keys, cos[:p0, None], sin[:p0, None], perm)
+            # for the new positions: [T, 1, d_head], broadcast over [B, T, heads, d_head]
+            self.rotary = (cos[p0:, None], sin[p0:, None], perm)
+        self.k_pre_t = keys.permute(1, 2, 0).contiguous()
+        self.v_pre = values.permute(1, 0, 2).contiguous()
+
+        self.mlp = None
+        if not cfg.attn_only:
+            self.ln2 = self._norm_weights(block.ln2)
+            mlp = block.mlp
+            # [d, 2·d_mlp] (gate, then in) or [d, d_mlp]
+            w_in = _fused(model, f"{index}.w_gate_in", (mlp.W_gate, mlp.W_in)) if family.gated else mlp.W_in
+            self.mlp = (w_in, mlp.b_in, mlp.W_out, mlp.b_out)
+        self.act = act
+
+    def _norm_weights(self, ln) -> tuple[Tensor | None, Tensor | None]:
+        w, b = getattr(ln, "w", None), getattr(ln, "b", None)
+        cast = (lambda t: t) if self.work_dtype == self.w_qkv.dtype else (lambda t: t.to(self.work_dtype))
+        return (None if w is None else cast(w), None if b is None else cast(b))
+
+    def attend(self, h: Tensor) -> Tensor:  # [B, T, d] (normalised, weight dtype) -> [B·T, d]
+        fam = self.family
+        b, t, _ = h.shape
+        n_kv, group, d_head, p0 = fam.n_kv_heads, fam.group, self.d_head, self.v_pre.shape[1]
+        qkv = torch.addmm(self.b_qkv, h.reshape(b * t, -1), self.w_qkv)  # [B·T, (H + 2·H_kv)·d_head]
+        qk, v = qkv.split([(fam.n_heads + n_kv) * d_head, n_kv * d_head], dim=1)
+        qk = qk.view(b, t, fam.n_heads + n_kv, d_head)
+        if self.rotary is not None:
+            qk = _rotate(qk, *self.rotary)
+        # queries grouped by their key/value head: [H_kv, B, T·group, d_head] (rows t·group + j)
+        q = qk[:, :, : fam.n_heads].reshape(b, t, n_kv, group, d_head).permute(2, 0, 1, 3, 4)
+        q = q.reshape(n_kv, b, t * group, d_head)
+        k = qk[:, :, fam.n_heads :].permute(2, 0, 1, 3)  # [H_kv, B, T, d_head]
+        v = v.view(b, t, n_kv, d_head).permute(2, 0, 1, 3)  # [H_kv, B, T, d_head]
+        if t == 1:
+            s_new = (q * k).sum(-1, keepdim=True)  # [H_kv, B, group, 1]
+        else:
+            s_new = q @ k.transpose(-1, -2)  # [H_kv, B, T·group, T]
+            rows = torch.arange(t, device=h.device).repeat_interleave(group)
+            causal = torch.arange(t, device=h.device)[None, :] > rows[:, None]
+            s_new = s_new.masked_fill(causal, float("-inf"))
+        if p0:
+            s_pre = (q.reshape(n_kv, b * t * group, d_head) @ self.k_pre_t).view(n_kv, b, t * group, p0)
+            scores = torch.cat([s_pre, s_new], dim=-1)
+        else:
+            scores = s_new
+        pattern = (scores.to(self.work_dtype) / self.scale).softmax(dim=-1).to(v.dtype)  # [H_kv, B, T·g, P0+T]
+        p_new = pattern[..., p0:]
+        z = p_new * v if t == 1 else p_new @ v  # [H_kv, B, T·group, d_head]
+        if p0:
+            p_pre = pattern[..., :p0].reshape(n_kv, b * t * group, p0)
+            z = z + (p_pre @ self.v_pre).view(n_kv, b, t * group, d_head)
+        # back to head order h = kv·group + j: [B·T, H·d_head]
+        z = z.view(n_kv, b, t, group, d_head).permute(1, 2, 0, 3, 4).reshape(b * t, fam.n_heads * d_head)
+        return torch.addmm(self.b_o, z, self.w_o)
+
+    def __call__(self, x: Tensor, eps: float) -> Tensor:  # [B, T, d] (work dtype) -> [B, T, d]
+        b, t, d = x.shape
+        dtype = self.w_qkv.dtype
+        x = x + self.attend(_normalize(x, self.family.norm, *self.ln1, eps).to(dtype)).view(b, t, d)
+        if self.mlp is None:
+            return x
+        w_in, b_in, w_out, b_out = self.mlp
+        h = _normalize(x, self.family.norm, *self.ln2, eps).to(dtype).reshape(b * t, d)
+        if self.family.gated:
+            gate, up = (h @ w_in).chunk(2, dim=-1)
+            post = self.act(gate) * up + b_in
+        else:
+            post = self.act(torch.addmm(b_in, h, w_in))
+        return x + torch.addmm(b_out, post, w_out).view(b, t, d)
+
+
+class CompactStack:
+    """Blocks ``layer..`` of a TransformerLens model (plus final norm and unembedding) as plain tensor
+    ops on the positions from the perturbed one onwards, ``[B, T, d] -> [B, n_out]``.
+
+    Args:
+        model: a ``HookedTransformer`` that :func:`unsupported` accepts.
+        layer: first block to run.
+        prefix_cache: TransformerLens's key/value cache of the positions before the perturbed one
+            (batch 1); its keys are pre-rotary, as TransformerLens stores them.
+        n_new: how many positions each call runs (the perturbed one and those after it), ``T``.
+        output_hook: ``None`` (logits), ``ln_final.hook_normalized`` or ``blocks.N.hook_resid_post``,
+            read at one position.
+
+    Weights and the prefix keys/values are taken from the model at construction.
+    """
+
+    def __init__(self, model, layer: int, prefix_cache, n_new: int, output_hook: str | None = None):
+        cfg = model.cfg
+        if not self.supports_output(output_hook):
+            raise ValueError(
+                f"output_hook {output_hook!r} is not supported by the compact path "
+                "(allowed: None, 'ln_final.hook_normalized', 'blocks.N.hook_resid_post')"
+            )
+        self.family = block_family(model)
+        self.eps = cfg.eps
+        self.dtype = cfg.dtype
+        self.work_dtype = torch.float32 if cfg.dtype in _LOW_PRECISION else cfg.dtype
+        stop, self.final = cfg.n_layers, "logits"
+        if output_hook == "ln_final.hook_normalized":
+            self.final = "normalized"
+        elif output_hook is not None:
+            stop, self.final = int(_RESID_POST.match(output_hook).group(1)) + 1, "resid"
+        # fused kernels for the common activations (TransformerLens spells gelu_new out op by op)
+        if cfg.act_fn in _TANH_GELUS:
+            act = partial(F.gelu, approximate="tanh")
+        else:
+            act = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}.get(cfg.act_fn)
+        self.layers = [
+            _Layer(
+                model,
+                i,
+                prefix_cache.entries[i],
+                self.family,
+                act or (None if cfg.attn_only else model.blocks[i].mlp.act_fn),
+                n_new,
+                self.work_dtype,
+            )
+            for i in range(layer, stop)
+        ]
+        w = getattr(model.ln_final, "w", None)
+        b = getattr(model.ln_final, "b", None)
+        self.ln_final = tuple(None if t is None else t.to(self.work_dtype) for t in (w, b))
+        self.unembed = (model.unembed.W_U, model.unembed.b_U)
+
+    @staticmethod
+    def supports_output(output_hook: str | None) -> bool:
+        return output_hook in (None, "ln_final.hook_normalized") or bool(_RESID_POST.match(output_hook))
+
+    def __call__(self, resid: Tensor, read: int) -> Tensor:  # [B, T, d] -> [B, n_out]
+        x = resid.to(self.work_dtype)
+        for layer in self.layers:
+            x = layer(x, self.eps)
+        x = x[:, read]
+        if self.final == "resid":
+            return x
+        if self.final == "normalized":
+            return _normalize(x, self.family.norm, None, None, self.eps)
+        w_u, b_u = self.unembed
+        return torch.addmm(b_u, _normalize(x, self.family.norm, *self.ln_final, self.eps).to(self.dtype), w_u)

@@ -1,0 +1,225 @@
+"""The compact fast path (sensfind.kernel) == TransformerLens's forward (the reference path).
+
+Tiny random models of each block family run in seconds; SmolLM2 (a real Llama-architecture model,
+RMSNorm, rotary base 1e5, 9 query / 3 key-value heads, gated SiLU MLP) checks the same at full size.
+"""
+
+import logging
+
+import pytest
+import torch
+
+import sensfind as sf
+from sensfind import kernel, subjects
+from sensfind.kernel import BlockFamily, CompactStack
+
+PROMPT_IDS = [464, 168, 157, 423, 11, 290, 257, 131, 373, 95]
+
+# tiny models of each family the kernel covers: (norm, positions, grouping, MLP)
+FAMILIES = {
+    "llama": dict(normalization_type="RMS", positional_embedding_type="rotary", rotary_adjacent_pairs=False,
+                  n_key_value_heads=2, gated_mlp=True, act_fn="silu", final_rms=True),
+    "neox-partial-rotary": dict(normalization_type="LN", positional_embedding_type="rotary",
+                                rotary_adjacent_pairs=True, rotary_dim=8, act_fn="gelu_new"),
+    "rmspre-gqa-plain": dict(normalization_type="RMSPre", positional_embedding_type="rotary",
+                             rotary_adjacent_pairs=False, n_key_value_heads=1, act_fn="gelu", final_rms=True),
+    "gpt2": dict(normalization_type="LN", positional_embedding_type="standard", act_fn="gelu_new"),
+}
+
+
+def tiny_model(dtype=torch.float64, seed=0, **overrides):
+    """A 3-layer random model; norm weights and all biases random too, so every term is exercised."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    kw = dict(n_layers=3, d_model=64, d_head=16, n_heads=4, d_mlp=96, d_vocab=512, n_ctx=64, rotary_dim=16,
+              rotary_base=1e5, seed=seed, dtype=dtype, device="cpu")
+    kw.update(overrides)
+    model = HookedTransformer(HookedTransformerConfig(**kw))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith((".b", ".w")) or ".b_" in name or "._b_" in name:
+                base = 1.0 if name.endswith(".w") else 0.0
+                p.copy_(base + 0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family_model(request):
+    return request.param, tiny_model(**FAMILIES[request.param])
+
+
+def _scan_acts(subject, mode, n_dirs=3, steps=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_dirs, subject.d, generator=g, dtype=torch.float64).to(subject.base.dtype)
+    cfg = sf.ScanConfig(mode=mode, steps=steps, stop=180.0 if mode == "sphere" else 2.0)
+    return sf.perturb(subject.base, dirs, sf.step_grid(cfg), mode).reshape(-1, subject.d)
+
+
+def _max_err(subject, acts):
+    fast, ref = subject.run(acts), subject.run_reference(acts)
+    # the perturbations really change the output (the comparison is not vacuous)
+    assert (ref - subject.base_output).abs().max() > 1e-3
+    return float((fast - ref).abs().max()), float(ref.abs().max())
+
+
+# -- tiny models of every family ------------------------------------------------------------------
+def test_block_family_is_read_from_the_model(family_model):
+    name, model = family_model
+    fam = kernel.block_family(model)
+    spec = FAMILIES[name]
+    assert fam.norm == spec["normalization_type"]
+    assert fam.positions == spec["positional_embedding_type"]
+    assert fam.n_kv_heads == spec.get("n_key_value_heads", 4) and fam.n_heads == 4
+    assert fam.gated == spec.get("gated_mlp", False)
+    assert kernel.unsupported(model, 0) is None
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+@pytest.mark.parametrize("position", [-1, 0, 4])
+@pytest.mark.parametrize("mode", ["sphere", "straight"])
+def test_compact_matches_reference_float64(family_model, layer, position, mode):
+    name, model = family_model
+    subject = sf.TransformerSubject(model, PROMPT_IDS, hook=f"blocks.{layer}.hook_resid_pre", position=position)
+    assert subject._compact is not None, name
+    err, _ = _max_err(subject, _scan_acts(subject, mode))
+    assert err <= 1e-10, f"{name} layer {layer} position {position} {mode}: max abs diff {err}"
+
+
+@pytest.mark.parametrize("output_hook", ["blocks.1.hook_resid_post", "ln_final.hook_normalized"])
+@pytest.mark.parametrize("read_position", [-1, 6])
+def test_compact_matches_reference_output_hooks(family_model, output_hook, read_position):
+    name, model = family_model
+    subject = sf.TransformerSubject(model, PROMPT_IDS, position=3, output_hook=output_hook, read_position=read_position)
+    assert subject._compact is not None
+    err, _ = _max_err(subject, _scan_acts(subject, "sphere"))
+    assert err <= 1e-10, f"{name} {output_hook} read at {read_position}: {err}"
+
+
+def test_gradients_match_reference(family_model):
+    name, model = family_model
+    subject = sf.TransformerSubject(model, PROMPT_IDS, position=5)
+    acts = _scan_acts(subject, "sphere", n_dirs=2, steps=4)
+    grads = []
+    for run in (subject.run, subject.run_reference):
+        a = acts.clone().requires_grad_(True)
+        sf.get_effect("kl")(subject.base_output, run(a)).sum().backward()
+        grads.append(a.grad)
+    assert grads[0].abs().max() > 0
+    assert (grads[0] - grads[1]).abs().max() <= 1e-10, name
+
+
+def test_float32_and_bf16_agree_with_reference():
+    model = tiny_model(dtype=torch.float32, **FAMILIES["llama"])
+    subject = sf.TransformerSubject(model, PROMPT_IDS, position=-1)
+    acts = _scan_acts(subject, "sphere")
+    err, scale = _max_err(subject, acts)
+    assert err <= 1e-5 * scale
+    low = subject.to_dtype(torch.bfloat16)
+    assert low._compact is not None and low._compact.work_dtype == torch.float32
+    assert (low.run(acts) - subject.run(acts)).abs().max() <= 0.05 * scale
+
+
+def test_stack_runs_with_the_models_dtype_and_device():
+    model = tiny_model(**FAMILIES["llama"])
+    subject = sf.TransformerSubject(model, PROMPT_IDS, position=-1)
+    stack = subject._compact
+    layer = stack.layers[0]
+    for t in (layer.w_qkv, layer.k_pre_t, layer.v_pre, *layer.rotary[:2]):
+        assert t.device == subject.base.device
+    for t in (layer.w_qkv, layer.k_pre_t, layer.v_pre, *layer.rotary[:2]):
+        assert t.dtype == torch.float64
+    # GQA: the prefix keys/values are stored once per key/value head, not repeated per query head
+    assert layer.k_pre_t.shape == (2, 16, len(PROMPT_IDS) - 1)
+    assert layer.w_qkv.shape == (64, (4 + 2 * 2) * 16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compact_matches_reference_on_cuda():
+    model = tiny_model(**FAMILIES["llama"]).to("cuda")
+    subject = sf.TransformerSubject(model, PROMPT_IDS, position=-1)
+    assert subject._compact is not None and subject.base.device.type == "cuda"
+    err, _ = _max_err(subject, _scan_acts(subject, "sphere").cuda())
+    assert err <= 1e-10
+
+
+# -- the check and the fallback ---------------------------------------------------------------------
+def test_a_wrong_kernel_is_caught_by_the_probe_and_the_subject_falls_back(monkeypatch, caplog):
+    model = tiny_model(**FAMILIES["llama"])
+    real_call = CompactStack.__call__
+    monkeypatch.setattr(CompactStack, "__call__", lambda self, resid, read: real_call(self, resid, read) * 1.01)
+    with caplog.at_level(logging.WARNING, logger="sensfind"):
+        subject = sf.TransformerSubject(model, PROMPT_IDS)
+    assert subject._compact is None
+    assert sum("disagrees" in r.message for r in caplog.records) == 1
+    err, _ = _max_err(subject, _scan_acts(subject, "sphere"))
+    assert err <= 1e-10
+
+
+def test_unsupported_model_falls_back_announced_once_at_warning(monkeypatch, caplog):
+    monkeypatch.setattr(subjects, "_FALLBACKS_ANNOUNCED", set())
+    model = tiny_model(**dict(FAMILIES["gpt2"], parallel_attn_mlp=True))
+    assert "parallel attention and MLP" in kernel.unsupported(model, 0)
+    with caplog.at_level(logging.INFO, logger="sensfind"):
+        first = sf.TransformerSubject(model, PROMPT_IDS)
+        second = sf.TransformerSubject(model, PROMPT_IDS, position=4)
+    notes = [r for r in caplog.records if "compact fast path unavailable" in r.message]
+    assert [r.levelno for r in notes] == [logging.WARNING, logging.INFO]
+    for subject in (first, second):
+        assert subject._compact is None
+        err, _ = _max_err(subject, _scan_acts(subject, "sphere"))
+        assert err <= 1e-10
+
+
+def test_family_is_validated():
+    with pytest.raises(ValueError, match="norm must be one of"):
+        BlockFamily(norm="BN", positions="standard", n_heads=4, n_kv_heads=4, gated=False)
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        BlockFamily(norm="RMS", positions="rotary", n_heads=9, n_kv_heads=2, gated=True)
+
+
+# -- SmolLM2-135M ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smollm2_64():
+    return sf.load_model("smollm2-135m", dtype=torch.float64)
+
+
+SMOL_PROMPT = "The quick brown fox jumps over the lazy dog because it"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", [0, 1, 6, 29])
+def test_smollm2_compact_matches_reference_float64(smollm2_64, layer):
+    for position in [-1, 0, 5]:
+        subject = sf.TransformerSubject(smollm2_64, SMOL_PROMPT, hook=f"blocks.{layer}.hook_resid_pre", position=position)
+        assert subject._compact is not None
+        for mode in ["sphere", "straight"]:
+            err, _ = _max_err(subject, _scan_acts(subject, mode, n_dirs=2, steps=5, seed=layer))
+            assert err <= 1e-8, f"layer {layer} position {position} {mode}: max abs diff {err}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", [0, 1, 6, 29])
+def test_smollm2_compact_matches_reference_float32(smollm2, layer):
+    for position in [-1, 0, 5]:
+        subject = sf.TransformerSubject(smollm2, SMOL_PROMPT, hook=f"blocks.{layer}.hook_resid_pre", position=position)
+        assert subject._compact is not None
+        for mode in ["sphere", "straight"]:
+            err, scale = _max_err(subject, _scan_acts(subject, mode, n_dirs=2, steps=5, seed=layer))
+            assert err <= 1e-4 * scale, f"layer {layer} position {position} {mode}: {err} vs max |logit| {scale}"
+
+
+def test_fused_weights_are_shared_by_subjects_and_refreshed_when_weights_change():
+    model = tiny_model(**FAMILIES["llama"])
+    first = sf.TransformerSubject(model, PROMPT_IDS)
+    second = sf.TransformerSubject(model, PROMPT_IDS, position=3)
+    assert first._compact.layers[0].w_qkv is second._compact.layers[0].w_qkv
+    assert first._compact.layers[0].mlp[0] is second._compact.layers[0].mlp[0]
+    with torch.no_grad():
+        model.blocks[1].attn.W_Q.mul_(1.5)
+        model.blocks[1].mlp.W_gate.mul_(1.5)
+    third = sf.TransformerSubject(model, PROMPT_IDS)
+    assert third._compact.layers[0].w_qkv is not first._compact.layers[0].w_qkv
+    assert third._compact.layers[0].mlp[0] is not first._compact.layers[0].mlp[0]
+    err, _ = _max_err(third, _scan_acts(third, "sphere"))
+    assert err <= 1e-10
