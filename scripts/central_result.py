@@ -35,10 +35,10 @@ from sensfind.prompts import load_corpus, site_activations
 from sensfind.runio import save_json
 
 log = logging.getLogger("central")
+CHUNK = 1024  # points per forward call: on CPU the per-call cost dominates the per-point cost
 
-# per-prompt sizes: what fits ~20 prompts into well under an hour on two shared CPU cores
-CENTRAL = AnalysisConfig(restarts=4, iterations=12, scan_steps=12, n_random=16, n_cov=16, n_real_other=16,
-                         max_active=8, n_inactive=8, n_refine=3, refine_iterations=8, curve_steps=31, stop=90.0)
+# per-prompt sizes: the demo's (AnalysisConfig defaults), so the demo is one prompt of this run
+CENTRAL = AnalysisConfig()
 SMOKE = AnalysisConfig(restarts=2, iterations=2, scan_steps=6, n_random=4, n_cov=4, n_real_other=4, max_active=2,
                        n_inactive=2, n_refine=1, refine_iterations=1, curve_steps=10, stop=90.0, n_null=100)
 
@@ -104,7 +104,7 @@ def run(args) -> None:
         if (d / "analysis.pt").is_file():
             continue
         t = time.perf_counter()
-        subject = sf.TransformerSubject(model, prompt, hook=demo.hook)
+        subject = sf.TransformerSubject(model, prompt, hook=demo.hook, chunk_size=CHUNK)
         a = analyse_prompt(subject, sae, others, pool, acfg)
         a.save(d)
         torch.save(a, d / "analysis.pt")

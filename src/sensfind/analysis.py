@@ -65,18 +65,18 @@ class AnalysisConfig:
         seed: seeds discovery, baselines and samples.
     """
 
-    restarts: int = 6
-    iterations: int = 20
+    restarts: int = 12
+    iterations: int = 10
     scan_steps: int = 16
     lr: float = 0.1
-    n_random: int = 32
-    n_cov: int = 32
-    n_real_other: int = 32
-    max_active: int = 16
+    n_random: int = 16
+    n_cov: int = 16
+    n_real_other: int = 16
+    max_active: int = 8
     n_inactive: int = 8
     n_refine: int = 4
-    refine_iterations: int = 12
-    curve_steps: int = 46
+    refine_iterations: int = 6
+    curve_steps: int = 31
     stop: float = 90.0
     tau: float = 0.5
     k: int = 5
@@ -194,7 +194,7 @@ class PromptAnalysis:
             tensors[f"latents.{kind.replace(' ', '_')}"] = ids
         if self.refinement is not None:
             tensors.update(refine_start=self.refinement.start, refine_end=self.refinement.end)
-        save_tensors(directory / "analysis.safetensors", tensors)
+        save_tensors(directory / "analysis.safetensors", {k: v.clone() for k, v in tensors.items()})  # no shared storage
         self.discovery.save(directory / "discovery")
         for kind, m in self.matches.items():
             m.save(directory / f"matches_{kind}")

@@ -23,7 +23,7 @@ from .match import Matches
 from .scan import base_output, perturb
 
 __all__ = ["Context", "FeatureCard", "LatentMatch", "TokenChange", "build_cards", "decode_token", "token_changes",
-           "top_contexts"]
+           "token_changes_batch", "top_contexts"]
 
 
 @dataclass(frozen=True)
@@ -88,18 +88,27 @@ def decode_token(tokenizer, token: int) -> str:
 def token_changes(subject, direction: Tensor, angle_deg: float, tokenizer=None, k: int = 8) -> tuple[list, list]:
     """(gains, losses): the ``k`` next tokens whose probability rises / falls most when the base is rotated
     by ``angle_deg`` towards ``direction`` (sphere mode), largest change first."""
+    return token_changes_batch(subject, direction[None], [angle_deg], tokenizer, k)[0]
+
+
+@torch.no_grad()
+def token_changes_batch(subject, directions: Tensor, angles_deg, tokenizer=None, k: int = 8) -> list:
+    """:func:`token_changes` for directions ``[N, d]`` at angles ``[N]`` in one batch of ``N`` runs."""
     base = subject.base
-    steps = torch.tensor([float(angle_deg)], dtype=base.dtype, device=base.device)
-    acts = perturb(base, direction.to(base)[None], steps, "sphere")[0]  # [1, d]
+    angles = torch.as_tensor([float(a) for a in angles_deg], dtype=base.dtype, device=base.device)
+    acts = perturb(base, directions.to(base), angles[:, None], "sphere")[:, 0]  # [N, d]
     p0 = torch.softmax(base_output(subject).double(), -1)
-    p1 = torch.softmax(subject.run(acts)[0].double(), -1)
-    delta = p1 - p0
-    k = min(k, delta.numel())
+    p1 = torch.softmax(subject.run(acts).double(), -1)  # [N, vocab]
+    out = []
+    for row in p1:
+        delta = row - p0
+        kk = min(k, delta.numel())
 
-    def rows(idx: Tensor) -> list:
-        return [TokenChange(decode_token(tokenizer, int(i)), float(p0[i]), float(p1[i])) for i in idx.tolist()]
+        def rows(idx: Tensor) -> list:
+            return [TokenChange(decode_token(tokenizer, int(i)), float(p0[i]), float(row[i])) for i in idx.tolist()]
 
-    return rows(delta.topk(k).indices), rows((-delta).topk(k).indices)
+        out.append((rows(delta.topk(kk).indices), rows((-delta).topk(kk).indices)))
+    return out
 
 
 @torch.no_grad()
@@ -148,11 +157,13 @@ def build_cards(analysis, subject, dictionary, corpus_acts: Tensor, corpus_token
     stop = float(steps[-1])
     cards = []
 
+    pending = []
+
     def card(key, title, kind, direction, curve, threshold, matches, facts):
         angle = threshold if math.isfinite(threshold) else stop
-        gains, losses = token_changes(subject, direction, angle, tokenizer, k_tokens)
         contexts = top_contexts(direction, corpus_acts, corpus_tokens, tokenizer, k_contexts, mean)
-        cards.append(FeatureCard(key, title, kind, threshold, [float(x) for x in curve], angle, gains, losses, contexts,
+        pending.append(direction)
+        cards.append(FeatureCard(key, title, kind, threshold, [float(x) for x in curve], angle, [], [], contexts,
                                  matches, facts))
 
     iso, cov = analysis.matches["isotropic"], analysis.matches.get("covariance")
@@ -190,6 +201,10 @@ def build_cards(analysis, subject, dictionary, corpus_acts: Tensor, corpus_token
             title = f"Latent {lat} ({kind.split()[1]})"
             card(f"latent-{lat}", title, kind, rows[i], analysis.effects[kind][i], float(t[i]),
                  _latent_matches(m, None, i), facts + ([("Neuronpedia", url)] if url else []))
+    if cards:  # one batch for every card's token changes
+        changes = token_changes_batch(subject, torch.stack(pending), [c.angle for c in cards], tokenizer, k_tokens)
+        for c, (gains, losses) in zip(cards, changes):
+            c.gains, c.losses = gains, losses
     return cards
 
 

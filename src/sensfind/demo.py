@@ -239,7 +239,7 @@ def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(),
         timings["sae_seconds"] = time.perf_counter() - t
         t = time.perf_counter()
         prompt, skipped = pick_prompt(model, config, corpus)
-        subject = TransformerSubject(model, prompt, hook=config.hook)
+        subject = TransformerSubject(model, prompt, hook=config.hook, chunk_size=1024)  # few large calls
         other_windows = corpus.windows(config.n_others + 1, config.prompt_length, seed=config.seed + 7, split="test")
         from .prompts import site_activations
 

@@ -216,6 +216,10 @@ def svg_curve(steps, curve, bands: dict, tau: float, width: int = 470, height: i
     return "".join(parts)
 
 
+def _line(text: str) -> str:
+    return text.replace("\r", "").replace("\n", "⏎")
+
+
 def _p(v) -> str:
     return "–" if v is None else f"{v:.3g}"
 
@@ -231,7 +235,8 @@ def card_view(card, steps, bands: dict, tau: float) -> dict:
         svg=svg_curve(steps, card.curve, bands, tau, threshold=card.threshold_deg),
         gains=[dict(token=repr(t.token), p=f"{t.p_before:.3f} → {t.p_after:.3f}") for t in card.gains],
         losses=[dict(token=repr(t.token), p=f"{t.p_before:.3f} → {t.p_after:.3f}") for t in card.losses],
-        contexts=[dict(before=c.before, token=c.token, after=c.after, projection=f"{c.projection:.2f}") for c in card.contexts],
+        contexts=[dict(before=_line(c.before), token=_line(c.token), after=_line(c.after), projection=f"{c.projection:.2f}")
+                  for c in card.contexts],
         matches=[dict(latent=m.latent, cos=f"{m.cos:+.3f}", p_iso=_p(m.p_isotropic), p_cov=_p(m.p_covariance), url=m.url)
                  for m in card.matches],
         has_cov=any(m.p_covariance is not None for m in card.matches),
