@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import sensfind as sf
-from sensfind.analysis import KINDS, AnalysisConfig, analyse_prompt, corpus_activations
+from sensfind.analysis import KINDS, AnalysisConfig, analyse_prompt, corpus_activations, massive_last_token
 from sensfind.demo import ModelDemoConfig, model_sae
 from sensfind.prompts import load_corpus, site_activations
 from sensfind.runio import save_json
@@ -67,17 +67,11 @@ def prompts_and_others(model, corpus, demo: ModelDemoConfig, n: int, n_others: i
     """``n`` test-split windows whose base is not a massive activation (and how many were skipped), and
     the last-token activations of ``n_others`` further test windows (real-other targets)."""
     windows = corpus.windows(3 * n + n_others + 10, demo.prompt_length, seed=demo.seed, split="test")
-    chosen, skipped = [], 0
-    for w in windows:
-        if len(chosen) == n:
-            break
-        s = sf.TransformerSubject(model, w.tolist(), hook=demo.hook)
-        if s.base_norm_outlier:
-            skipped += 1
-            continue
-        chosen.append(w.tolist())
-    used = {tuple(c) for c in chosen}
-    rest = [w.tolist() for w in windows if tuple(w.tolist()) not in used][-n_others:]
+    massive = massive_last_token(model, windows, demo.hook)
+    ok = torch.nonzero(~massive)[:, 0]
+    chosen = [windows[i].tolist() for i in ok[:n].tolist()]
+    skipped = int(massive[: int(ok[n - 1]) + 1].sum())
+    rest = [windows[i].tolist() for i in ok[n:].tolist()][-n_others:]
     return chosen, skipped, site_activations(model, rest, demo.hook)
 
 
@@ -85,9 +79,11 @@ def run(args) -> None:
     out = Path(args.out)
     demo, acfg = setup(args)
     index, count = (int(x) for x in args.shard.split("/"))
+    log.info("loading %s, the corpus and the SAE", args.model)
     model = sf.load_model(args.model)
     corpus = load_corpus(model)
     sae = model_sae(model, args.model, demo, Path(args.cache_dir))
+    log.info("prompts, real-other and context activations")
     n_others = max(acfg.n_real_other, 64 if not args.smoke else 8)
     prompts, skipped, others = prompts_and_others(model, corpus, demo, args.prompts, n_others)
     ctx_tokens = corpus.windows(demo.context_windows, demo.sae_window_length, seed=demo.seed + 2, split="train")
@@ -104,6 +100,7 @@ def run(args) -> None:
         if (d / "analysis.pt").is_file():
             continue
         t = time.perf_counter()
+        log.info("prompt %d/%d: start", i + 1, len(prompts))
         subject = sf.TransformerSubject(model, prompt, hook=demo.hook, chunk_size=CHUNK)
         a = analyse_prompt(subject, sae, others, pool, acfg)
         a.save(d)

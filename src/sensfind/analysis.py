@@ -43,7 +43,8 @@ from .scan import ScanConfig, directions_from_targets, scan, step_grid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AnalysisConfig", "PromptAnalysis", "analyse_prompt", "corpus_activations", "corpus_sae", "KINDS"]
+__all__ = ["AnalysisConfig", "PromptAnalysis", "analyse_prompt", "corpus_activations", "corpus_sae", "KINDS",
+           "massive_last_token"]
 
 # the kinds of direction scanned for every prompt, in the order figures and tables show them
 KINDS = ("optima", "isotropic", "cov-random", "real-other", "SAE active", "SAE inactive")
@@ -66,7 +67,7 @@ class AnalysisConfig:
     """
 
     restarts: int = 12
-    iterations: int = 10
+    iterations: int = 8
     scan_steps: int = 16
     lr: float = 0.1
     n_random: int = 16
@@ -75,7 +76,7 @@ class AnalysisConfig:
     max_active: int = 8
     n_inactive: int = 8
     n_refine: int = 4
-    refine_iterations: int = 6
+    refine_iterations: int = 4
     curve_steps: int = 31
     stop: float = 90.0
     tau: float = 0.5
@@ -322,6 +323,17 @@ def corpus_activations(model, windows: Tensor, hook: str, batch: int = 64) -> Te
         _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=lambda n: n == hook, stop_at_layer=stop)
         out.append(cache[hook].float().cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def massive_last_token(model, windows: Tensor, hook: str, ratio: float | None = None) -> Tensor:
+    """``[W]`` bool: the last token's activation at ``hook`` is a massive activation (norm above ``ratio``
+    times the median norm of the window's other positions), the test ``TransformerSubject`` applies to its
+    base, for many windows in one batch."""
+    from .subjects import MASSIVE_NORM_RATIO
+
+    norms = corpus_activations(model, windows, hook).norm(dim=-1)  # [W, L]
+    return norms[:, -1] > (ratio or MASSIVE_NORM_RATIO) * norms[:, :-1].median(dim=1).values
 
 
 def corpus_sae(acts: Tensor, hook: str, d_sae: int, seed: int = 0, epochs: int = 3, l1_coefficient: float = 2.0,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .analysis import AnalysisConfig, analyse_prompt, corpus_activations, corpus_sae
+from .analysis import AnalysisConfig, analyse_prompt, corpus_activations, corpus_sae, massive_last_token
 from .compare import CompareConfig, compare
 from .dictionary import Dictionary, TrainSAEConfig, train_sae
 from .prompts import load_corpus
@@ -204,17 +204,15 @@ def _say(progress: bool, message: str) -> None:
 
 
 def pick_prompt(model, config: ModelDemoConfig, corpus) -> tuple[list[int], int]:
-    """The ``input``-th test-split window that is not a massive-activation base, and how many were skipped."""
-    from .subjects import TransformerSubject
-
+    """The ``input``-th test-split window whose last token is not a massive activation, and how many
+    windows were skipped for being one."""
     windows = corpus.windows(config.input + 50, config.prompt_length, seed=config.seed, split="test")
-    skipped = 0
-    for w in windows[config.input:]:
-        s = TransformerSubject(model, w.tolist(), hook=config.hook)
-        if not s.base_norm_outlier:
-            return w.tolist(), skipped
-        skipped += 1
-    raise ValueError("no corpus window without a massive-activation base among 50; try another --seed")
+    massive = massive_last_token(model, windows, config.hook)
+    ok = torch.nonzero(~massive)[:, 0]
+    if len(ok) <= config.input:
+        raise ValueError("too many corpus windows with a massive-activation base; try another --seed")
+    i = int(ok[config.input])
+    return windows[i].tolist(), int(massive[:i].sum())
 
 
 def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(), cache_dir: str | Path | None = None,
