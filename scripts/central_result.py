@@ -50,7 +50,9 @@ def parse(argv=None):
     p.add_argument("--prompts", type=int, default=20, help="corpus prompts analysed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", default="0/1", help="I/N: this process does prompts i with i %% N == I")
+    p.add_argument("--reverse", action="store_true", help="take this shard's prompts last first (a second worker)")
     p.add_argument("--aggregate", action="store_true", help="only aggregate the prompts already in --out")
+    p.add_argument("--no-cards", action="store_true", help="aggregate without the first prompt's cards (no model load)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and the demo's quick SAE (for tests)")
     p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sensfind"))
     return p.parse_args(argv)
@@ -93,12 +95,14 @@ def run(args) -> None:
     save_json(out / "config.json", {"command": "scripts/central_result.py", "argv": sys.argv[1:], "model": args.model,
                                     "demo": demo.to_dict(), "analysis": acfg.to_dict(), "prompts": prompts,
                                     "prompts_skipped_massive": skipped, "n_others": len(others)})
-    for i, prompt in enumerate(prompts):
-        if i % count != index:
-            continue
+    order = [i for i in range(len(prompts)) if i % count == index]
+    for i in reversed(order) if args.reverse else order:
+        prompt = prompts[i]
         d = out / "prompts" / f"{i:03d}"
-        if (d / "analysis.pt").is_file():
+        if (d / "analysis.pt").is_file() or (d / "started").is_file():  # done, or another worker is on it
             continue
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "started").touch()
         t = time.perf_counter()
         log.info("prompt %d/%d: start", i + 1, len(prompts))
         subject = sf.TransformerSubject(model, prompt, hook=demo.hook, chunk_size=CHUNK)
@@ -190,17 +194,18 @@ def aggregate(args) -> dict:
                        "threshold angle (deg)", "refining SAE latents by discovery", cap=cap - 1)
         figs.append((p, "Threshold angles of the most active SAE latents before and after refinement by discovery, "
                         "beside the discovered optima."))
-    # cards of the first prompt: the model and corpus are needed again (tokens, contexts)
     demo, _ = setup(args)
-    model = sf.load_model(args.model)
-    corpus = load_corpus(model)
-    sae = model_sae(model, args.model, demo, Path(args.cache_dir))
-    ctx_tokens = corpus.windows(demo.context_windows, demo.sae_window_length, seed=demo.seed + 2, split="train")
-    ctx_acts = corpus_activations(model, ctx_tokens, demo.hook)
     first = int(dirs[0].parent.name)
-    subject = sf.TransformerSubject(model, cfg["prompts"][first], hook=demo.hook)
-    cards = build_cards(a0, subject, sae, ctx_acts, ctx_tokens, model.tokenizer)
-    views = [card_view(c, a0.steps, _bands(a0), a0.config.tau) for c in cards]
+    views = []
+    if not args.no_cards:  # cards of the first prompt: the model and corpus are needed again (tokens, contexts)
+        model = sf.load_model(args.model)
+        corpus = load_corpus(model)
+        sae = model_sae(model, args.model, demo, Path(args.cache_dir))
+        ctx_tokens = corpus.windows(demo.context_windows, demo.sae_window_length, seed=demo.seed + 2, split="train")
+        ctx_acts = corpus_activations(model, ctx_tokens, demo.hook)
+        subject = sf.TransformerSubject(model, cfg["prompts"][first], hook=demo.hook)
+        cards = build_cards(a0, subject, sae, ctx_acts, ctx_tokens, model.tokenizer)
+        views = [card_view(c, a0.steps, _bands(a0), a0.config.tau) for c in cards]
     r = results
     tm = r["threshold_median_deg"]
     lead = (f"On <b>{r['n_prompts']} corpus prompts</b> ({r['prompts_skipped_massive']} skipped as massive-activation "
@@ -224,7 +229,7 @@ def aggregate(args) -> dict:
     details = [("results.json", f"<pre>{json.dumps(results, indent=1)}</pre>")]
     render_report(out / "report.html", f"sensfind central result: {args.model}",
                   f"{r['n_prompts']} corpus prompts, site {demo.hook}, last token; cards below are for prompt "
-                  f"{first}: {model.tokenizer.decode(cfg['prompts'][first])!r}", lead, tables, figs, views, details)
+                  f"{first}", lead, tables, figs, views, details)
     return results
 
 
