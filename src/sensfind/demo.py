@@ -1,23 +1,31 @@
-"""The offline demo: toy model -> locally trained SAE -> discovery -> comparison -> HTML report.
+"""The offline demo: a real model (SmolLM2-135M) or the toy -> SAE -> discovery -> comparison -> HTML report.
 
-Everything runs on this machine in a few minutes: the toy has planted features (ground truth), an SAE
-is trained on its activations with SAELens (cached), discovery looks for sensitivity optima on one
-input, and the optima are compared with the SAE's latents, with real-other directions and with
-random directions. Refinement starts discovery from the SAE's decoder rows and measures, against the
-planted features, whether it moves them closer.
+``run_model_demo`` (``sensfind demo``): one prompt drawn from the offline corpus, an SAE trained with
+SAELens on corpus activations at the site (cached), discovery of sensitivity optima, their comparison
+with isotropic, cov-random and real-other directions and with the SAE's active and inactive latents,
+refinement of the most active latents, and a report with a feature card for every optimum and latent.
+
+``run_demo`` (``sensfind demo --model toy``): the toy has planted features (ground truth), an SAE is
+trained on its activations, and the optima are checked against the planted features; refinement starts
+discovery from the SAE's decoder rows and measures whether it moves them closer to the features.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from .analysis import AnalysisConfig, analyse_prompt, corpus_activations, corpus_sae, massive_last_token
 from .compare import CompareConfig, compare
-from .dictionary import TrainSAEConfig, train_sae
+from .dictionary import Dictionary, TrainSAEConfig, train_sae
+from .prompts import load_corpus
 from .optimize import DiscoverConfig, discover
 from .recovery import recovery
 from .runio import save_json, staged_dir
@@ -25,7 +33,7 @@ from .toy import ToyConfig, ToyModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoConfig", "ModelDemoConfig", "run_demo", "run_model_demo"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +126,171 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), cache_dir: str 
                                         "discover": dconf.to_dict()})
         write_demo_report(tmp, subject=subject, found=found, comparison=comp, summary=summary, sae_rec=sae_rec)
     return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# The real job: a trained model, one corpus prompt
+
+@dataclass(frozen=True)
+class ModelDemoConfig:
+    """Sizes of the demo on a real model.
+
+    Attributes:
+        model: a ``sensfind.load_model`` name (``smollm2-135m``, offline).
+        hook: the site; the perturbed position is the prompt's last token.
+        input: which prompt: the ``input``-th window (seeded by ``seed``) of the corpus's test split.
+        prompt_length: tokens per prompt window.
+        sae_windows, sae_window_length: corpus windows (train split) whose activations train the SAE.
+        d_sae, sae_epochs, l1_coefficient: the SAE (SAELens, ReLU + L1), cached in the cache directory.
+        context_windows: train-split windows searched for each card's top contexts; their activations
+            also give the mean and covariance of the cov-random baseline and the covariance null.
+        n_others: test-split prompts whose last-token activations are the real-other targets.
+        analysis: discovery, baselines, matching and refinement sizes (``analysis.AnalysisConfig``).
+    """
+
+    model: str = "smollm2-135m"
+    hook: str = "blocks.1.hook_resid_pre"
+    seed: int = 0
+    input: int = 0
+    prompt_length: int = 10
+    sae_windows: int = 1000
+    sae_window_length: int = 64
+    d_sae: int = 2304
+    sae_epochs: int = 3
+    l1_coefficient: float = 2.0
+    context_windows: int = 300
+    n_others: int = 64
+    analysis: AnalysisConfig = AnalysisConfig()
+
+    @classmethod
+    def quick(cls, **overrides) -> "ModelDemoConfig":
+        base = cls(sae_windows=120, sae_window_length=32, d_sae=576, sae_epochs=1, context_windows=40, n_others=16,
+                   analysis=AnalysisConfig(restarts=3, iterations=4, scan_steps=8, n_random=6, n_cov=6, n_real_other=6,
+                                           max_active=3, n_inactive=2, n_refine=1, refine_iterations=2, curve_steps=16,
+                                           n_null=200))
+        return replace(base, **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_sae(model, model_name: str, config: ModelDemoConfig, cache_dir: Path, progress: bool = True) -> Dictionary:
+    """The demo's SAE: trained on corpus activations at the site, cached under a key of its specification
+    (so a cached SAE needs no activations recomputed)."""
+    spec = {"model": model_name, "hook": config.hook, "windows": config.sae_windows, "length": config.sae_window_length,
+            "d_sae": config.d_sae, "epochs": config.sae_epochs, "l1": config.l1_coefficient, "seed": config.seed,
+            "format": 1}
+    key = hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=8).hexdigest()
+    path = cache_dir / f"demo-sae-{key}"
+    if (path / "dictionary.json").is_file():
+        log.info("loading the cached SAE from %s", path)
+        return Dictionary.load(path)
+    corpus = load_corpus(model)
+    windows = corpus.windows(config.sae_windows, config.sae_window_length, seed=config.seed + 1, split="train")
+    _say(progress, f"collecting activations of {config.sae_windows} corpus windows x {config.sae_window_length} tokens")
+    acts = corpus_activations(model, windows, config.hook)
+    _say(progress, f"training an SAE with {config.d_sae} latents on {acts.shape[0] * (acts.shape[1] - 1)} activations "
+                   "(SAELens; cached afterwards)")
+    sae = corpus_sae(acts, config.hook, config.d_sae, seed=config.seed, epochs=config.sae_epochs,
+                     l1_coefficient=config.l1_coefficient, cache_dir=None)
+    sae.info.update(spec=spec)
+    sae.save(path)
+    return Dictionary.load(path)
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[sensfind demo] {message}", file=sys.stderr, flush=True)
+
+
+def pick_prompt(model, config: ModelDemoConfig, corpus) -> tuple[list[int], int]:
+    """The ``input``-th test-split window whose last token is not a massive activation, and how many
+    windows were skipped for being one."""
+    windows = corpus.windows(config.input + 50, config.prompt_length, seed=config.seed, split="test")
+    massive = massive_last_token(model, windows, config.hook)
+    ok = torch.nonzero(~massive)[:, 0]
+    if len(ok) <= config.input:
+        raise ValueError("too many corpus windows with a massive-activation base; try another --seed")
+    i = int(ok[config.input])
+    return windows[i].tolist(), int(massive[:i].sum())
+
+
+def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(), cache_dir: str | Path | None = None,
+                   progress: bool = True, overwrite: bool = False, device: str = "cpu") -> dict:
+    """The real job on one corpus prompt, into ``out`` (written whole or not at all); returns the summary."""
+    from .cards import build_cards
+    from .models import load_model
+    from .report import write_model_demo_report
+    from .subjects import TransformerSubject
+
+    t0 = time.perf_counter()
+    cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "sensfind"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict = {}
+    with staged_dir(out, overwrite=overwrite) as tmp:
+        _say(progress, f"loading {config.model}")
+        model = load_model(config.model, device=device)
+        corpus = load_corpus(model)
+        timings["load_seconds"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        sae = model_sae(model, config.model, config, cache_dir, progress)
+        timings["sae_seconds"] = time.perf_counter() - t
+        t = time.perf_counter()
+        prompt, skipped = pick_prompt(model, config, corpus)
+        subject = TransformerSubject(model, prompt, hook=config.hook, chunk_size=1024)  # few large calls
+        other_windows = corpus.windows(config.n_others + 1, config.prompt_length, seed=config.seed + 7, split="test")
+        from .prompts import site_activations
+
+        others = site_activations(model, [w.tolist() for w in other_windows if w.tolist() != prompt][: config.n_others],
+                                  config.hook)
+        ctx_tokens = corpus.windows(config.context_windows, config.sae_window_length, seed=config.seed + 2, split="train")
+        _say(progress, f"activations of {config.context_windows} context windows and {len(others)} real-other prompts")
+        ctx_acts = corpus_activations(model, ctx_tokens, config.hook)
+        pool = ctx_acts[:, 1:].reshape(-1, ctx_acts.shape[-1])
+        timings["activations_seconds"] = time.perf_counter() - t
+        _say(progress, f"discovery ({config.analysis.restarts} restarts x {config.analysis.iterations} iterations), "
+                       "baselines, SAE latents, matching, refinement")
+        analysis = analyse_prompt(subject, sae, others, pool, config.analysis, progress=progress)
+        timings.update(analysis.timings)
+        t = time.perf_counter()
+        _say(progress, "feature cards and report")
+        cards = build_cards(analysis, subject, sae, ctx_acts, ctx_tokens, model.tokenizer)
+        summary = model_summary(config, analysis, sae, subject, prompt, skipped, model.tokenizer)
+        analysis.save(tmp / "analysis")
+        sae.save(tmp / "sae")
+        save_json(tmp / "cards.json", [c.to_dict() for c in cards])
+        save_json(tmp / "config.json", {"command": "demo", "model": config.model, "demo": config.to_dict(),
+                                        "discover": config.analysis.discover_config.to_dict()})
+        write_model_demo_report(tmp, analysis, cards, summary)
+        timings["report_seconds"] = time.perf_counter() - t
+        timings["total_seconds"] = time.perf_counter() - t0
+        summary["timings"] = timings
+        save_json(tmp / "summary.json", summary)
+    return summary
+
+
+def model_summary(config: ModelDemoConfig, analysis, sae: Dictionary, subject, prompt, skipped: int, tokenizer) -> dict:
+    """The demo's headline numbers (JSON-ready)."""
+    import html
+
+    from .cards import decode_token
+
+    s = analysis.summary()
+    trained = sae.info.get("trained", {})
+    head = "".join(decode_token(tokenizer, t) for t in prompt[:-1])
+    prompt_html = f"{html.escape(head)}<mark>{html.escape(decode_token(tokenizer, prompt[-1]))}</mark>"
+    return {
+        "config": config.to_dict(), "prompt_html": prompt_html,
+        "model": config.model, "hook": config.hook,
+        "prompt_tokens": prompt, "prompt_text": tokenizer.decode(prompt) if tokenizer is not None else None,
+        "prompts_skipped_massive": skipped, "base_norm": subject.norm_info(),
+        "sae": {"d_sae": sae.n_latents, "explained_variance": trained.get("explained_variance"), "l0": trained.get("l0"),
+                "dead_fraction": sae.info.get("dead_fraction"), "n_activations": trained.get("n_activations"),
+                "source": sae.source},
+        "n_optima": len(analysis.discovery),
+        "optima_beating_real_other_median": s["optima_beating_real_other_median"],
+        "optima_matching_sae_isotropic": s["matches_isotropic"]["n_significant"],
+        "optima_matching_sae_covariance": s["matches_covariance"]["n_significant"],
+        "alpha": config.analysis.alpha,
+        "analysis": s,
+    }

@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["EFFECT_LABELS", "finish", "plot_before_after", "plot_effect_curves", "plot_histograms", "plot_history"]
+__all__ = ["EFFECT_LABELS", "finish", "plot_before_after", "plot_boxes", "plot_effect_curves", "plot_histograms", "plot_history",
+           "plot_median_curves"]
 
 EFFECT_LABELS = {"kl": "KL(p0 || p) (nats)", "l2": "L2 distance at output hook", "cos": "cosine distance at output hook"}
 
@@ -93,3 +94,45 @@ def plot_before_after(path: str | Path, before, after, xlabel: str, ylabel: str,
     lo = min(min(before), min(after), 0.0)
     ax.plot([lo, 1], [lo, 1], color="k", lw=1, ls="--", label="no change")
     return finish(fig, ax, path, xlabel, ylabel, title)
+
+
+def plot_boxes(path: str | Path, groups: dict, ylabel: str, title: str, cap: float | None = None) -> Path:
+    """One box (quartiles, whiskers to 1.5 IQR) per ``groups[name] = values`` with the values as jittered
+    dots; non-finite values ("not reached") are drawn at ``cap`` (if given) and counted in the label."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    g = torch.Generator().manual_seed(0)
+    labels = []
+    for i, (name, v) in enumerate(groups.items()):
+        v = torch.as_tensor(v, dtype=torch.float64).flatten()
+        fin = v[torch.isfinite(v)]
+        n_inf = int((~torch.isfinite(v)).sum())
+        if fin.numel():
+            ax.boxplot([fin.tolist()], positions=[i], widths=0.55, showfliers=False)
+        shown = torch.where(torch.isfinite(v), v, torch.full_like(v, cap if cap is not None else float("nan")))
+        x = i + (torch.rand(v.numel(), generator=g, dtype=torch.float64) - 0.5) * 0.35
+        ax.scatter(x.tolist(), shown.tolist(), s=9, alpha=0.45, color=f"C{i}")
+        med = f", median {float(fin.median()):.1f}" if fin.numel() else ""
+        labels.append(f"{name}\n(n={v.numel()}{med}" + (f", {n_inf} n.r." if n_inf else "") + ")")
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    if cap is not None:
+        ax.axhline(cap, color="grey", lw=0.8, ls=":")
+    ax.plot([], [], " ", label="dots at the dotted line: not reached" if cap is not None else "")
+    return finish(fig, ax, path, "", ylabel, title)
+
+
+def plot_median_curves(path: str | Path, steps, groups: dict, xlabel: str, effect: str, tau: float | None = None,
+                       title: str = "") -> Path:
+    """Median effect curve of each group with its 10-90% band. ``groups[name] = effects [R, K]`` at ``steps [K]``."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = torch.as_tensor(steps, dtype=torch.float64).tolist()
+    for i, (name, e) in enumerate(groups.items()):
+        e = torch.as_tensor(e, dtype=torch.float64)
+        if not e.numel():
+            continue
+        q = torch.quantile(e, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), dim=0)
+        ax.fill_between(x, q[0].tolist(), q[2].tolist(), color=f"C{i}", alpha=0.18)
+        ax.plot(x, q[1].tolist(), color=f"C{i}", lw=1.8, label=f"{name} (n={e.shape[0]}): median, 10-90%")
+    if tau is not None:
+        ax.axhline(tau, color="k", ls="--", lw=1, label=f"threshold τ = {tau:g}")
+    ax.set_yscale("symlog", linthresh=0.1)
+    return finish(fig, ax, path, xlabel, EFFECT_LABELS.get(effect, effect), title, legend_loc="upper left")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 from .plots import plot_before_after, plot_effect_curves, plot_histograms, plot_history
 from .scan import scan
 
-__all__ = ["comparison_figures", "html_page", "write_compare_report", "write_demo_report"]
+__all__ = ["card_view", "comparison_figures", "html_page", "render_report", "svg_curve", "write_compare_report",
+           "write_demo_report"]
 
 
 def _fmt(v) -> str:
@@ -162,3 +164,235 @@ def write_demo_report(directory: Path, subject, found, comparison, summary: dict
     text = text.replace("</body>", f"<section><h2>Discovery and refinement</h2>{''.join(figs)}</section></body>")
     page.write_text(text)
     return page
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reports on real models: summary first, figures, feature cards, folded details (a Jinja2 template)
+
+def svg_curve(steps, curve, bands: dict, tau: float, width: int = 470, height: int = 150, threshold: float | None = None) -> str:
+    """An inline SVG of one effect curve (thick) over the median and 10-90% band of each ``bands[name] =
+    (effects [R, K], colour)``; y is KL on a symmetric-log scale (linear below 0.1 nats), dashed: ``tau``."""
+    x = [float(s) for s in steps]
+    pad_l, pad_r, pad_t, pad_b = 34, 8, 6, 20
+    w, h = width - pad_l - pad_r, height - pad_t - pad_b
+    ymax = max([float(max(curve))] + [float(torch.as_tensor(e).max()) for e, _ in bands.values() if len(e)] + [2 * tau])
+
+    def fy(v: float) -> float:
+        t = lambda u: u / 0.1 if u <= 0.1 else 1 + math.log10(u / 0.1)  # noqa: E731
+        return pad_t + h - h * t(max(float(v), 0.0)) / t(ymax)
+
+    def fx(v: float) -> float:
+        return pad_l + w * (v - x[0]) / (x[-1] - x[0])
+
+    def line(ys) -> str:
+        return " ".join(f"{fx(a):.1f},{fy(b):.1f}" for a, b in zip(x, ys))
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" style="max-width:100%;height:auto;font:10px sans-serif">',
+             f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="#fcfcfc" stroke="#ccc"/>']
+    for e, colour in bands.values():
+        e = torch.as_tensor(e, dtype=torch.float64)
+        if not e.numel():
+            continue
+        q = torch.quantile(e, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), dim=0).tolist()
+        poly = line(q[2]) + " " + " ".join(f"{fx(a):.1f},{fy(b):.1f}" for a, b in reversed(list(zip(x, q[0]))))
+        parts.append(f'<polygon points="{poly}" fill="{colour}" fill-opacity="0.18" stroke="none"/>')
+        parts.append(f'<polyline points="{line(q[1])}" fill="none" stroke="{colour}" stroke-width="1.3"/>')
+    parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{fy(tau):.1f}" y2="{fy(tau):.1f}" stroke="#000" '
+                 'stroke-dasharray="4,3" stroke-width="0.8"/>')
+    if threshold is not None and math.isfinite(threshold):
+        parts.append(f'<line x1="{fx(threshold):.1f}" x2="{fx(threshold):.1f}" y1="{pad_t}" y2="{pad_t + h}" '
+                     'stroke="#d0482b" stroke-width="0.8" stroke-dasharray="2,2"/>')
+    parts.append(f'<polyline points="{line(curve)}" fill="none" stroke="#d0482b" stroke-width="2.2"/>')
+    for tick in range(int(x[0]), int(x[-1]) + 1, 15):
+        parts.append(f'<text x="{fx(tick):.1f}" y="{height - 6}" text-anchor="middle">{tick}°</text>')
+    for v in (0.0, 0.1, 1.0, 10.0):
+        if v <= ymax:
+            parts.append(f'<text x="{pad_l - 3}" y="{fy(v) + 3:.1f}" text-anchor="end">{v:g}</text>')
+    names = list(bands)
+    legend = " · ".join(f'<tspan fill="{bands[n][1]}">{html.escape(n)}</tspan>' for n in names)
+    parts.append(f'<text x="{pad_l + 4}" y="{pad_t + 11}">{legend} · <tspan fill="#d0482b">this direction</tspan>'
+                 ' · KL (nats)</text></svg>')
+    return "".join(parts)
+
+
+def _line(text: str) -> str:
+    return text.replace("\r", "").replace("\n", "⏎")
+
+
+def _p(v) -> str:
+    return "–" if v is None else f"{v:.3g}"
+
+
+def card_view(card, steps, bands: dict, tau: float) -> dict:
+    """Template fields of one ``cards.FeatureCard``."""
+    css = {"optimum": "optimum", "SAE active": "active", "SAE inactive": "inactive"}.get(card.kind, "")
+    facts = [(k, f'<a href="{html.escape(v)}">{html.escape(v)}</a>' if k == "Neuronpedia" else html.escape(str(v)))
+             for k, v in card.facts]
+    thr = f"{card.threshold_deg:.1f}°" if math.isfinite(card.threshold_deg) else f"not reached by {float(steps[-1]):.0f}°"
+    return dict(
+        key=card.key, title=card.title, css=css, threshold=thr, facts=facts, angle=f"{card.angle:.0f}°",
+        svg=svg_curve(steps, card.curve, bands, tau, threshold=card.threshold_deg),
+        gains=[dict(token=repr(t.token), p=f"{t.p_before:.3f} → {t.p_after:.3f}") for t in card.gains],
+        losses=[dict(token=repr(t.token), p=f"{t.p_before:.3f} → {t.p_after:.3f}") for t in card.losses],
+        contexts=[dict(before=_line(c.before), token=_line(c.token), after=_line(c.after), projection=f"{c.projection:.2f}")
+                  for c in card.contexts],
+        matches=[dict(latent=m.latent, cos=f"{m.cos:+.3f}", p_iso=_p(m.p_isotropic), p_cov=_p(m.p_covariance), url=m.url)
+                 for m in card.matches],
+        has_cov=any(m.p_covariance is not None for m in card.matches),
+    )
+
+
+def render_report(path: Path, title: str, subtitle: str, lead: str, summary_tables: list, figures: list, cards: list,
+                  details: list, prompt_html: str = "", null_note: str = "random directions") -> Path:
+    """Write one self-contained HTML page from ``templates/report.html.j2``.
+
+    ``summary_tables``/``details``: ``(title, html)`` pairs; ``figures``: ``(png path, caption)`` pairs
+    (embedded); ``cards``: dicts from :func:`card_view`; ``lead`` and ``prompt_html`` are trusted HTML."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("sensfind", "templates"), autoescape=True)
+    figs = [dict(data=base64.b64encode(Path(p).read_bytes()).decode(), caption=c) for p, c in figures]
+    page = env.get_template("report.html.j2").render(
+        title=title, subtitle=subtitle, lead=lead, prompt_html=prompt_html, null_note=null_note,
+        summary_tables=[dict(title=t, html=h) for t, h in summary_tables], figures=figs, cards=cards,
+        details=[dict(title=t, html=h) for t, h in details])
+    path = Path(path)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+KIND_COLOURS = {"isotropic random": "#888888", "real-other": "#2e9d4f"}
+
+
+def _deg(v) -> str:
+    return "not reached" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.1f}°"
+
+
+def threshold_table(analyses: list, kinds) -> str:
+    """Per kind: directions, reached within the scan, median threshold angle (pooled over ``analyses``)."""
+    rows = []
+    for kind in kinds:
+        t = torch.cat([a.threshold(kind) for a in analyses])
+        fin = t[torch.isfinite(t)]
+        rows.append([kind, int(t.numel()), int(fin.numel()), _deg(float(fin.median())) if fin.numel() else "not reached",
+                     _deg(float(fin.quantile(0.25))) if fin.numel() else "–", _deg(float(fin.quantile(0.75))) if fin.numel() else "–"])
+    return table(rows, ["kind", "directions", "reached τ", "median threshold", "25%", "75%"])
+
+
+def analysis_figures(directory: Path, analyses: list, kinds) -> list[tuple[Path, str]]:
+    """Threshold angles by kind, median curves by kind, optima's best |cos| vs both nulls (pooled)."""
+    from .plots import plot_boxes, plot_median_curves
+
+    fig_dir = Path(directory) / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    a0 = analyses[0]
+    stop = float(a0.steps[-1])
+    groups = {k: torch.cat([a.threshold(k) for a in analyses]) for k in kinds}
+    out = [(plot_boxes(fig_dir / "threshold_angles.png", groups, "threshold angle (deg; KL > τ)",
+                       "how early each kind of direction blows up", cap=stop),
+            f"Threshold angle (first slerp angle with next-token KL > τ = {a0.config.tau:g} nats) of each kind of "
+            f"direction; dots at the dotted line did not reach τ by {stop:.0f}°.")]
+    curves = {k: torch.cat([a.effects[k].detach().double() for a in analyses]) for k in kinds}
+    out.append((plot_median_curves(fig_dir / "effect_curves.png", a0.steps, curves, "slerp angle (deg)", "kl",
+                                   a0.config.tau, "effect vs angle by kind"),
+                "Median next-token KL against slerp angle for each kind of direction, with the 10–90% band."))
+    iso = torch.cat([a.matches["isotropic"].null_best for a in analyses])
+    cov = torch.cat([a.matches["covariance"].null_best for a in analyses])
+    best = torch.cat([a.matches["isotropic"].cos[:, 0].abs() for a in analyses]).tolist()
+    from .plots import plot_histograms
+
+    out.append((plot_histograms(fig_dir / "cos_vs_null.png",
+                                {"isotropic null": iso, "covariance null (cov-random directions)": cov},
+                                "best |cos| with any SAE decoder row (base projected out)", "optima vs the nulls",
+                                lines={"discovered optima": best}),
+                "Best |cosine| of each discovered optimum with the SAE's decoder rows (dashed) against the same "
+                "statistic for isotropic and covariance-matched random directions (histograms)."))
+    return out
+
+
+def refinement_table(analyses: list) -> str | None:
+    rows = []
+    for i, a in enumerate(analyses):
+        r = a.refinement
+        if r is None:
+            continue
+        for j, lat in enumerate(a.refined_latents.tolist()):
+            rows.append(([i] if len(analyses) > 1 else []) +
+                        [lat, float(r.cos_start_end[j]), float(r.blowup_start[j]), float(r.blowup_end[j])])
+    if not rows:
+        return None
+    head = (["prompt"] if len(analyses) > 1 else []) + ["latent", "cos(start, end)", "threshold before (deg)",
+                                                        "threshold after (deg)"]
+    return table(rows, head)
+
+
+def demo_lead(summary: dict) -> str:
+    s = summary["analysis"]
+    k = s["kinds"]
+    n = summary["n_optima"]
+    alpha = summary["alpha"]
+    med = lambda kind: _deg(k[kind]["median_deg"]) if kind in k else "–"  # noqa: E731
+    iso, cov = s["matches_isotropic"], s["matches_covariance"]
+    best = max(iso["best_abs_cos"]) if iso["best_abs_cos"] else float("nan")
+    return (
+        f"Discovery found <b>{n} distinct optim{'um' if n == 1 else 'a'}</b> on this prompt. "
+        f"<b>{summary['optima_beating_real_other_median']} of {n}</b> blow up earlier than the median real-other "
+        f"direction (median threshold angle: optima {med('optima')}, real-other {med('real-other')}, cov-random "
+        f"{med('cov-random')}, isotropic {med('isotropic')}, active SAE latents {med('SAE active')}, inactive "
+        f"{med('SAE inactive')}). <b>{summary['optima_matching_sae_isotropic']} of {n}</b> match an SAE latent at "
+        f"p &lt; {alpha:g} against the isotropic null and <b>{summary['optima_matching_sae_covariance']} of {n}</b> "
+        f"against the covariance null (best |cos| of any optimum {best:.3f}; null medians {iso['null_best_median']:.3f} "
+        f"/ {cov['null_best_median']:.3f})."
+    )
+
+
+def write_model_demo_report(directory: Path, analysis, cards: list, summary: dict) -> Path:
+    """The demo's report on a real model: summary, figures, a card per optimum and latent, folded details."""
+    from .analysis import KINDS
+    from .plots import plot_history
+
+    directory = Path(directory)
+    figs = analysis_figures(directory, [analysis], KINDS)
+    figs.append((plot_history(directory / "figures" / "objective.png", analysis.discovery.history),
+                 "Discovery objective per iteration (soft blowup, mean and best restart; hard blowup median)."))
+    sae = summary["sae"]
+    fmt = lambda v, f="{:.3f}": "–" if v is None else f.format(v)  # noqa: E731
+    sae_rows = [["latents", sae["d_sae"]], ["trained on activations", fmt(sae["n_activations"], "{}")],
+                ["explained variance", fmt(sae["explained_variance"])], ["L0 (active latents per activation)", fmt(sae["l0"], "{:.1f}")],
+                ["dead fraction (never active on its training data)", fmt(sae["dead_fraction"])], ["source", sae["source"]]]
+    tables = [("Threshold angles by kind", threshold_table([analysis], KINDS)),
+              ("The SAE", table(sae_rows, ["quantity", "value"]))]
+    ref = refinement_table([analysis])
+    if ref:
+        tables.append(("Refinement of the most active latents by discovery", ref))
+    t = summary.get("timings") or analysis.timings
+    details = [("Timings (s)", table([[k, float(v)] for k, v in t.items()], ["stage", "seconds"])),
+               ("Matches of every optimum (top 5, both nulls)", _matches_table(analysis)),
+               ("Configuration", f"<pre>{html.escape(json.dumps(summary.get('config', {}), indent=1))}</pre>")]
+    bands = _bands(analysis)
+    views = [card_view(c, analysis.steps, bands, analysis.config.tau) for c in cards]
+    tokens = summary["prompt_tokens"]
+    text = summary.get("prompt_html") or html.escape(summary.get("prompt_text") or str(tokens))
+    return render_report(
+        directory / "report.html", f"sensfind demo: sensitivity optima of {summary['model']} vs its SAE",
+        f"site {summary['hook']}, last token of one corpus prompt; sphere mode; τ = {analysis.config.tau:g} nats of "
+        f"next-token KL; scan 0–{float(analysis.steps[-1]):.0f}° in {len(analysis.steps)} steps",
+        demo_lead(summary), tables, figs, views, details, prompt_html=text,
+        null_note=f"{analysis.config.n_null} isotropic and {analysis.config.n_null} covariance-matched random directions")
+
+
+def _bands(analysis) -> dict:
+    return {"isotropic random": (analysis.effects["isotropic"].detach(), KIND_COLOURS["isotropic random"]),
+            "real-other": (analysis.effects["real-other"].detach(), KIND_COLOURS["real-other"])}
+
+
+def _matches_table(analysis) -> str:
+    iso, cov = analysis.matches["isotropic"], analysis.matches["covariance"]
+    rows = []
+    for i in range(len(iso)):
+        cp = {int(l): float(p) for l, p in zip(cov.latents[i], cov.p_value[i])}
+        for j in range(iso.k):
+            lat = int(iso.latents[i, j])
+            rows.append([i, lat, float(iso.cos[i, j]), float(iso.p_value[i, j]), cp.get(lat, "–")])
+    return table(rows, ["optimum", "latent", "cos", "p (isotropic)", "p (covariance)"])

@@ -1,0 +1,353 @@
+"""One prompt of a real model, analysed end to end: discovery, baselines, dictionary matches, refinement.
+
+``analyse_prompt`` is what the demo runs on one corpus prompt and what the central-result script runs
+on many. For one subject (a site in a model) and a dictionary (an SAE at the same site) it
+
+* discovers sensitivity optima (``optimize.discover``);
+* scans, on one shared grid, the optima, isotropic, cov-random and real-other directions, and the
+  SAE's active latents (encoded > 0 on the base) and a sample of inactive ones, each latent with the
+  sign that blows up earlier; the effect curves are kept for figures and feature cards;
+* matches the optima with the dictionary against an isotropic and a covariance-matched null, and with
+  real-other directions (``match``);
+* refines the most active latents by discovery (``optimize.refine``): how far they move and how much
+  earlier they blow up.
+
+Every scan is run once; figures, cards and summaries read the curves kept here. In sphere mode only the
+part of a direction orthogonal to the base moves the activation, so decoder rows are compared after
+projecting the base out of them (``compare.project_dictionary``).
+
+:func:`corpus_activations` and :func:`corpus_sae` give the activations of corpus windows at a site and
+an SAE trained on them (SAELens, cached), for models whose dictionary is not on the hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .baselines import cov_random_targets, cov_stats, isotropic
+from .compare import project_dictionary
+from .dictionary import Dictionary, TrainSAEConfig, train_sae
+from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
+from .optima import Discovery, effective_directions
+from .optimize import DiscoverConfig, Refinement, discover, refine
+from .runio import save_json, save_tensors
+from .scan import ScanConfig, directions_from_targets, scan, step_grid
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AnalysisConfig", "PromptAnalysis", "analyse_prompt", "corpus_activations", "corpus_sae", "KINDS",
+           "massive_last_token"]
+
+# the kinds of direction scanned for every prompt, in the order figures and tables show them
+KINDS = ("optima", "isotropic", "cov-random", "real-other", "SAE active", "SAE inactive")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Sizes of one prompt's analysis.
+
+    Attributes:
+        restarts, iterations, scan_steps, lr: discovery (``DiscoverConfig``; other fields default).
+        n_random, n_cov, n_real_other: isotropic, cov-random and real-other directions scanned.
+        max_active: at most this many active latents (the most active) are scanned.
+        n_inactive: inactive latents (encoded 0 on the base) scanned, a seeded sample.
+        n_refine: active latents (most active first) refined by discovery; ``refine_iterations`` steps.
+        curve_steps, stop: the shared scan grid (0..stop degrees) of every threshold angle here.
+        tau: effect threshold (nats of next-token KL).
+        k, n_null, alpha: dictionary matches per optimum, null size, significance level.
+        seed: seeds discovery, baselines and samples.
+    """
+
+    restarts: int = 12
+    iterations: int = 8
+    scan_steps: int = 16
+    lr: float = 0.1
+    n_random: int = 16
+    n_cov: int = 16
+    n_real_other: int = 16
+    max_active: int = 8
+    n_inactive: int = 8
+    n_refine: int = 4
+    refine_iterations: int = 4
+    curve_steps: int = 31
+    stop: float = 90.0
+    tau: float = 0.5
+    k: int = 5
+    n_null: int = 1000
+    alpha: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("restarts", "scan_steps", "n_random", "n_cov", "curve_steps", "k", "n_null"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (2 if name in ("scan_steps", "curve_steps") else 1):
+                raise ValueError(f"{name} must be a positive integer (>= 2 for steps), got {v!r}")
+        for name in ("iterations", "n_real_other", "max_active", "n_inactive", "n_refine", "refine_iterations"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        if not (0 < self.stop <= 180):
+            raise ValueError(f"stop must be in (0, 180] degrees, got {self.stop!r}")
+        if not (0 < self.alpha < 1):
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+        self.scan_config  # validates tau
+
+    @property
+    def scan_config(self) -> ScanConfig:
+        return ScanConfig(mode="sphere", stop=float(self.stop), steps=self.curve_steps, tau=self.tau, effect="kl")
+
+    @property
+    def discover_config(self) -> DiscoverConfig:
+        return DiscoverConfig(restarts=self.restarts, iterations=self.iterations, scan_steps=self.scan_steps,
+                              lr=self.lr, tau=self.tau, seed=self.seed, final_steps=self.curve_steps, stop=None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PromptAnalysis:
+    """What ``analyse_prompt`` measured on one subject.
+
+    Attributes:
+        directions: kind -> ``[R, d]`` the (effective, signed) directions scanned.
+        effects: kind -> ``[R, S]`` next-token KL at ``steps`` (degrees).
+        latents: ``SAE active`` / ``SAE inactive`` -> ``[R]`` latent ids (rows of ``directions``).
+        activation: ``[R]`` the SAE's activation of each scanned active latent on the base.
+        matches: null kind -> ``Matches`` of the optima with the (base-projected) dictionary.
+        real_other: the optima against real-other directions.
+        refinement: the refined latents (``refined_latents``) before and after discovery.
+    """
+
+    config: AnalysisConfig
+    steps: Tensor  # [S]
+    directions: dict
+    effects: dict
+    latents: dict
+    activation: Tensor
+    discovery: Discovery
+    matches: dict
+    real_other: RealOtherMatches | None
+    refinement: Refinement | None
+    refined_latents: Tensor
+    timings: dict = field(default_factory=dict)
+
+    def threshold(self, kind: str) -> Tensor:
+        """``[R]`` threshold angles (deg, inf: not reached within ``config.stop``) of a kind."""
+        from .blowup import threshold_value
+
+        e = self.effects[kind]
+        if e.numel() == 0:
+            return torch.empty(0, dtype=torch.float64)
+        return threshold_value(e, self.steps, self.config.tau).double()
+
+    def significant(self, kind: str = "isotropic") -> Tensor:
+        """``[N]`` bool: each optimum's best dictionary match beats the ``kind`` null at ``alpha``."""
+        return self.matches[kind].p_value[:, 0] < self.config.alpha
+
+    def summary(self) -> dict:
+        def med(x: Tensor):
+            f = x[torch.isfinite(x)]
+            return float(f.median()) if f.numel() else None
+
+        out = {"n_steps": len(self.steps), "stop_deg": self.config.stop, "tau": self.config.tau, "kinds": {}}
+        for kind in self.effects:
+            t = self.threshold(kind)
+            out["kinds"][kind] = {"n": int(t.numel()), "median_deg": med(t), "reached": int(torch.isfinite(t).sum()),
+                                  "threshold_deg": [None if not math.isfinite(v) else v for v in t.tolist()]}
+        opt, real = self.threshold("optima"), self.threshold("real-other")
+        real_med = med(real)
+        out["optima_beating_real_other_median"] = int((opt < real_med).sum()) if real_med is not None else None
+        for kind, m in self.matches.items():
+            out[f"matches_{kind}"] = {"best_abs_cos": m.cos[:, 0].abs().tolist(), "best_latent": m.latents[:, 0].tolist(),
+                                      "p_value": m.p_value[:, 0].tolist(),
+                                      "n_significant": int(self.significant(kind).sum()),
+                                      "null_best_median": float(m.null_best.median())}
+        if self.real_other is not None:
+            out["real_other_match"] = {"best_abs_cos": self.real_other.best_cos.abs().tolist(),
+                                       "p_value": self.real_other.p_value.tolist(),
+                                       "span_norm": self.real_other.span_norm.tolist()}
+        if self.refinement is not None:
+            r = self.refinement
+            out["refinement"] = {"latents": self.refined_latents.tolist(), **_finite(r.to_dict())}
+        out["timings"] = self.timings
+        out["points_evaluated_discovery"] = self.discovery.points_evaluated
+        return out
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_json(directory / "analysis.json", {"config": self.config.to_dict(), **self.summary()})
+        tensors = {"steps": self.steps, "activation": self.activation, "refined_latents": self.refined_latents}
+        for kind in self.effects:
+            key = kind.replace(" ", "_")
+            tensors[f"effects.{key}"] = self.effects[kind]
+            tensors[f"directions.{key}"] = self.directions[kind]
+        for kind, ids in self.latents.items():
+            tensors[f"latents.{kind.replace(' ', '_')}"] = ids
+        if self.refinement is not None:
+            tensors.update(refine_start=self.refinement.start, refine_end=self.refinement.end)
+        save_tensors(directory / "analysis.safetensors", {k: v.clone() for k, v in tensors.items()})  # no shared storage
+        self.discovery.save(directory / "discovery")
+        for kind, m in self.matches.items():
+            m.save(directory / f"matches_{kind}")
+        if self.real_other is not None:
+            self.real_other.save(directory / "real_other")
+        return directory
+
+
+def _finite(d: dict) -> dict:
+    return {k: [None if isinstance(x, float) and not math.isfinite(x) else x for x in v] if isinstance(v, list) else v
+            for k, v in d.items()}
+
+
+@torch.no_grad()
+def _signed_rows(subject, rows: Tensor, config: ScanConfig) -> tuple[Tensor, Tensor]:
+    """Each row with the sign that blows up earlier, and its effect curve: ``([R, d], [R, S])``."""
+    if rows.shape[0] == 0:
+        return rows, torch.empty(0, config.steps, dtype=subject.base.dtype)
+    s = scan(subject, torch.cat([rows, -rows]), config)
+    t = s.threshold.view(2, -1)
+    e = s.effects.view(2, rows.shape[0], -1)
+    neg = t[1] < t[0]
+    signed = torch.where(neg[:, None], -rows, rows)
+    return signed, torch.where(neg[:, None], e[1], e[0])
+
+
+def analyse_prompt(
+    subject,
+    dictionary: Dictionary,
+    others: Tensor,
+    pool: Tensor,
+    config: AnalysisConfig = AnalysisConfig(),
+    progress: bool = False,
+) -> PromptAnalysis:
+    """Analyse one subject (see the module docstring).
+
+    ``others [M, d]``: activations of other corpus prompts at the same site and position (real-other
+    targets, the first ``n_real_other`` are scanned). ``pool [P, d]``: activations whose mean and
+    covariance define the cov-random baseline and the covariance null.
+    """
+    base = subject.base
+    d = base.shape[0]
+    cfg = config.scan_config
+    timings: dict = {}
+    t0 = time.perf_counter()
+    dconf = config.discover_config
+    found = discover(subject, dconf, progress=progress)
+    timings["discover_seconds"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    dirs: dict[str, Tensor] = {"optima": found.directions.to(base.dtype)}
+    dirs["isotropic"] = effective_directions(isotropic(config.n_random, d, seed=config.seed + 2, dtype=base.dtype),
+                                             base, "sphere")
+    stats = cov_stats(pool.double(), d)
+    dirs["cov-random"] = directions_from_targets(base, cov_random_targets(stats, config.n_cov, config.seed + 3).to(base.dtype))
+    keep = (others - base).norm(dim=1) > 1e-6 * base.norm()
+    others = others[keep]
+    dirs["real-other"] = directions_from_targets(base, others[: config.n_real_other].to(base.dtype))
+    eff: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for kind in ("optima", "isotropic", "cov-random", "real-other"):
+            eff[kind] = scan(subject, dirs[kind], cfg).effects if len(dirs[kind]) else torch.empty(0, config.curve_steps)
+        # latents: active on the base (most active first) and a sample of inactive ones
+        z = dictionary.encode(base[None].float())[0].detach().cpu()
+        active_all = torch.nonzero(z > 0)[:, 0]
+        order = z[active_all].argsort(descending=True)
+        active = active_all[order][: config.max_active]
+        inactive_all = torch.nonzero(z <= 0)[:, 0]
+        g = torch.Generator().manual_seed(config.seed + 4)
+        inactive = inactive_all[torch.randperm(len(inactive_all), generator=g)[: config.n_inactive]]
+        latents = {"SAE active": active, "SAE inactive": inactive}
+        for kind, ids in latents.items():
+            rows = effective_directions(dictionary.decoder[ids].to(base.dtype), base, "sphere")
+            dirs[kind], eff[kind] = _signed_rows(subject, rows, cfg)
+    timings["scan_seconds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    target = project_dictionary(dictionary, base)
+    opt = dirs["optima"]
+    matches: dict[str, Matches] = {
+        "isotropic": match_directions(opt, target, config.k, NullConfig("isotropic", config.n_null, config.seed)),
+        "covariance": match_directions(opt, target, config.k, NullConfig("covariance", config.n_null, config.seed),
+                                       activations=pool.to(base.dtype), base=base),
+    }
+    real_other = None
+    if len(others) >= 2:
+        real_other = match_real_other(opt, base, others.to(base.dtype), NullConfig("isotropic", config.n_null, config.seed))
+    timings["match_seconds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    refinement = None
+    n_ref = min(config.n_refine, len(active))
+    refined = active[:n_ref]
+    if n_ref and config.refine_iterations:
+        rconf = DiscoverConfig(iterations=config.refine_iterations, scan_steps=config.scan_steps, lr=config.lr,
+                               tau=config.tau, seed=config.seed, final_steps=config.curve_steps, stop=None)
+        refinement = refine(subject, dirs["SAE active"][:n_ref], rconf, progress=progress)
+    timings["refine_seconds"] = time.perf_counter() - t
+    timings["total_seconds"] = time.perf_counter() - t0
+    return PromptAnalysis(config=config, steps=step_grid(cfg, dtype=torch.float64), directions=dirs, effects=eff, latents=latents,
+                          activation=z[active], discovery=found, matches=matches, real_other=real_other,
+                          refinement=refinement, refined_latents=refined, timings=timings)
+
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# Corpus activations and an SAE trained on them
+
+_RESID = re.compile(r"^blocks\.(\d+)\.")
+
+
+@torch.no_grad()
+def corpus_activations(model, windows: Tensor, hook: str, batch: int = 64) -> Tensor:
+    """``[W, L, d]`` float32 activations at ``hook`` of token windows ``[W, L]``, running only the
+    blocks up to the hook."""
+    if hook not in model.hook_dict:
+        raise ValueError(f"unknown hook {hook!r}; see model.hook_dict for the hook points of this model")
+    m = _RESID.match(hook)
+    stop = int(m.group(1)) + 1 if m else None
+    if stop is not None and stop >= model.cfg.n_layers:
+        stop = None
+    out = []
+    for chunk in windows.split(batch):
+        _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=lambda n: n == hook, stop_at_layer=stop)
+        out.append(cache[hook].float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def massive_last_token(model, windows: Tensor, hook: str, ratio: float | None = None) -> Tensor:
+    """``[W]`` bool: the last token's activation at ``hook`` is a massive activation (norm above ``ratio``
+    times the median norm of the window's other positions), the test ``TransformerSubject`` applies to its
+    base, for many windows in one batch."""
+    from .subjects import MASSIVE_NORM_RATIO
+
+    norms = corpus_activations(model, windows, hook).norm(dim=-1)  # [W, L]
+    return norms[:, -1] > (ratio or MASSIVE_NORM_RATIO) * norms[:, :-1].median(dim=1).values
+
+
+def corpus_sae(acts: Tensor, hook: str, d_sae: int, seed: int = 0, epochs: int = 3, l1_coefficient: float = 2.0,
+               cache_dir: str | Path | None = None) -> Dictionary:
+    """An SAE trained with SAELens on corpus activations ``[W, L, d]`` (position 0 of each window, an
+    attention sink with an outlying norm, left out); cached in ``cache_dir`` by ``train_sae``. Its
+    explained variance, L0 and dead fraction (latents never active on these activations) are in
+    ``info["trained"]`` / ``info["dead_fraction"]``."""
+    flat = acts[:, 1:].reshape(-1, acts.shape[-1])
+    config = TrainSAEConfig(epochs=epochs, l1_coefficient=l1_coefficient, batch_size=min(256, len(flat)))
+    sae = train_sae(flat, hook, d_sae, seed=seed, config=config, cache_dir=cache_dir)
+    with torch.no_grad():
+        fired = torch.zeros(d_sae, dtype=torch.bool)
+        for chunk in flat.split(8192):
+            fired |= (sae.encode(chunk) > 0).any(0).cpu()
+    sae.info["dead_fraction"] = float((~fired).float().mean())
+    return sae
