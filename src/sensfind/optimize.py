@@ -493,7 +493,7 @@ def _iterate(subject, config: DiscoverConfig, state: dict) -> bool:
         "iteration": state["iteration"], "round": rnd["index"], "round_iteration": it,
         "objective_mean": float(value.soft.detach().mean()), "objective_min": float(value.soft.detach().min()),
         "blowup_median": float(current.median()) if torch.isfinite(current).any() else math.inf,
-        "n_reached": int(torch.isfinite(current).sum()), "restarts_live": int(rnd["alive"].sum()),
+        "n_reached": int(torch.isfinite(current).sum()), "restarts_scanned": len(live),
         "temperature": temperature, "lr": config.round_lr_at(it, basis is not None), "deflated": deflate,
         "max_move_rad": moved, "points": state["points"], "optima": len(state["found"]),
     })
