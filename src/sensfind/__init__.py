@@ -11,7 +11,7 @@ from .dictionary import (
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from .effects import EFFECTS, get_effect
 from .objective import adaptive_grid, sensitivity_objective
-from .optima import Discovery, cluster_directions, effective_directions
+from .optima import Discovery, cluster_directions, distinct_sensitive, effective_directions
 from .optimize import DiscoverConfig, NonFiniteOutputError, Refinement, discover, refine
 from .recovery import Recovery, recovery
 from .models import ModelUnavailableError, load_model, local_config
@@ -68,6 +68,7 @@ __all__ = [
     "refine",
     "adaptive_grid",
     "cluster_directions",
+    "distinct_sensitive",
     "discover",
     "effective_directions",
     "sensitivity_objective",

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .runio import load_json, load_tensors, save_json, save_tensors, to_jsonable
 
-__all__ = ["Discovery", "cluster_directions", "effective_directions", "PARALLEL_TOL"]
+__all__ = ["Discovery", "cluster_directions", "effective_directions", "distinct_sensitive", "PARALLEL_TOL"]
 
 PARALLEL_TOL = 1e-6  # relative size of the orthogonal part below which a direction counts as parallel
 
@@ -54,6 +54,22 @@ def cluster_directions(directions: Tensor, scores: Tensor, threshold: float = 0.
         reps.append(i)
         clusters.append([i])
     return clusters
+
+
+def distinct_sensitive(directions: Tensor, blowup: Tensor, reference: float, max_cos: float = 0.5) -> list[int]:
+    """Optima that blow up before ``reference`` (e.g. the median real-other direction's threshold) and
+    are far apart: most sensitive first, each kept when its |cos| with every kept one is below ``max_cos``.
+
+    This is what discovery is worth on a subject without planted features. Returns row indices.
+    """
+    kept: list[int] = []
+    for i in torch.argsort(blowup.double(), stable=True).tolist():
+        if not float(blowup[i]) < reference:
+            break
+        if kept and float((directions[kept] @ directions[i]).abs().max()) >= max_cos:
+            continue
+        kept.append(i)
+    return kept
 
 
 @dataclass
