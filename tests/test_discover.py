@@ -292,3 +292,39 @@ def test_covariance_init_follows_the_activations(toy):
         bad = acts.clone()
         bad[1, 0] = math.nan
         sf.discover(subject, cfg, activations=bad)
+
+
+# -- issue 10 ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", ["x", 1.5, True, None, 2**64])
+def test_discover_config_refuses_a_seed_that_is_not_an_integer(seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \["):
+        sf.DiscoverConfig(seed=seed)
+
+
+def test_from_dict_needs_a_dict():
+    with pytest.raises(TypeError, match="DiscoverConfig.from_dict needs a dict of field -> value, got list"):
+        sf.DiscoverConfig.from_dict([1, 2])
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage" * 10])
+def test_load_checkpoint_names_a_damaged_file(tmp_path, damage):
+    from sensfind.errors import CheckpointError
+    from sensfind.optimize import load_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(damage)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+
+
+def test_load_checkpoint_names_the_differing_config_keys(tmp_path, toy):
+    from sensfind.errors import CheckpointError
+    from sensfind.optimize import load_checkpoint
+
+    config = sf.DiscoverConfig(restarts=2, iterations=2, final_steps=5)
+    sf.discover(toy.subject(0), config, checkpoint=tmp_path / "c.pt", checkpoint_every=1)
+    assert load_checkpoint(tmp_path / "c.pt", config)["iteration"] == 2
+    with pytest.raises(CheckpointError, match=r"\(lr, restarts differ\)"):
+        load_checkpoint(tmp_path / "c.pt", replace(config, restarts=3, lr=0.2))

@@ -127,3 +127,35 @@ def test_directions_from_targets():
     assert torch.allclose(d, torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
     with pytest.raises(ValueError, match="target 0 equals the base"):
         sf.directions_from_targets(base, base[None])
+
+
+# -- issue 10, defect 14: bad API input is a clear error, not a raw torch one ------------------------------
+
+
+def _linear_subject(d=8, n_out=5):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(n_out, d, generator=g)
+    return sf.FunctionSubject(torch.randn(d, generator=g), lambda x: x @ w.T)
+
+
+def test_scan_refuses_a_dict_for_its_config():
+    subject = _linear_subject()
+    with pytest.raises(TypeError, match=r"config must be a ScanConfig \(e.g. ScanConfig\(steps=4\)\), got dict"):
+        sf.scan(subject, torch.randn(2, 8), {"steps": 4})
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_scan_refuses_integer_bool_and_complex_directions(dtype):
+    subject = _linear_subject()
+    dirs = torch.ones(2, 8).to(dtype)
+    with pytest.raises(TypeError, match=f"real floating-point tensor, got dtype {dtype}"):
+        sf.scan(subject, dirs, sf.ScanConfig(steps=4))
+
+
+def test_gradient_free_scan_in_chunks_equals_one_batch():
+    subject = _linear_subject(d=8, n_out=4096)
+    dirs = torch.randn(40, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        chunked = sf.scan(subject, dirs, sf.ScanConfig(steps=91), max_memory=91 * 4096 * 4 * 4 * 3).effects
+    whole = sf.scan(subject, dirs.requires_grad_(True), sf.ScanConfig(steps=91)).effects.detach()
+    torch.testing.assert_close(chunked, whole)

@@ -22,12 +22,14 @@ def _tiny_subject(model):
     return sf.TransformerSubject(model, PROMPT_IDS[:6], hook="blocks.1.hook_resid_pre")
 
 
-@pytest.fixture(params=["function", "transformer", "transformer-late-hook"])
+@pytest.fixture(params=["function", "transformer", "transformer-late-hook", "smollm2"])
 def subject(request, tiny_model):
     if request.param == "function":
         return _function_subject()
     if request.param == "transformer":
         return _tiny_subject(tiny_model)
+    if request.param == "smollm2":
+        return sf.TransformerSubject(request.getfixturevalue("smollm2"), "The cat sat on the mat and")
     return sf.TransformerSubject(tiny_model, PROMPT_IDS[:6], output_hook="ln_final.hook_normalized")
 
 
@@ -159,3 +161,20 @@ def test_pretrained_loader_fails_offline_with_one_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(sf.ModelUnavailableError, match="could not load pretrained model 'gpt2'.*random:gpt2"):
         sf.load_model("gpt2")
+
+
+# -- issue 10, defect 14 --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base", [torch.arange(1, 9), torch.ones(8, dtype=torch.bool), torch.ones(8, dtype=torch.complex64)])
+def test_function_subject_refuses_a_non_real_float_base(base):
+    with pytest.raises(TypeError, match=f"base must be a real floating-point tensor, got dtype {base.dtype}"):
+        sf.FunctionSubject(base, lambda x: x)
+
+
+def test_a_non_differentiable_fn_is_named_before_autograd_fails():
+    subject = sf.FunctionSubject(torch.randn(8), lambda x: torch.from_numpy(x.detach().numpy() ** 2))
+    with pytest.raises(TypeError, match="is not differentiable"):
+        sf.discover(subject, sf.DiscoverConfig(restarts=2, iterations=1, final_steps=5))
+    with torch.no_grad():  # without gradients it is a fine subject
+        assert subject.run(torch.randn(3, 8)).shape == (3, 8)

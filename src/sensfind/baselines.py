@@ -69,31 +69,58 @@ def cov_random_targets(stats: CovStats, n: int, seed: int = 0) -> Tensor:
 
 
 def load_directions(path: str | Path, key: str = "directions") -> Tensor:
-    """Directions ``[R, d]`` from ``.safetensors`` (tensor ``key``, or its only tensor), ``.pt`` or ``.npy``."""
+    """Directions ``[R, d]`` from ``.safetensors`` (tensor ``key``, or its only tensor), ``.pt`` or ``.npy``.
+
+    Raises ``InputFileError`` naming the file if it is missing, a directory, corrupt, or holds anything
+    but one real numeric array.
+    """
+    import pickle
+    import zipfile
+
+    from .errors import InputFileError
+    from .runio import load_tensors
+
     path = Path(path)
+    name = repr(str(path))
+    if path.is_dir():
+        raise InputFileError(f"direction file {name} is a directory, not a file")
     if not path.is_file():
-        raise ValueError(f"direction file {str(path)!r} does not exist")
+        raise InputFileError(f"direction file {name} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path))
+        tensors = load_tensors(path, "direction file")
         if key in tensors:
             x = tensors[key]
         elif len(tensors) == 1:
             x = next(iter(tensors.values()))
         else:
-            raise ValueError(f"{str(path)!r} holds tensors {sorted(tensors)}; expected one named {key!r}")
+            raise InputFileError(f"direction file {name} holds tensors {sorted(tensors)}; expected one named {key!r}")
     elif suffix == ".pt":
-        x = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            x = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+            why = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise InputFileError(f"direction file {name} is not a readable torch file ({why})") from None
         if not isinstance(x, Tensor):
-            raise ValueError(f"{str(path)!r} must hold a single tensor of shape [R, d]")
+            raise InputFileError(f"direction file {name} must hold a single tensor of shape [R, d]")
     elif suffix == ".npy":
-        x = torch.from_numpy(np.load(path))
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, EOFError, ValueError) as exc:
+            raise InputFileError(f"direction file {name} is not a readable .npy file ({exc})") from None
+        if arr.dtype.kind not in "iuf":
+            raise InputFileError(f"direction file {name} holds an array of dtype {arr.dtype}; directions must be "
+                                 "real numbers")
+        x = torch.from_numpy(np.ascontiguousarray(arr))
     else:
-        raise ValueError(f"unsupported direction file type {suffix!r}; allowed: .safetensors, .pt, .npy")
+        raise InputFileError(f"direction file {name} has unsupported type {suffix!r}; allowed: .safetensors, .pt, .npy")
+    if x.is_complex() or x.dtype == torch.bool or not (x.is_floating_point() or x.dtype in _INT_DTYPES):
+        raise InputFileError(f"direction file {name} holds a tensor of dtype {x.dtype}; directions must be real numbers")
     x = x.float()
     return x[None] if x.ndim == 1 else x
+
+
+_INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
 def save_directions(path: str | Path, directions: Tensor) -> None:

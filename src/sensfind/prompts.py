@@ -75,13 +75,15 @@ def load_prompts(source: str | Path = "builtin", model=None) -> list:
     if str(source) == "builtin":
         text = resources.files("sensfind").joinpath("data/prompts.txt").read_text()
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"prompt file {str(path)!r} does not exist; give a text file with one prompt per line, or 'builtin'")
-        text = path.read_text()
+        from .runio import read_text
+
+        text = read_text(source, "prompt file")
     prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not prompts:
         raise ValueError(f"prompt file {str(source)!r} holds no prompts (one per line expected)")
+    bad = next((ln for ln in prompts if "\x00" in ln), None)
+    if bad is not None:
+        raise ValueError(f"prompt file {str(source)!r} holds NUL bytes; is it a binary file?")
     return prompts
 
 

@@ -5,9 +5,11 @@ the direction orthogonal to ``x0``; steps are angles in degrees. Straight mode m
 ``x(α) = x0 + α |x0| u`` (``scale="relative"``) or ``x0 + α u`` (``scale="absolute"``, the LASR
 variant with step 0.5).
 
-A scan of ``R`` directions over ``K`` steps runs ``R·K`` points through the subject as one batch
-(the subject splits it into chunks) and returns effects ``[R, K]``. Autograd flows from the effects to
-the directions, which is what the optimiser needs.
+A scan of ``R`` directions over ``K`` steps runs ``R·K`` points through the subject and returns effects
+``[R, K]``. Autograd flows from the effects to the directions, which is what the optimiser needs: with
+gradients on, the points run as one batch. Without them (final scans, baselines) the directions run in
+chunks sized so that the outputs of one chunk fit a memory budget (``max_memory``), so peak memory does
+not grow with directions × steps × output width.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ __all__ = [
     "perturb",
     "scan",
     "step_grid",
+    "scan_chunk_rows",
+    "DEFAULT_MAX_MEMORY",
 ]
+
+DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of outputs (and their effect temporaries) per chunk of a gradient-free scan
+_OUTPUT_COPIES = 4  # logits, log-softmax, its exp and the difference live at once while the effect is computed
 
 Mode = Literal["sphere", "straight"]
 
@@ -111,6 +118,9 @@ def check_directions(directions: Tensor, d: int, base: Tensor | None = None, wha
     given (sphere mode), not parallel to it. Returns them as ``[R, d]`` (not normalised)."""
     if not isinstance(directions, Tensor):
         raise TypeError(f"{what}s must be a torch.Tensor of shape [R, {d}], got {type(directions).__name__}")
+    if directions.is_complex() or not directions.is_floating_point():
+        raise TypeError(f"{what}s must be a real floating-point tensor, got dtype {directions.dtype}; "
+                        "convert with .float() (complex values have no meaning as activation directions)")
     if directions.ndim == 1:
         directions = directions[None]
     if directions.ndim != 2 or directions.shape[1] != d:
@@ -217,23 +227,50 @@ class Scan:
         return out
 
 
-def scan(subject: Subject, directions: Tensor, config: ScanConfig = ScanConfig(), steps: Tensor | None = None) -> Scan:
+def scan_chunk_rows(n_steps: int, n_out: int, itemsize: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:
+    """Directions per chunk of a gradient-free scan: as many as keep ``n_steps`` outputs of width ``n_out``
+    (and the effect's temporaries) within ``max_memory`` bytes; at least one."""
+    per_row = n_steps * max(n_out, 1) * itemsize * _OUTPUT_COPIES
+    return max(1, int(max_memory // per_row))
+
+
+def scan(
+    subject: Subject,
+    directions: Tensor,
+    config: ScanConfig = ScanConfig(),
+    steps: Tensor | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+) -> Scan:
     """Scan ``subject`` along ``directions`` ``[R, d]``; differentiable in the directions.
 
     ``steps`` overrides the config's grid: ``[K]`` shared, or ``[R, K]`` per direction (adaptive grids).
+    ``max_memory``: byte budget for one chunk's outputs when no gradient is needed (see the module doc).
     """
+    if not isinstance(config, ScanConfig):
+        raise TypeError(f"config must be a ScanConfig (e.g. ScanConfig(steps=4)), got {type(config).__name__}")
+    if not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory < 1:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     base = subject.base
     d = base.shape[0]
     directions = check_directions(directions, d, base if config.mode == "sphere" else None)
     if steps is None:
         steps = step_grid(config, dtype=base.dtype, device=base.device)
-    elif steps.shape[-1] < 2 or steps.ndim not in (1, 2):
-        raise ValueError(f"steps must have shape [K] or [R, K] with K >= 2, got {tuple(steps.shape)}")
-    acts = perturb(base, directions, steps, config.mode, config.scale)  # [R, K, d]
-    r, k = acts.shape[:2]
-    out = subject.run(acts.reshape(r * k, d))
+    elif not isinstance(steps, Tensor) or steps.ndim not in (1, 2) or steps.shape[-1] < 2:
+        shape = tuple(steps.shape) if isinstance(steps, Tensor) else type(steps).__name__
+        raise ValueError(f"steps must be a tensor of shape [K] or [R, K] with K >= 2, got {shape}")
     base_out = base_output(subject)
-    effects = get_effect(config.effect)(base_out, out).reshape(r, k)
+    effect = get_effect(config.effect)
+    r, k = directions.shape[0], steps.shape[-1]
+    grad = torch.is_grad_enabled() and directions.requires_grad
+    rows = r if grad else scan_chunk_rows(k, base_out.numel(), base_out.element_size(), max_memory)
+    chunks = []
+    for i in range(0, r, rows):
+        part_steps = steps if steps.ndim == 1 else steps[i : i + rows]
+        acts = perturb(base, directions[i : i + rows], part_steps, config.mode, config.scale)  # [r', K, d]
+        out = subject.run(acts.reshape(-1, d))
+        chunks.append(effect(base_out, out).reshape(acts.shape[0], k))
+        del acts, out
+    effects = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     return Scan(config=config, steps=steps.detach(), effects=effects)
 
 

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Subject", "FunctionSubject", "TransformerSubject", "check_acts"]
 
+# a base whose residual norm exceeds this multiple of the median over the prompt's other positions is
+# flagged as a massive activation (SmolLM2 at blocks.3: 6-8x; ordinary tokens stay within ~2x)
+MASSIVE_NORM_RATIO = 3.0
+
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -47,6 +51,8 @@ class Subject(Protocol):
 def check_base(base: Tensor) -> Tensor:
     if not isinstance(base, Tensor):
         raise TypeError(f"base must be a torch.Tensor of shape [d], got {type(base).__name__}")
+    if base.is_complex() or not base.is_floating_point():
+        raise TypeError(f"base must be a real floating-point tensor, got dtype {base.dtype}; convert with .float()")
     if base.ndim != 1 or base.numel() == 0:
         raise ValueError(f"base must have shape [d] with d >= 1, got shape {tuple(base.shape)}")
     if not torch.isfinite(base).all():
@@ -79,6 +85,12 @@ class FunctionSubject:
         if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != acts.shape[0]:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"fn must return a tensor of shape [B, n_out] with B={acts.shape[0]}, got {shape}")
+        if torch.is_grad_enabled() and acts.requires_grad and not out.requires_grad:
+            raise TypeError(
+                f"fn {getattr(self.fn, '__name__', self.fn)!r} is not differentiable: its output does not require "
+                "grad although its input does (does it detach, call .numpy() or run under torch.no_grad()?). "
+                "Discovery needs gradients from the output back to the activations"
+            )
         return out
 
     def __repr__(self) -> str:
@@ -188,7 +200,9 @@ class TransformerSubject:
 
         with torch.no_grad():
             _, cache = model.run_with_cache(self.tokens, names_filter=lambda n: n == self.hook)
-            base = cache[self.hook][0, self.position].detach().clone()  # [d]
+            acts = cache[self.hook][0].reshape(n_pos, -1)  # [P, d]
+            base = acts[self.position].detach().clone()  # [d]
+            self._check_base_norm(acts.float().norm(dim=-1))
             # low-precision models keep their base (and return their outputs) in float32
             self.base = base.float() if base.dtype in (torch.bfloat16, torch.float16) else base
             if self.layer is not None:
@@ -196,6 +210,28 @@ class TransformerSubject:
             self.base_output = self._run_full(self.base[None])[0].detach()  # [n_out]
 
     # -- construction helpers -------------------------------------------------------------
+    def _check_base_norm(self, norms: Tensor) -> None:
+        """Record the base's norm beside the prompt's typical norm; warn when it is an outlier.
+
+        Some models keep a few "massive activations" (tokens whose residual norm is several times the
+        others', e.g. SmolLM2's first position from ``blocks.2`` on). A sphere-mode angle around such a
+        base is not comparable with one around an ordinary token.
+        """
+        others = torch.cat([norms[: self.position], norms[self.position + 1 :]])
+        self.base_norm = float(norms[self.position])
+        self.typical_norm = float(others.median()) if others.numel() else self.base_norm
+        self.base_norm_outlier = bool(others.numel() >= 2 and self.base_norm > MASSIVE_NORM_RATIO * self.typical_norm)
+        if self.base_norm_outlier:
+            log.warning(
+                "the base activation at position %d has norm %.3g, %.1fx the prompt's typical norm %.3g (massive "
+                "activation): sphere-mode angles around it are not comparable with those around ordinary tokens",
+                self.position, self.base_norm, self.base_norm / self.typical_norm, self.typical_norm,
+            )
+
+    def norm_info(self) -> dict:
+        """The base's norm, the median norm of the prompt's other positions, and whether the base is an outlier."""
+        return {"base_norm": self.base_norm, "typical_norm": self.typical_norm, "base_norm_outlier": self.base_norm_outlier}
+
     def _check_hook(self, hook: str, what: str) -> str:
         if hook not in self.model.hook_dict:
             n = self.model.cfg.n_layers

@@ -96,7 +96,6 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -108,8 +107,10 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import Tensor
 
+from .errors import error_boundary
 from .optima import Discovery, cluster_directions, distinct_sensitive, effective_directions
 from .optimize import DiscoverConfig, NonFiniteOutputError, discover
+from .runio import check_output_dir, write_atomic
 from .scan import scan
 from .subjects import Subject
 
@@ -342,10 +343,10 @@ class SearchSpace:
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
         """A JSON (or ``.yaml``/``.yml``) space file merged onto the default space."""
+        from .runio import read_text
+
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"search space file {str(path)!r} does not exist")
-        text = path.read_text()
+        text = read_text(path, "search space file")
         try:
             if path.suffix in (".yaml", ".yml"):
                 import yaml  # optuna depends on PyYAML
@@ -922,17 +923,21 @@ def tune(
     With ``out``, results are written there (``TuneResult.save``) and the default storage is ``out/study.db``.
     """
     space = space or SearchSpace.default()
+    if out is not None:
+        check_output_dir(out, overwrite=True)  # workers share out: only a file or an unwritable place is refused
+    targets = list(targets) if targets is not None else _targets(config)  # bad --sae etc. fail before any storage
     study = open_study(config, space, out, storage)
-    targets = list(targets) if targets is not None else _targets(config)
     objective = _Objective(config, space, targets)
     callbacks = []
     if config.max_trials is not None:
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         callbacks.append(optuna.study.MaxTrialsCallback(config.max_trials, states=finished))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # trials of dead workers are failed, also before a report (n_trials 0)
     if config.n_trials != 0 and not _study_full(study, config):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # a restarted worker fails its dead predecessors' trials
             study.optimize(objective, n_trials=config.n_trials, timeout=config.timeout, callbacks=callbacks)
     where = type(storage).__name__ if storage is not None else storage_url(config.storage, out)
     result = TuneResult.from_study(study, config, where, ran=objective.ran)
@@ -951,14 +956,6 @@ def _study_full(study: optuna.Study, config: TuneConfig) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a uniquely named temporary file, so concurrent workers never leave a torn file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def _json(obj) -> str:
@@ -1051,12 +1048,12 @@ class TuneResult:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         if self.best_config is not None:
-            _write_atomic(out / "best_config.json", _json(self.best_config))
+            write_atomic(out / "best_config.json", _json(self.best_config))
         if len(self.directions) > 1:
-            _write_atomic(out / "pareto.json", _json(self.best))
-        _write_atomic(out / "trials.csv", self._csv())
-        _write_atomic(out / "summary.md", f"# {self.study_name}\n\n{self.summary()}\n\n{self.table(None)}\n")
-        _write_atomic(out / "tune.json", _json({"config": self.config, "settings": self.settings,
+            write_atomic(out / "pareto.json", _json(self.best))
+        write_atomic(out / "trials.csv", self._csv())
+        write_atomic(out / "summary.md", f"# {self.study_name}\n\n{self.summary()}\n\n{self.table(None)}\n")
+        write_atomic(out / "tune.json", _json({"config": self.config, "settings": self.settings,
                                                 "summary": self.summary(), "counts": self.counts(), "best": self.best}))
         if study is not None:
             save_plots(study, out, self.metric)
@@ -1123,7 +1120,7 @@ def save_plots(study: optuna.Study, out: str | Path, metric: str) -> list[Path]:
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
             plt.close(fig)
-            _write_atomic(out / name, buf.getvalue())
+            write_atomic(out / name, buf.getvalue())
             written.append(out / name)
         except Exception as exc:  # noqa: BLE001 - e.g. too few trials for importances; never fail the run
             log.info("skipped %s: %s", name, exc)
@@ -1195,7 +1192,7 @@ def cmd_tune(args) -> int:
         print(json.dumps(space.to_dict(), indent=2))
         return 0
     config = config_from_args(args)
-    out = Path(args.out) if args.out else Path("runs") / f"tune-{config.study_name}"
+    out = check_output_dir(Path(args.out) if args.out else Path("runs") / f"tune-{config.study_name}", overwrite=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING if args.quiet else optuna.logging.INFO)
     result = tune(config, space, out=out)
     print(result.table())
@@ -1216,21 +1213,13 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sensfind.tuning ARGS``, the same as ``sensfind tune ARGS``."""
-    from .dictionary import DictionaryUnavailableError
-    from .models import ModelUnavailableError
-
     parser = argparse.ArgumentParser(prog="python -m sensfind.tuning", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     _add_tune_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return cmd_tune(args)
-    except (ValueError, FileNotFoundError, NonFiniteOutputError, ModelUnavailableError,
-            DictionaryUnavailableError) as exc:
-        print(f"sensfind: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    return error_boundary(lambda: cmd_tune(args))
 
 
 if __name__ == "__main__":

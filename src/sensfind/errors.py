@@ -1,0 +1,87 @@
+"""Errors sensfind reports to a user as one line, and the boundary that does it.
+
+Bad input is a ``ValueError`` (the project's convention: configs validate themselves in
+``__post_init__``) or one of the types below; a file that cannot be read or written names the file.
+Everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from typing import Callable
+
+__all__ = ["SensfindError", "InputFileError", "MissingInputError", "ResultsWriteError", "CheckpointError", "user_errors", "one_line",
+           "error_boundary"]
+
+
+class SensfindError(Exception):
+    """Base of the errors that describe the user's input or environment, not a bug."""
+
+
+class InputFileError(SensfindError, ValueError):
+    """A file given as input is missing, a directory, not text, or not in the expected format (the
+    message names the file)."""
+
+
+class MissingInputError(SensfindError, FileNotFoundError):
+    """An input file or directory that should exist does not (the message names it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "missing input"
+
+
+class CheckpointError(InputFileError):
+    """A discovery checkpoint is missing, unreadable, corrupt, or belongs to another run."""
+
+
+class ResultsWriteError(SensfindError, OSError):
+    """Results could not be written (full disk, read-only file system, a file where a directory belongs)."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        OSError.__init__(self, f"cannot write results to {self.path!r}: {reason}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+# errno values that mean "this location cannot take results", not "a bug"
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST,
+                errno.EISDIR, errno.EFBIG}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types the command line reports as one line (imported lazily: heavy modules)."""
+    from .dictionary import DictionaryUnavailableError
+    from .models import ModelUnavailableError
+    from .optimize import NonFiniteOutputError
+    from .prompts import DatasetUnavailableError
+
+    return (SensfindError, ValueError, ModelUnavailableError, DictionaryUnavailableError, DatasetUnavailableError,
+            NonFiniteOutputError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (an ``OSError`` names its file)."""
+    if isinstance(exc, OSError) and not isinstance(exc, SensfindError):
+        files = " -> ".join(repr(str(f)) for f in (exc.filename, exc.filename2) if f is not None)
+        text = f"{exc.strerror or exc}: {files}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def error_boundary(func: Callable[[], int]) -> int:
+    """Run a command; the project's own errors (and file errors naming their file) become
+    ``sensfind: error: ...`` on stderr and exit status 2. Anything else propagates with its traceback."""
+    try:
+        return func()
+    except user_errors() as exc:
+        print(f"sensfind: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"sensfind: error: {one_line(exc)}", file=sys.stderr)
+        return 2
