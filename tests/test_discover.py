@@ -328,3 +328,20 @@ def test_load_checkpoint_names_the_differing_config_keys(tmp_path, toy):
     assert load_checkpoint(tmp_path / "c.pt", config)["iteration"] == 2
     with pytest.raises(CheckpointError, match=r"\(lr, restarts differ\)"):
         load_checkpoint(tmp_path / "c.pt", replace(config, restarts=3, lr=0.2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_budget_is_spent_on_new_planted_features(seed):
+    # the toy of issue 12: 768 features in 256 dimensions. Before rounds, the default discovery spent
+    # ~29k points on 16 restarts that all fell into 2-4 basins (3 of them the active features' switch-offs)
+    model = ToyModel(ToyConfig(d=256, n_features=768, seed=seed))
+    subject = model.subject(0)
+    found = sf.discover(subject, sf.DiscoverConfig(max_points=30_000, seed=seed))
+    assert found.points_evaluated <= 30_000 and found.rounds_run >= 2
+    rec = sf.recovery(found.directions, subject.signed_features(), subject.base)
+    assert len(rec.distinct_features) >= 10, rec.distinct_features
+    assert rec.fraction_reached >= 0.9  # precision: optima are planted features, not junk
+    # the later rounds found features the first round did not
+    later = sf.recovery(found.directions[found.found_round > 0], subject.signed_features(), subject.base)
+    assert len(later.distinct_features) >= 5
