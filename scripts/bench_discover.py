@@ -1,10 +1,19 @@
-"""Benchmark discovery: cost of an optimisation step against the plain scan it is built on.
+"""Benchmark discovery: cost of an optimisation step, and distinct sensitive optima found per budget.
 
 On GPT-2's architecture (random weights; blocks.1.hook_resid_pre, last token of a 10-token prompt)
 one discovery iteration of R restarts x K scan steps is timed against a plain forward+backward of the
 same batch (scan, soft blowup, backward; no optimiser, no grid update). The ratio shows what the
-optimiser and its bookkeeping add. On the toy, compute per distinct optimum (scan points evaluated
-per distinct planted feature found) is measured, with and without the diversity penalty.
+optimiser and its bookkeeping add.
+
+On the toy of issue 12 (768 planted features in 256 dimensions, 3 active), per seed and budget, with
+default settings and only ``max_points`` set: distinct planted features reached, recall of the 20 most
+sensitive signed planted features (smallest threshold angles, ``ToySubject.signed_thresholds``),
+precision (fraction of optima within cos >= 0.9 of a planted feature) and scan points per distinct
+feature; and the same for one round of 64 restarts without deflation (the strategy before rounds).
+
+With ``--smollm2`` (needs the SmolLM2 loader and its weights): discovery at blocks.1.hook_resid_pre of
+one builtin prompt with the budget, distinct optima at pairwise |cos| < 0.5, and how many of them blow
+up before the median real-other direction (towards the other builtin prompts' activations).
 
 Random-weight GPT-2 outputs are nearly uniform, so KL stays small: τ is set in the run to half the
 median KL of isotropic directions at 90°, and reported.
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 
@@ -71,28 +81,65 @@ def bench_gpt2(restarts: int, steps: int, iterations: int, repeats: int, arch: s
     }
 
 
-def bench_toy(restarts: int, iterations: int, seeds: list[int], diversity: float) -> dict:
-    out = []
-    for seed in seeds:
-        subject = ToyModel(ToyConfig(seed=seed)).subject(0)
-        found = sf.discover(subject, sf.DiscoverConfig(restarts=restarts, iterations=iterations, seed=seed,
-                                                       diversity=diversity))
-        rec = sf.recovery(found.restart_directions, subject.signed_features(), subject.base)
-        n = max(1, len(rec.distinct_features))
-        random = sf.scan(subject, sf.baselines.isotropic(64, subject.d, seed=seed + 100),
-                         sf.ScanConfig(steps=361)).threshold
-        out.append({"seed": seed, "fraction_reached": rec.fraction_reached,
-                    "distinct_features": len(rec.distinct_features), "points": found.points_evaluated,
-                    "points_per_distinct_feature": found.points_evaluated / n,
-                    "worst_optimum_blowup_deg": float(found.blowup_deg.max()),
-                    "random_median_blowup_deg": float(random.median()),
-                    "worst_optimum_over_random_median": float(found.blowup_deg.max() / random.median())})
+def toy_scores(subject, found, top: int = 20) -> dict:
+    """Distinct planted features, recall of the ``top`` most sensitive signed ones, precision, cost."""
+    thresholds = subject.signed_thresholds()
+    rec = sf.recovery(found.directions, subject.signed_features(), subject.base)
+    distinct = set(rec.distinct_features)
+    most_sensitive = set(torch.argsort(thresholds, stable=True)[:top].tolist())
     return {
-        "diversity": diversity, "restarts": restarts, "iterations": iterations, "runs": out,
-        "mean_distinct_features": statistics.mean(r["distinct_features"] for r in out),
-        "mean_points_per_distinct_feature": statistics.mean(r["points_per_distinct_feature"] for r in out),
-        "mean_fraction_reached": statistics.mean(r["fraction_reached"] for r in out),
+        "distinct_features": len(distinct), "recall_top20_signed": len(most_sensitive & distinct) / top,
+        "precision": rec.fraction_reached, "optima": len(found), "points": found.points_evaluated,
+        "points_per_distinct_feature": found.points_evaluated / max(1, len(distinct)),
+        "distinct_per_100k_points": len(distinct) * 1e5 / found.points_evaluated,
+        "rounds": found.rounds_run, "stop_reason": found.stop_reason,
     }
+
+
+ONE_ROUND = dict(restarts=64, iterations=60, scan_steps=24, polish_iterations=0, abandon=False)  # before rounds
+
+
+def bench_toy(seeds: list[int], budgets: list[int], toy: dict, reference: bool) -> dict:
+    runs = []
+    for seed in seeds:
+        subject = ToyModel(ToyConfig(seed=seed, **toy)).subject(0)
+        for budget in budgets:
+            found = sf.discover(subject, sf.DiscoverConfig(max_points=budget, seed=seed))
+            runs.append({"seed": seed, "budget": budget, "strategy": "rounds (defaults)"} | toy_scores(subject, found))
+        if reference:
+            found = sf.discover(subject, sf.DiscoverConfig(seed=seed, **ONE_ROUND))
+            runs.append({"seed": seed, "budget": None, "strategy": "one round, 64 restarts"} | toy_scores(subject, found))
+    return {"toy": toy, "runs": runs}
+
+
+def bench_smollm2(budget: int, prompt_index: int = 0) -> dict:
+    from sensfind.prompts import load_prompts, site_activations
+    from sensfind.scan import directions_from_targets
+
+    try:
+        model = sf.load_model("smollm2-135m")
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: the model is optional here
+        return {"skipped": f"{type(exc).__name__}: {exc}"}
+    hook = "blocks.1.hook_resid_pre"
+    prompts = load_prompts("builtin", model)
+    subject = sf.TransformerSubject(model, prompts[prompt_index], hook=hook)
+    acts = site_activations(model, prompts, hook)
+    keep = (acts - subject.base).norm(dim=1) > 1e-6 * subject.base.norm()
+    keep[prompt_index] = False
+    cfg = sf.DiscoverConfig(max_points=budget)
+    t0 = time.perf_counter()
+    found = sf.discover(subject, cfg)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        real = sf.scan(subject, directions_from_targets(subject.base, acts[keep]), cfg.final_scan_config).threshold
+    median = float(real.median())
+    apart = sf.distinct_sensitive(found.directions, found.blowup_deg, math.inf)
+    before = sf.distinct_sensitive(found.directions, found.blowup_deg, median)
+    return {"prompt": prompts[prompt_index], "hook": hook, "budget": budget, "points": found.points_evaluated,
+            "seconds": seconds, "rounds": found.rounds_run, "optima": len(found),
+            "distinct_at_cos_0.5": len(apart), "distinct_at_cos_0.5_before_real_other_median": len(before),
+            "real_other_median_deg": median, "best_blowup_deg": float(found.blowup_deg.min()),
+            "optima_blowup_deg": found.blowup_deg.tolist()}
 
 
 def main() -> None:
@@ -100,19 +147,22 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2], help="toy seeds")
+    p.add_argument("--budgets", type=lambda t: [int(x) for x in t.split(",")], default=[30_000, 120_000],
+                   help="scan-point budgets (max_points)")
+    p.add_argument("--smollm2", action="store_true", help="also run SmolLM2-135M (needs its loader and weights)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         gpt2 = bench_gpt2(restarts=4, steps=8, iterations=3, repeats=2, arch="tiny")
-        toy = [bench_toy(8, 15, [0], d) for d in (0.0, 1.0)]
+        toy = bench_toy([0], [6000], {}, reference=False)
     else:
         gpt2 = bench_gpt2(restarts=16, steps=16, iterations=8, repeats=5, arch="gpt2")
-        toy = [bench_toy(32, 60, [0, 1, 2], d) for d in (0.0, 1.0)]
-    sweep = {r: bench_toy(r, 15 if args.quick else 60, [0] if args.quick else [0, 1, 2], 0.0)["mean_distinct_features"]
-             for r in ((2, 8) if args.quick else (4, 16, 64))}
-    result = {"threads": torch.get_num_threads(), "gpt2_arch": gpt2, "toy_no_diversity": toy[0], "toy_diversity": toy[1],
-              "toy_distinct_features_by_restarts": sweep}
+        toy = bench_toy(args.seeds, args.budgets, {"d": 256, "n_features": 768}, reference=True)
+    result = {"threads": torch.get_num_threads(), "gpt2_arch": gpt2, "toy": toy}
+    if args.smollm2:
+        result["smollm2"] = bench_smollm2(max(args.budgets))
     if args.json:
         print(json.dumps(result))
     else:

@@ -106,7 +106,9 @@ def test_discover_on_transformer_runs_the_fast_path(tmp_path):
     out = tmp_path / "tl"
     assert main(["discover", *TINY, "--restarts", "3", "--iterations", "3", "--scan-steps", "6", "--final-steps", "7",
                  "--random-baseline", "2", "--quiet", "--out", str(out)]) == 0
-    assert json.loads((out / "summary.json").read_text())["points_evaluated"] == 3 * 3 * 6 + 3 * 7
+    summary = json.loads((out / "summary.json").read_text())
+    history = json.loads((out / "discovery.json").read_text())["history"]
+    assert summary["points_evaluated"] == sum(6 * h["restarts_scanned"] for h in history) + summary["n_optima"] * 7
 
 
 @pytest.mark.parametrize(
@@ -142,8 +144,8 @@ def test_killed_discover_run_resumes(tmp_path):
     from sensfind.cli import incomplete_dir
 
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "sensfind.cli", "discover", "--model", "toy", "--restarts", "32", "--iterations", "150",
-            "--tol", "0", "--checkpoint-every", "5", "--quiet", "--out", str(out)]
+    argv = [sys.executable, "-m", "sensfind.cli", "discover", "--model", "toy", "--restarts", "16", "--iterations", "40",
+            "--max-points", "40000", "--tol", "0", "--checkpoint-every", "5", "--quiet", "--out", str(out)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = incomplete_dir(out) / "checkpoint.pt"
     deadline = time.time() + 240
@@ -153,18 +155,25 @@ def test_killed_discover_run_resumes(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = torch.load(ckpt, weights_only=False)["iteration"]
-    assert 5 <= done < 150 and not out.exists()  # the run appears in out only when complete
+    assert 5 <= done and not out.exists()  # the run appears in out only when complete
     cli = [sys.executable, "-m", "sensfind.cli", "discover", "--resume", "--quiet", "--out", str(out)]
     # a flag that differs from the run's own settings is refused, naming it
     res = subprocess.run(cli + ["--iterations", "1"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 2 and "iterations (saved 150, given 1)" in res.stderr, res.stderr
+    assert res.returncode == 2 and "iterations (saved 40, given 1)" in res.stderr, res.stderr
     assert ckpt.exists() and not out.exists()
     res = subprocess.run(cli, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     meta = json.loads((out / "discovery.json").read_text())
-    assert meta["history"][0]["iteration"] == 0 and meta["iterations_run"] == 150
-    assert meta["config"]["iterations"] == 150
+    assert [h["iteration"] for h in meta["history"]] == list(range(meta["iterations_run"]))
+    assert meta["rounds_run"] >= 2 and meta["points_evaluated"] <= 40000
+    assert meta["config"]["iterations"] == 40
     assert not incomplete_dir(out).exists() and not (out / "checkpoint.pt").exists()
+    # the same run without a kill gives the same optima
+    again = tmp_path / "again"
+    assert main(argv[3:-1] + [str(again)]) == 0
+    assert json.loads((again / "discovery.json").read_text())["blowup"] == meta["blowup"]
+    assert torch.equal(load_tensors(again / "discovery.safetensors")["directions"],
+                       load_tensors(out / "discovery.safetensors")["directions"])
     # resuming a finished run says so and changes nothing
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     res = subprocess.run(cli, capture_output=True, text=True, timeout=600)

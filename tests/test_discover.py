@@ -136,6 +136,72 @@ def test_discovery_save_load_roundtrip(toy, tmp_path):
     assert back.config == found.config and '"n_optima"' in found.to_json()
 
 
+def test_resume_across_rounds_matches_an_uninterrupted_run(toy, tmp_path):
+    subject = toy.subject(0)
+    cfg = replace(SMALL, restarts=4, iterations=8, polish_iterations=3, tol=0.0, max_points=4 * 4 * (8 * 24 + 361))
+    full = sf.discover(subject, cfg)
+    assert full.rounds_run >= 3
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_round_2(it, record):
+        if record["round"] == 2 and record["round_iteration"] == 5:
+            raise Killed
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Killed):
+        sf.discover(subject, cfg, checkpoint=ckpt, checkpoint_every=4, callback=kill_in_round_2)
+    assert torch.load(ckpt, weights_only=False)["round"]["index"] == 2  # lost at most the steps since
+    resumed = sf.discover(subject, cfg, checkpoint=ckpt, checkpoint_every=4, resume=True)
+    assert len(resumed.history) == len(full.history) and resumed.points_evaluated == full.points_evaluated
+    assert torch.allclose(resumed.directions, full.directions, atol=1e-6)
+    assert torch.equal(resumed.found_round, full.found_round) and resumed.members == full.members
+
+
+def test_budget_rounds_and_order(toy):
+    subject = toy.subject(0)
+    cost = SMALL.iterations * SMALL.scan_steps + SMALL.final_steps
+    cfg = replace(SMALL, restarts=6, max_points=int(2.5 * 6 * cost))
+    found = sf.discover(subject, cfg)
+    assert found.points_evaluated <= cfg.max_points
+    assert found.rounds_run >= 2 and found.stop_reason in ("budget", "no new optima")
+    rounds = found.restart_round.tolist()
+    assert rounds.count(0) == 6 and max(rounds.count(r) for r in set(rounds)) <= 6
+    # most sensitive first; each optimum knows its round and its finder, which lies in that round
+    assert (found.blowup_deg.diff() >= 0).all()
+    assert torch.equal(found.restart_round[found.found_restart], found.found_round)
+    assert all(m[0] == int(r) for m, r in zip(found.members, found.found_restart))
+    assert sum(found.counts.tolist()) <= len(found.restart_directions)
+    # distinct: no two optima within the cluster threshold
+    cos = found.directions @ found.directions.T
+    assert (cos - torch.eye(len(found), dtype=cos.dtype)).max() < cfg.cluster_threshold
+    # history: rounds are numbered in order, points grow to at most what was spent
+    assert [h["round"] for h in found.history] == sorted(h["round"] for h in found.history)
+    assert found.history[-1]["points"] <= found.points_evaluated
+    with pytest.raises(ValueError, match="cannot pay for one restart"):
+        sf.discover(subject, replace(cfg, max_points=cost - 1))
+
+
+def test_without_budget_one_round_and_rounds_cap(toy):
+    subject = toy.subject(0)
+    one = sf.discover(subject, replace(SMALL, restarts=4, iterations=5))
+    assert one.rounds_run == 1 and one.stop_reason == "rounds"
+    two = sf.discover(subject, replace(SMALL, restarts=4, iterations=5, rounds=2))
+    assert two.rounds_run == 2 and set(two.restart_round.tolist()) == {0, 1}
+
+
+def test_deflated_round_starts_orthogonal_to_found_optima(toy):
+    subject = toy.subject(0)
+    found = sf.discover(subject, replace(SMALL, restarts=4, iterations=20, rounds=2, polish_iterations=0))
+    first = found.directions[found.found_round == 0]
+    later = found.init_directions[found.restart_round == 1]
+    assert (later @ first.T).abs().max() < 1e-5
+    # without polish the second round stays in the complement of the first round's optima
+    second = found.restart_directions[found.restart_round == 1]
+    assert (second @ first.T).abs().max() < 1e-4
+
+
 def test_resume_after_a_kill_matches_an_uninterrupted_run(toy, tmp_path):
     subject = toy.subject(0)
     cfg = replace(SMALL, restarts=4, iterations=12, tol=0.0)
@@ -171,7 +237,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(toy, tmp_path):
         (dict(temperature_final=0.0), "temperature must be"),
         (dict(scan_steps=1), "scan_steps must be an integer >= 2"),
         (dict(optimizer="lbfgs"), "optimizer must be 'adam' or 'sgd'"),
-        (dict(diversity=math.nan), "diversity must be a finite number"),
+        (dict(polish_lr=math.nan), "polish_lr must be a finite number"),
+        (dict(max_points=0), "max_points must be an integer >= 1, got 0"),
+        (dict(rounds=1.5), "rounds must be an integer >= 1"),
+        (dict(abandon="yes"), "abandon must be True or False"),
         (dict(cluster_threshold=1.5), "cluster_threshold must be <= 1"),
         (dict(init="sae"), "init must be"),
     ],
@@ -207,18 +276,6 @@ def test_non_finite_subject_output_stops_with_step_and_restart(tmp_path):
         sf.discover(subject, sf.DiscoverConfig(restarts=2, iterations=3, init="given"),
                     init_directions=torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), checkpoint=ckpt)
     assert not ckpt.exists()  # nothing written
-
-
-def test_diversity_penalty_runs_and_keeps_restarts_apart(toy):
-    subject = toy.subject(0)
-    plain = sf.discover(subject, replace(SMALL, restarts=8, iterations=20))
-    diverse = sf.discover(subject, replace(SMALL, restarts=8, iterations=20, diversity=1.0))
-
-    def mean_pos_cos(u):
-        c = u @ u.T
-        return c[~torch.eye(len(u), dtype=torch.bool)].clamp(min=0).mean()
-
-    assert mean_pos_cos(diverse.restart_directions) <= mean_pos_cos(plain.restart_directions) + 1e-6
 
 
 def test_covariance_init_follows_the_activations(toy):
@@ -271,3 +328,20 @@ def test_load_checkpoint_names_the_differing_config_keys(tmp_path, toy):
     assert load_checkpoint(tmp_path / "c.pt", config)["iteration"] == 2
     with pytest.raises(CheckpointError, match=r"\(lr, restarts differ\)"):
         load_checkpoint(tmp_path / "c.pt", replace(config, restarts=3, lr=0.2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0])  # seed 1 passes as well (checked by hand; the toy takes a while to build)
+def test_a_budget_is_spent_on_new_planted_features(seed):
+    # the toy of issue 12: 768 features in 256 dimensions. Before rounds, the default discovery spent
+    # ~29k points on 16 restarts that all fell into 2-4 basins (3 of them the active features' switch-offs)
+    model = ToyModel(ToyConfig(d=256, n_features=768, seed=seed))
+    subject = model.subject(0)
+    found = sf.discover(subject, sf.DiscoverConfig(max_points=30_000, seed=seed))
+    assert found.points_evaluated <= 30_000 and found.rounds_run >= 2
+    rec = sf.recovery(found.directions, subject.signed_features(), subject.base)
+    assert len(rec.distinct_features) >= 10, rec.distinct_features
+    assert rec.fraction_reached >= 0.9  # precision: optima are planted features, not junk
+    # the later rounds found features the first round did not
+    later = sf.recovery(found.directions[found.found_round > 0], subject.signed_features(), subject.base)
+    assert len(later.distinct_features) >= 5

@@ -50,7 +50,7 @@ def interrupted_toy_run(out: Path, monkeypatch) -> Path:
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(opt, "_finish", interrupt)
+        m.setattr(opt, "_result", interrupt)
         with pytest.raises(KeyboardInterrupt):
             main([*TOY, "--out", str(out)])
     ckpt = incomplete_dir(out) / "checkpoint.pt"

@@ -19,7 +19,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import sensfind as sf
 import sensfind.tuning as tn
+from sensfind.scan import directions_from_targets
 from sensfind import DiscoverConfig, FunctionSubject
 from sensfind.tuning import SearchSpace, StudyMismatchError, Target, TuneConfig, tune
 
@@ -78,7 +80,7 @@ def test_default_space_is_valid_and_contains_the_defaults():
     space = SearchSpace.default()
     assert set(space.params) == set(tn._DEFAULT_SPACE)
     params = space.default_params()
-    assert params is not None and params["restarts"] == 16 and params["mode"] == "sphere"
+    assert params is not None and params["restarts"] == 32 and params["mode"] == "sphere"
     cfg, d = tn._apply(DiscoverConfig(), params), DiscoverConfig()
     for it in (0, 30, 59):
         assert math.isclose(cfg.temperature_at(it), d.temperature_at(it))
@@ -109,7 +111,7 @@ def test_space_file_narrows_fixes_and_replaces_derived_parameters(tmp_path):
     ({"restarts": {"type": "int", "low": 8, "high": 8}}, r"'restarts': empty range"),
     ({"optimizer": {"type": "categorical", "choices": []}}, "'optimizer': choices must be a non-empty list"),
     ({"mode": {"type": "categorical", "choices": ["sphere", "cube"]}}, "'mode': value 'cube' is not allowed"),
-    ({"diversity": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}, "'diversity': a log scale needs low > 0"),
+    ({"polish_lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}, "'polish_lr': a log scale needs low > 0"),
     ({"tau": {"type": "float", "low": 0.1}}, "'tau': type 'float' needs 'high'"),
     ({"tau": {"type": "uniform", "low": 0.1, "high": 1}}, "'tau': type must be one of"),
     ({"temperature_ratio": 0.5, "temperature_final": 0.01}, "both 'temperature_ratio' and 'temperature_final'"),
@@ -173,7 +175,7 @@ def test_config_validation():
     assert not TuneConfig(multi_objective=True).pruning and TuneConfig().pruning
     with pytest.raises(ValueError, match="metric 'sae' needs a transformer"):
         TuneConfig(metric="sae")
-    with pytest.raises(ValueError, match="use metric 'sae' with --sae"):
+    with pytest.raises(ValueError, match="use metric 'sensitive', or metric 'sae' with --sae"):
         TuneConfig(model="random:tiny")
     with pytest.raises(ValueError, match="grace_period"):
         TuneConfig(heartbeat_interval=5, grace_period=5)
@@ -352,3 +354,24 @@ def test_bench_script_smoke(tmp_path, space_file):
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "defaults" in res.stdout and "tuned" in res.stdout and "command:" in res.stdout
+
+
+def test_sensitive_metric_counts_far_apart_optima_before_the_real_other_median():
+    target = tn.toy_targets([0], metric="sensitive")[0]
+    assert target.score is None  # scored on the whole result
+    cfg = DiscoverConfig(restarts=6, iterations=15, max_points=12_000)
+    found = tn.discover(target.subject, cfg)
+    value = target.evaluate(found, cfg)
+    others = target.subject.real_others(64, seed=1)
+    dirs = directions_from_targets(target.subject.base, others)
+    median = float(sf.scan(target.subject, dirs, cfg.final_scan_config).threshold.median())
+    kept = sf.distinct_sensitive(found.directions, found.blowup_deg, median)
+    assert value == pytest.approx(len(kept) * 1e5 / found.points_evaluated) and len(kept) >= 3
+    assert all(float(found.blowup_deg[i]) < median for i in kept)
+    # a reference nothing beats keeps nothing; near-duplicates count once
+    assert sf.distinct_sensitive(found.directions, found.blowup_deg, 0.0) == []
+    twin = torch.cat([found.directions[:1], found.directions[:1]])
+    assert sf.distinct_sensitive(twin, torch.tensor([1.0, 2.0]), 10.0) == [0]
+    with pytest.raises(ValueError, match="use metric 'sensitive'"):
+        tn.TuneConfig(model="random:tiny", metric="distinct")
+    tn.TuneConfig(model="random:tiny", metric="sensitive")  # no SAE needed

@@ -12,7 +12,7 @@ from .corpus_sae import CorpusSAEConfig, SAEQuality, sae_quality, train_corpus_s
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from .effects import EFFECTS, get_effect
 from .objective import adaptive_grid, sensitivity_objective
-from .optima import Discovery, cluster_directions, effective_directions
+from .optima import Discovery, cluster_directions, distinct_sensitive, effective_directions
 from .optimize import DiscoverConfig, NonFiniteOutputError, Refinement, discover, refine
 from .recovery import Recovery, recovery
 from .models import ModelUnavailableError, load_model, local_config
@@ -73,6 +73,7 @@ __all__ = [
     "refine",
     "adaptive_grid",
     "cluster_directions",
+    "distinct_sensitive",
     "discover",
     "effective_directions",
     "sensitivity_objective",

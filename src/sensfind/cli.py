@@ -150,7 +150,7 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip=()) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        kind = type(default) if default is not None else float
+        kind = type(default) if default is not None else (int if str(f.type).startswith("int") else float)
         if kind is bool:
             g.add_argument(flag, choices=["true", "false"], default=None, help=f"default {str(default).lower()}")
         else:
@@ -353,7 +353,8 @@ def cmd_discover(args) -> int:
                    "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
                    "random_blowup_median": float(rand_thr.median()),
                    "random_reached": int(torch.isfinite(rand_thr).sum()),
-                   "points_evaluated": found.points_evaluated, "iterations_run": len(found.history)}
+                   "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
+                   "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
         summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
         if args.model == "toy":
             from .recovery import recovery
@@ -363,7 +364,9 @@ def cmd_discover(args) -> int:
                                        ("threshold", "fraction_reached", "n_distinct_features", "distinct_features")}
         save_json(tmp / "summary.json", summary)
         (tmp / "checkpoint.pt").unlink(missing_ok=True)
-    line = (f"{len(found)} distinct optima from {config.restarts} restarts; best blowup "
+    budget = f" of {config.max_points}" if config.max_points is not None else ""
+    line = (f"{len(found)} distinct optima from {len(found.restart_directions)} restarts in {found.rounds_run} round(s) "
+            f"({found.points_evaluated}{budget} scan points, stopped: {found.stop_reason}); best blowup "
             f"{summary['best_blowup']:.3g} {final_cfg.unit} vs random median {summary['random_blowup_median']:.3g}")
     if "toy_recovery" in summary:
         tr = summary["toy_recovery"]

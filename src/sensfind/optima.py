@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .runio import load_json, load_tensors, save_json, save_tensors, to_jsonable
 
-__all__ = ["Discovery", "cluster_directions", "effective_directions", "PARALLEL_TOL"]
+__all__ = ["Discovery", "cluster_directions", "effective_directions", "distinct_sensitive", "PARALLEL_TOL"]
 
 PARALLEL_TOL = 1e-6  # relative size of the orthogonal part below which a direction counts as parallel
 
@@ -56,6 +56,22 @@ def cluster_directions(directions: Tensor, scores: Tensor, threshold: float = 0.
     return clusters
 
 
+def distinct_sensitive(directions: Tensor, blowup: Tensor, reference: float, max_cos: float = 0.5) -> list[int]:
+    """Optima that blow up before ``reference`` (e.g. the median real-other direction's threshold) and
+    are far apart: most sensitive first, each kept when its |cos| with every kept one is below ``max_cos``.
+
+    This is what discovery is worth on a subject without planted features. Returns row indices.
+    """
+    kept: list[int] = []
+    for i in torch.argsort(blowup.double(), stable=True).tolist():
+        if not float(blowup[i]) < reference:
+            break
+        if kept and float((directions[kept] @ directions[i]).abs().max()) >= max_cos:
+            continue
+        kept.append(i)
+    return kept
+
+
 @dataclass
 class Discovery:
     """Distinct sensitivity optima found by ``sensfind.discover``.
@@ -65,14 +81,22 @@ class Discovery:
             sphere mode the part orthogonal to the base).
         blowup_deg: ``[N]`` hard threshold value on a fine final scan (degrees in sphere mode; step
             units in straight mode); ``inf`` if never reached.
-        counts: ``[N]`` restarts that converged to each optimum.
-        members: restart indices of each optimum.
-        restart_directions: ``[R, d]`` every restart's final (effective) direction.
-        restart_blowup: ``[R]`` every restart's final hard threshold value.
+        Optima are ordered by blowup, most sensitive (smallest) first.
+        counts: ``[N]`` restarts that converged to each optimum (or were abandoned into it).
+        members: restart indices of each optimum (rows of ``restart_directions``), the finder first.
+        restart_directions: ``[R, d]`` every restart's final (effective) direction, all rounds.
+        restart_blowup: ``[R]`` every restart's last threshold value on its own (adaptive) scan grid.
         init_directions: ``[R, d]`` where each restart started.
-        history: per-iteration records (objective, temperature, movement, ...).
+        history: per-iteration records (round, objective, temperature, movement, points, ...).
         config: the ``DiscoverConfig`` as a dict.
         points_evaluated: scan points run through the subject (compute spent).
+        stopped_early: a round ended early because no restart was moving any more.
+        found_round: ``[N]`` the round that found each optimum (0-based).
+        found_restart: ``[N]`` the restart that found each optimum (row of ``restart_directions``).
+        restart_round: ``[R]`` the round of each restart.
+        rounds_run: rounds completed.
+        stop_reason: why discovery stopped: ``budget``, ``rounds``, ``no new optima`` or
+            ``space exhausted`` (the found optima span all directions).
     """
 
     directions: Tensor
@@ -86,6 +110,20 @@ class Discovery:
     config: dict = field(default_factory=dict)
     points_evaluated: int = 0
     stopped_early: bool = False
+    found_round: Tensor | None = None
+    found_restart: Tensor | None = None
+    restart_round: Tensor | None = None
+    rounds_run: int = 1
+    stop_reason: str | None = None
+
+    def __post_init__(self):
+        n, r = self.directions.shape[0], self.restart_directions.shape[0]
+        if self.found_round is None:
+            self.found_round = torch.zeros(n, dtype=torch.long)
+        if self.found_restart is None:
+            self.found_restart = torch.tensor([m[0] for m in self.members], dtype=torch.long)
+        if self.restart_round is None:
+            self.restart_round = torch.zeros(r, dtype=torch.long)
 
     def __len__(self) -> int:
         return self.directions.shape[0]
@@ -103,6 +141,11 @@ class Discovery:
             "points_evaluated": self.points_evaluated,
             "stopped_early": self.stopped_early,
             "iterations_run": len(self.history),
+            "rounds_run": self.rounds_run,
+            "stop_reason": self.stop_reason,
+            "found_round": self.found_round,
+            "found_restart": self.found_restart,
+            "restart_round": self.restart_round,
             "config": self.config,
             "history": self.history,
         }
@@ -143,4 +186,13 @@ class Discovery:
             config=meta.get("config", {}),
             points_evaluated=meta.get("points_evaluated", 0),
             stopped_early=meta.get("stopped_early", False),
+            found_round=_long(meta.get("found_round")),
+            found_restart=_long(meta.get("found_restart")),
+            restart_round=_long(meta.get("restart_round")),
+            rounds_run=meta.get("rounds_run", 1),
+            stop_reason=meta.get("stop_reason"),
         )
+
+
+def _long(values) -> Tensor | None:
+    return None if values is None else torch.tensor(values, dtype=torch.long)

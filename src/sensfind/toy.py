@@ -446,6 +446,24 @@ class ToySubject:
             flipped[idx, idx] = 1.0 - g0
             return kl(self.base_output, self.model.logits_from_gates(flipped))
 
+    def signed_thresholds(self, tau: float = 0.5, coarse: float = 0.5, fine: float = 0.005) -> Tensor:
+        """Threshold angle (degrees, sphere mode, KL > ``tau``) along each signed feature, ``[n]``.
+
+        A ``coarse`` grid over 0–180° finds the first crossing, a ``fine`` grid inside that step refines
+        it (inf where never reached). Ranks the planted features by sensitivity: the ground truth that
+        discovery's most sensitive optima are compared with.
+        """
+        from .scan import ScanConfig, scan
+
+        sig = self.signed_features()
+        with torch.no_grad():
+            first = scan(self, sig, ScanConfig(steps=int(round(180 / coarse)) + 1, tau=tau)).threshold
+            lo = (first - coarse).clamp(min=0).nan_to_num(posinf=0.0)
+            n = int(round(coarse / fine)) + 1
+            steps = lo[:, None] + torch.linspace(0, coarse, n, dtype=torch.float64)[None]
+            refined = scan(self, sig, ScanConfig(steps=n, tau=tau), steps=steps.to(sig.dtype)).threshold
+        return torch.where(torch.isfinite(first), refined, first)
+
     def real_others(self, n: int, seed: int | torch.Generator | None = None) -> Tensor:
         """``n`` other clean inputs of the model (targets for "real-other" directions), ``[n, d]``.
 

@@ -10,7 +10,12 @@ scores what it found:
   ``distinct`` = number of distinct planted features reached, averaged over subjects;
 * with an SAE dictionary (``--model random:tiny --sae DIR``, subjects are prompt indices):
   ``sae`` = fraction of the distinct optima whose best decoder match is significant
-  (``p < p_value`` against ``match_directions``' isotropic null).
+  (``p < p_value`` against ``match_directions``' isotropic null);
+* on any subject, planted features or not (``--model smollm2-135m``, subjects are prompt indices; or
+  the toy): ``sensitive`` = distinct optima (pairwise |cos| < 0.5, ``optima.distinct_sensitive``) that
+  blow up before the median real-other direction (directions to the other prompts' activations at
+  the site, or to other toy inputs), per 100k scan points. Set a budget for it (``max_points`` as a
+  fixed value in the space file): the score is per point, and one round without a budget is cheap.
 
 The compute a trial spent is always recorded (``points``: scan points run through the subject,
 ``Discovery.points_evaluated``, summed over subjects). Single-objective studies maximise the score;
@@ -31,10 +36,11 @@ Default search space (``SearchSpace.default()``; ``sensfind tune --print-space``
     lr_ratio           float        0.01 - 1.0            yes   lr_final = lr * ratio
     restarts           int          4 - 32                yes   restarts
     iterations         int          10 - 80                     iterations
-    diversity          float        0.0 - 1.0                   diversity
+    polish_iterations  int          0 - 20                      polish_iterations
+    polish_lr          float        0.01 - 0.2            yes   polish_lr
 
 Every other ``DiscoverConfig`` field keeps its default. ``DiscoverConfig()`` lies inside this space
-and is enqueued as the first trial of a new study, so the best trial is never worse than the
+(with the space's fixed values, e.g. a budget) and is enqueued as the first trial of a new study, so the best trial is never worse than the
 defaults on the training subjects. ``tau`` is in the effect's units, so tuning ``effect`` and ``tau``
 together lets the (multivariate TPE) sampler find pairs that work; narrow them when fixing one.
 
@@ -102,9 +108,10 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import Tensor
 
 from .errors import error_boundary
-from .optima import cluster_directions, effective_directions
+from .optima import Discovery, cluster_directions, distinct_sensitive, effective_directions
 from .optimize import DiscoverConfig, NonFiniteOutputError, discover
 from .runio import check_output_dir, write_atomic
+from .scan import scan
 from .subjects import Subject
 
 log = logging.getLogger(__name__)
@@ -129,8 +136,10 @@ __all__ = [
 ]
 
 REPORTS_PER_SUBJECT = 5
-Metric = Literal["reached", "distinct", "sae"]
-_METRICS = ("reached", "distinct", "sae")
+Metric = Literal["reached", "distinct", "sae", "sensitive"]
+_METRICS = ("reached", "distinct", "sae", "sensitive")
+_MAX_COS = 0.5  # optima closer than this count as one for the 'sensitive' metric
+_REAL_OTHERS_TOY = 64
 _SETTINGS_ATTR = "sensfind"
 
 # --------------------------------------------------------------------------------------------------
@@ -296,7 +305,8 @@ _DEFAULT_SPACE = {
     "lr_ratio": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
     "restarts": {"type": "int", "low": 4, "high": 32, "log": True},
     "iterations": {"type": "int", "low": 10, "high": 80},
-    "diversity": {"type": "float", "low": 0.0, "high": 1.0},
+    "polish_iterations": {"type": "int", "low": 0, "high": 20},
+    "polish_lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
 }
 
 
@@ -354,8 +364,9 @@ class SearchSpace:
         return _apply(DiscoverConfig(), values)
 
     def default_params(self) -> dict | None:
-        """The tuned parameter values that reproduce ``DiscoverConfig()``, or None if it lies outside the space."""
-        cfg = DiscoverConfig()
+        """The tuned parameter values that reproduce ``DiscoverConfig()`` with the space's fixed values,
+        or None if that lies outside the space."""
+        cfg = _apply(DiscoverConfig(), {n: s.value for n, s in self.params.items() if not s.tuned})
         full = cfg.to_dict() | _derived_values(cfg)
         out = {}
         for name, spec in self.params.items():
@@ -379,12 +390,41 @@ class Target:
     """A subject trials run discovery on, and how to score directions found on it.
 
     ``score(directions [R, d], config)`` gets effective unit directions (in sphere mode the base
-    projected out, like ``Discovery.restart_directions``) and returns the quality (higher is better).
+    projected out, like ``Discovery.restart_directions``) and returns the quality (higher is better);
+    it also scores the current directions during a run (for pruning). A target scored on the whole
+    result instead has ``final(discovery, config)`` and no ``score``.
     """
 
     name: str
     subject: Subject
-    score: Callable[[Tensor, DiscoverConfig], float]
+    score: Callable[[Tensor, DiscoverConfig], float] | None
+    final: Callable[[Discovery, DiscoverConfig], float] | None = None
+
+    def evaluate(self, found: Discovery, config: DiscoverConfig) -> float:
+        if self.final is not None:
+            return self.final(found, config)
+        return self.score(found.restart_directions, config)
+
+
+def sensitive_target(name: str, subject: Subject, others: Tensor) -> Target:
+    """A target scored by metric ``sensitive``: distinct optima that blow up before the median of the
+    real-other directions towards ``others`` ``[M, d]`` (activations of other inputs at the site), per
+    100k scan points. The median is measured with each trial's final scan settings (cached)."""
+    from .scan import directions_from_targets
+
+    directions = directions_from_targets(subject.base, others)
+    medians: dict[str, float] = {}
+
+    def final(found: Discovery, config: DiscoverConfig) -> float:
+        scan_cfg = config.final_scan_config
+        key = json.dumps(scan_cfg.to_dict(), sort_keys=True)
+        if key not in medians:
+            with torch.no_grad():
+                medians[key] = float(scan(subject, directions, scan_cfg).threshold.median())
+        kept = distinct_sensitive(found.directions, found.blowup_deg, medians[key], _MAX_COS)
+        return len(kept) * 1e5 / max(found.points_evaluated, 1)
+
+    return Target(name, subject, None, final)
 
 
 def toy_targets(seeds: Sequence[int], metric: Metric = "reached", input_index: int = 0) -> list[Target]:
@@ -392,11 +432,14 @@ def toy_targets(seeds: Sequence[int], metric: Metric = "reached", input_index: i
     from .recovery import recovery
     from .toy import ToyConfig, ToyModel
 
-    if metric not in ("reached", "distinct"):
-        raise ValueError(f"the toy is scored by metric 'reached' or 'distinct', got {metric!r}")
+    if metric not in ("reached", "distinct", "sensitive"):
+        raise ValueError(f"the toy is scored by metric 'reached', 'distinct' or 'sensitive', got {metric!r}")
     targets = []
     for s in seeds:
         subject = ToyModel(ToyConfig(seed=int(s))).subject(input_index)
+        if metric == "sensitive":
+            targets.append(sensitive_target(f"toy:{s}", subject, subject.real_others(_REAL_OTHERS_TOY, seed=int(s) + 1)))
+            continue
         features = subject.signed_features()
 
         def score(dirs: Tensor, config: DiscoverConfig, subject=subject, features=features) -> float:
@@ -417,25 +460,37 @@ def _load_dictionary(path: str):
 
 
 def transformer_targets(
-    model_name: str, sae: str, prompt_indices: Sequence[int], prompts: str = "builtin",
+    model_name: str, sae: str | None, prompt_indices: Sequence[int], prompts: str = "builtin",
     hook: str = "blocks.1.hook_resid_pre", position: int = -1, p_value: float = 0.01, seed: int = 0,
+    metric: Metric = "sae",
 ) -> list[Target]:
-    """Transformer subjects (one per prompt index) scored by the fraction of distinct optima whose best
-    match in the SAE dictionary at ``sae`` (a ``Dictionary.save`` or SAELens directory) has ``p < p_value``."""
+    """Transformer subjects (one per prompt index) scored by metric ``sae``: the fraction of distinct
+    optima whose best match in the SAE dictionary at ``sae`` (a ``Dictionary.save`` or SAELens
+    directory) has ``p < p_value``; or by metric ``sensitive`` against the other prompts' activations."""
     from .dictionary import check_compatible
     from .match import match_directions
     from .models import load_model
-    from .prompts import load_prompts
+    from .prompts import load_prompts, site_activations
     from .subjects import TransformerSubject
 
-    dictionary = _load_dictionary(sae)
     model = load_model(model_name, seed=seed)
     texts = load_prompts(prompts)
-    check_compatible(dictionary, model.cfg.d_model, hook)
-    targets = []
     for i in prompt_indices:
         if not 0 <= i < len(texts):
             raise ValueError(f"prompt index {i} is out of range; {prompts!r} holds {len(texts)} prompts")
+    if metric == "sensitive":
+        acts = site_activations(model, texts, hook, position)
+        targets = []
+        for i in prompt_indices:
+            subject = TransformerSubject(model, texts[i], hook=hook, position=position)
+            keep = (acts - subject.base).norm(dim=1) > 1e-6 * subject.base.norm()
+            keep[i] = False
+            targets.append(sensitive_target(f"prompt:{i}", subject, acts[keep]))
+        return targets
+    dictionary = _load_dictionary(sae)
+    check_compatible(dictionary, model.cfg.d_model, hook)
+    targets = []
+    for i in prompt_indices:
         subject = TransformerSubject(model, texts[i], hook=hook, position=position)
 
         def score(dirs: Tensor, config: DiscoverConfig) -> float:
@@ -531,10 +586,13 @@ def evaluate(
 
         def callback(it: int, record: dict, k=k, probe=probe, target=target, done=points) -> None:
             nonlocal last_step
-            step = REPORTS_PER_SUBJECT * (it + 1) // config.iterations
-            if report is None or step <= last_step or step >= REPORTS_PER_SUBJECT:
+            if config.max_points is not None:  # progress through the budget, else through the one round
+                step = REPORTS_PER_SUBJECT * record["points"] // config.max_points
+            else:
+                step = REPORTS_PER_SUBJECT * (record["round_iteration"] + 1) // max(config.iterations, 1)
+            if report is None or target.score is None or step <= last_step or step >= REPORTS_PER_SUBJECT:
                 return  # the last step of each target is reported with its final score
-            dirs = probe.directions(config.restarts, config.mode)
+            dirs = probe.directions(record["restarts_scanned"], config.mode)
             if dirs is None:
                 return
             last_step = step
@@ -543,7 +601,7 @@ def evaluate(
 
         found = discover(probe, config, callback=callback if report is not None else None)
         points += found.points_evaluated
-        scores[target.name] = float(target.score(found.restart_directions, config))
+        scores[target.name] = float(target.evaluate(found, config))
         n_optima[target.name] = len(found)
         if report is not None:
             report((k + 1) * REPORTS_PER_SUBJECT, sum(scores.values()) / (k + 1), points)
@@ -566,7 +624,7 @@ class TuneConfig:
         n_trials: trials this worker runs (``None``: until ``timeout`` or ``max_trials``).
         max_trials: stop once the study holds this many finished trials, whoever ran them.
         timeout: seconds after which this worker starts no new trial.
-        metric: ``reached`` | ``distinct`` (toy) or ``sae`` (transformer with an SAE).
+        metric: ``reached`` | ``distinct`` (toy), ``sae`` (transformer with an SAE) or ``sensitive`` (any).
         multi_objective: maximise the metric and minimise points (Pareto front) instead of the metric alone.
         sampler: ``tpe`` (multivariate TPE) or ``random``; sampler_seed seeds it (None: random).
         pruner: ``auto`` (median for single-objective, none for multi-objective), ``median`` or ``none``.
@@ -642,9 +700,11 @@ class TuneConfig:
         if not self.subjects or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.subjects):
             raise ValueError(f"subjects must be a non-empty list of integers >= 0, got {list(self.subjects)}")
         if self.model == "toy" and self.metric == "sae":
-            raise ValueError("metric 'sae' needs a transformer model and --sae; on the toy use 'reached' or 'distinct'")
-        if self.model != "toy" and (self.metric != "sae" or self.sae is None):
-            raise ValueError(f"model {self.model!r} is scored against an SAE: use metric 'sae' with --sae DIR")
+            raise ValueError("metric 'sae' needs a transformer model and --sae; on the toy use 'reached', "
+                             "'distinct' or 'sensitive'")
+        if self.model != "toy" and self.metric != "sensitive" and (self.metric != "sae" or self.sae is None):
+            raise ValueError(f"model {self.model!r} has no planted features: use metric 'sensitive', "
+                             "or metric 'sae' with --sae DIR")
         if not _is_number(self.p_value) or not 0 < self.p_value < 1:
             raise ValueError(f"p_value must be in (0, 1), got {self.p_value!r}")
 
@@ -793,7 +853,7 @@ def _targets(config: TuneConfig) -> list[Target]:
     if config.model == "toy":
         return toy_targets(config.subjects, config.metric, config.toy_input)
     return transformer_targets(config.model, config.sae, config.subjects, config.prompts, config.hook,
-                               config.position, config.p_value)
+                               config.position, config.p_value, metric=config.metric)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1093,7 +1153,8 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
     g.add_argument("--metric", choices=_METRICS, default=d.metric,
                    help="reached: fraction of restarts on a planted feature (toy); distinct: planted features found "
-                        "(toy); sae: fraction of optima matching an SAE latent with p < --p-value")
+                        "(toy); sae: fraction of optima matching an SAE latent with p < --p-value; sensitive: "
+                        "distinct optima (|cos| < 0.5) blowing up before the real-other median, per 100k points")
     g.add_argument("--multi-objective", action="store_true", help="maximise the metric and minimise points (Pareto)")
     g.add_argument("--space", default=None, help="search space file (JSON/YAML) merged onto the default space")
     g.add_argument("--print-space", action="store_true", help="print the search space as JSON and exit")
