@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -396,11 +396,14 @@ def load_pretrained(
 
 @dataclass(frozen=True)
 class TrainSAEConfig:
-    """Hyperparameters of :func:`train_sae` (a SAELens ``StandardTrainingSAE``: ReLU, L1 penalty).
+    """Hyperparameters of :func:`train_sae`: a SAELens ``StandardTrainingSAE`` (ReLU, L1 penalty) or
+    ``TopKTrainingSAE`` (the ``k`` largest latents kept, no sparsity penalty).
 
     Attributes:
+        architecture: ``standard`` (sparsity from ``l1_coefficient``) or ``topk`` (sparsity ``k``).
         l1_coefficient: weight of the L1 sparsity penalty (on latent activations times decoder norms).
-            With ``normalize_activations`` on it is independent of the activations' scale.
+            With ``normalize_activations`` on it is independent of the activations' scale. Standard only.
+        k: latents kept per activation. Top-k only.
         lr: Adam learning rate (constant).
         batch_size: activations per training step; at most the number of activations.
         epochs: passes over the activations (reshuffled each pass).
@@ -415,15 +418,19 @@ class TrainSAEConfig:
     epochs: int = 5
     normalize_activations: bool = True
     device: str = "cpu"
+    architecture: Literal["standard", "topk"] = "standard"
+    k: int = 32
 
     def __post_init__(self):
+        if self.architecture not in ("standard", "topk"):
+            raise ValueError(f"architecture must be 'standard' or 'topk', got {self.architecture!r}")
         for name in ("l1_coefficient", "lr"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.lr == 0:
             raise ValueError("lr must be > 0, got 0")
-        for name in ("batch_size", "epochs"):
+        for name in ("batch_size", "epochs", "k"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -547,14 +554,20 @@ def _fit(acts: Tensor, hook_name: str | None, d_sae: int, seed: int, config: Tra
 
     n, d = acts.shape
     steps_per_epoch = n // config.batch_size
-    sae_cfg = sae_lens.StandardTrainingSAEConfig(
+    if config.architecture == "topk" and config.k > d_sae:
+        raise ValueError(f"TrainSAEConfig.k={config.k} exceeds d_sae={d_sae}; a top-k SAE keeps at most d_sae latents")
+    common = dict(
         d_in=d,
         d_sae=d_sae,
-        l1_coefficient=config.l1_coefficient,
         normalize_activations="expected_average_only_in" if config.normalize_activations else "none",
         device=config.device,
         metadata=SAEMetadata(hook_name=hook_name),
     )
+    if config.architecture == "topk":
+        sae_cls, sae_cfg = sae_lens.TopKTrainingSAE, sae_lens.TopKTrainingSAEConfig(k=config.k, **common)
+    else:
+        sae_cls = sae_lens.StandardTrainingSAE
+        sae_cfg = sae_lens.StandardTrainingSAEConfig(l1_coefficient=config.l1_coefficient, **common)
     trainer_cfg = SAETrainerConfig(
         total_training_samples=steps_per_epoch * config.epochs * config.batch_size,
         train_batch_size_samples=config.batch_size,
@@ -570,7 +583,7 @@ def _fit(acts: Tensor, hook_name: str | None, d_sae: int, seed: int, config: Tra
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sae = sae_lens.StandardTrainingSAE(sae_cfg)
+        sae = sae_cls(sae_cfg)
         batches = _ShuffledBatches(acts, config.batch_size, seed)
         trainer = sae_lens.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
         sae = trainer.fit()
