@@ -10,7 +10,7 @@ A *site* bundles what every experiment needs:
 - ``--model toy``: the ground-truth toy (``sensfind.toy``); its "prompts" are inputs of the toy.
 - ``--model smollm2-135m`` (any other pretrained model): windows of real text from the offline corpus
   (``sensfind.prompts``, held-out ``test`` split for the pool, ``train`` split for SAE training), and an
-  SAE trained locally on corpus activations unless ``--sae`` names one.
+  the project's corpus SAE (``sensfind.corpus_sae``, SAELens, cached) unless ``--sae`` names another.
 
 Massive activations (a token whose residual norm at the hook is ``MASSIVE_NORM_RATIO`` times the median
 of its window's other positions, e.g. SmolLM2's first position from ``blocks.2`` on, and some " the"
@@ -353,9 +353,16 @@ def load_dictionary(site: Site, args: argparse.Namespace, spec: str | None = Non
     if spec == "none":
         return None
     if spec == "auto":
-        spec = f"pretrained:{PUBLISHED_SAE_RELEASE}/{site.hook}" if site.name == PUBLISHED_MODEL else "train"
+        spec = (f"pretrained:{PUBLISHED_SAE_RELEASE}/{site.hook}" if site.name == PUBLISHED_MODEL
+                else "corpus" if site.corpus_train is not None else "train")
     kind, _, value = spec.partition(":")
-    if kind == "pretrained":
+    if kind == "corpus":
+        if site.model is None or site.model.tokenizer is None:
+            raise ValueError("--sae corpus needs a pretrained model with a tokenizer (e.g. --model smollm2-135m)")
+        from sensfind.corpus_sae import CorpusSAEConfig, train_corpus_sae
+
+        dic = train_corpus_sae(site.model, CorpusSAEConfig(hook=site.hook))
+    elif kind == "pretrained":
         release, _, sae_id = value.partition("/")
         dic = load_pretrained(release, sae_id)
     elif kind == "disk":
@@ -367,7 +374,7 @@ def load_dictionary(site: Site, args: argparse.Namespace, spec: str | None = Non
         dic = sf.train_sae(acts, hook, args.sae_expansion * site.d, config=config, seed=site.seed,
                            cache_dir=args.cache_dir)
     else:
-        raise ValueError(f"--sae must be auto, pretrained:RELEASE/SAE_ID, disk:PATH, train or none; got {spec!r}")
+        raise ValueError(f"--sae must be auto, pretrained:RELEASE/SAE_ID, disk:PATH, corpus, train or none; got {spec!r}")
     if dic.d != site.d:
         raise ValueError(f"SAE {dic.source!r} has width {dic.d} but the site has width {site.d}")
     if not dic.can_encode:
@@ -400,6 +407,8 @@ def dictionary_info(dic) -> dict | None:
     trained = dic.info.get("trained")
     if trained:
         info.update(explained_variance=trained.get("explained_variance"), train_l0=trained.get("l0"))
+    if dic.info.get("quality"):  # the corpus SAE's held-out quality (sensfind.corpus_sae.sae_quality)
+        info["quality"] = dic.info["quality"]
     return info
 
 
