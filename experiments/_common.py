@@ -8,6 +8,14 @@ A *site* bundles what every experiment needs:
 - ``--model random:gpt2`` / ``random:tiny``: a locally built architecture with random weights; its
   prompts are random token sequences (the model has no language, so text would be byte noise too).
 - ``--model toy``: the ground-truth toy (``sensfind.toy``); its "prompts" are inputs of the toy.
+- ``--model smollm2-135m`` (any other pretrained model): windows of real text from the offline corpus
+  (``sensfind.prompts``, held-out ``test`` split for the pool, ``train`` split for SAE training), and an
+  the project's corpus SAE (``sensfind.corpus_sae``, SAELens, cached) unless ``--sae`` names another.
+
+Massive activations (a token whose residual norm at the hook is ``MASSIVE_NORM_RATIO`` times the median
+of its window's other positions, e.g. SmolLM2's first position from ``blocks.2`` on, and some " the"
+tokens at ``blocks.3``) are excluded from the pool (bases, real-other targets, covariance) and from SAE
+training data; ``Site.exclusion`` counts what was dropped and every run reports it.
 
 The pool of real activations (``[M, d]``, last position of each prompt) serves as bases (its first
 rows), as real-other targets (the rest) and for covariance statistics. Local models get an SAE trained
@@ -39,6 +47,8 @@ import sensfind as sf
 from sensfind.baselines import cov_stats
 from sensfind.dictionary import DictionaryUnavailableError, load_from_disk, load_pretrained
 from sensfind.models import ModelUnavailableError
+from sensfind.prompts import DatasetUnavailableError
+from sensfind.subjects import MASSIVE_NORM_RATIO
 from sensfind.runio import save_json, staged_dir
 
 log = logging.getLogger("sensfind.experiments")
@@ -89,8 +99,9 @@ def experiment_parser(description: str, sae: bool = False) -> tuple[argparse.Arg
                         "Default random:tiny")
     g.add_argument("--hook", default="blocks.1.hook_resid_pre", help="site hook (transformers)")
     g.add_argument("--position", type=int, default=-1, help="token position of the site (default: last)")
-    g.add_argument("--prompts", default="builtin",
-                   help="--model gpt2: prompt file (one per line) or 'builtin'; the published runs used 1000 "
+    g.add_argument("--prompts", default="auto",
+                   help="pretrained models: prompt file (one per line), 'builtin', or 'corpus' (windows of the "
+                        "offline corpus); auto = builtin for gpt2, corpus otherwise. The published runs used 1000 "
                         "10-token OpenWebText prompts")
     g.add_argument("--seq-len", type=int, default=10, help="tokens per prompt")
     g.add_argument("--seed", type=int, default=0, help="seeds weights of random models, prompts and directions")
@@ -144,6 +155,28 @@ def collect_activations(model, tokens: Tensor, hook: str, position: int | None =
     return torch.cat(out).float().cpu()
 
 
+@torch.no_grad()
+def window_activations(model, tokens: Tensor, hook: str, batch: int = 64) -> Tensor:
+    """Activations ``[N, T, d]`` at ``hook`` at every position of equal-length windows ``tokens [N, T]``."""
+    if hook not in model.hook_dict:
+        raise ValueError(f"unknown hook {hook!r}; this model has e.g. blocks.L.hook_resid_pre, L < {model.cfg.n_layers}")
+    layer = _hook_layer(hook)
+    stop = None if layer is None or layer + 1 >= model.cfg.n_layers else layer + 1
+    out = []
+    for chunk in tokens.split(batch):
+        _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=hook, stop_at_layer=stop)
+        out.append(cache[hook].float().cpu())
+    return torch.cat(out)
+
+
+def massive_mask(norms: Tensor) -> Tensor:
+    """``[N, T]`` bool: positions whose norm exceeds ``MASSIVE_NORM_RATIO`` times the median norm of the
+    window's other positions (``norms [N, T]``), the rule ``TransformerSubject`` warns with."""
+    n, t = norms.shape
+    others = norms[:, None, :].expand(n, t, t)[:, ~torch.eye(t, dtype=torch.bool)].reshape(n, t, t - 1)
+    return norms > MASSIVE_NORM_RATIO * others.median(dim=-1).values
+
+
 @dataclass
 class Site:
     """A model (or the toy) at a hook, with a pool of real activations and their prompts."""
@@ -157,6 +190,8 @@ class Site:
     prompts: list | None = None  # token ids of each pool row (transformers)
     next_tokens: Tensor | None = None  # [M] token that follows each prompt, -1 if unknown
     seed: int = 0
+    exclusion: dict | None = None  # massive-activation exclusion counts (pretrained models)
+    corpus_train: Callable[[int], Tensor] | None = None  # [n, T] train-split windows (corpus sites)
     _dictionaries: dict = field(default_factory=dict)
 
     @property
@@ -198,12 +233,65 @@ class Site:
             g = torch.Generator().manual_seed(self.seed + 7001)
             tokens = torch.randint(self.model.cfg.d_vocab, (math.ceil(n / (t - 1)), t), generator=g)
             return collect_activations(self.model, tokens, self.hook, position=None)[:n]
+        if self.corpus_train is not None:
+            return self._corpus_training_activations(n)
         # a pretrained model: every position but the first of the pool's prompts
         acts = torch.cat([collect_activations(self.model, torch.tensor([p]), self.hook, position=None)
                           for p in self.prompts if len(p) > 1])
         if acts.shape[0] < n:
             log.warning("only %d activations to train the SAE on (asked for %d)", acts.shape[0], n)
         return acts[:n]
+
+
+    def _corpus_training_activations(self, n: int) -> Tensor:
+        """``[n, d]`` activations at every position but the first of train-split corpus windows, massive
+        ones dropped (counted in ``exclusion["sae_train"]``)."""
+        tokens = self.corpus_train(math.ceil(1.2 * n / (self.corpus_train.length - 1)) + 1)
+        acts = window_activations(self.model, tokens, self.hook)
+        keep = ~massive_mask(acts.norm(dim=-1))
+        keep[:, 0] = False
+        counts = dict(windows=int(tokens.shape[0]), positions=int(tokens.numel() - tokens.shape[0]),
+                      excluded_massive=int((~keep[:, 1:]).sum()))
+        acts = acts[keep]
+        if acts.shape[0] < n:
+            raise ValueError(f"only {acts.shape[0]} non-massive training activations for the SAE (asked for {n})")
+        counts["used"] = n
+        if self.exclusion is not None:
+            self.exclusion["sae_train"] = counts
+        log.info("SAE training data: %s", counts)
+        return acts[:n]
+
+
+def _pretrained_prompts(args: argparse.Namespace, model) -> tuple[list, list, str]:
+    """Token ids of the candidate prompts ``[:seq_len]``, each one's next token (-1 if unknown), and the source."""
+    source = args.prompts
+    if source == "auto":
+        source = "builtin" if args.model == PUBLISHED_MODEL else "corpus"
+    if source == "corpus":
+        from sensfind.prompts import text_windows
+
+        draw = 2 * args.n_pool + 16  # spare windows replace the massive-activation ones
+        w = text_windows(model, draw, args.seq_len + 1, seed=args.seed + 1, source="corpus", split="test")
+        return [t[: args.seq_len] for t in w.tokens], [t[args.seq_len] for t in w.tokens], w.source + " (test split)"
+    from sensfind.prompts import load_prompts
+
+    prompts, nxt = [], []
+    for text in load_prompts(source, model=model):
+        ids = model.to_tokens(text)[0].tolist() if isinstance(text, str) else list(text)
+        prompts.append(ids[: args.seq_len])
+        nxt.append(ids[args.seq_len] if len(ids) > args.seq_len else -1)
+    return prompts, nxt, source
+
+
+def _corpus_train_sampler(args: argparse.Namespace, model) -> Callable[[int], Tensor]:
+    from sensfind.prompts import text_windows
+
+    def sample(n: int) -> Tensor:
+        return torch.tensor(text_windows(model, n, args.seq_len + 1, seed=args.seed + 7001, source="corpus",
+                                         split="train").tokens)
+
+    sample.length = args.seq_len + 1
+    return sample
 
 
 def load_site(args: argparse.Namespace) -> Site:
@@ -226,21 +314,33 @@ def load_site(args: argparse.Namespace) -> Site:
         pool = collect_activations(model, prompts, args.hook, args.position)
         return Site(name=args.model, hook=args.hook, position=args.position, pool=pool, model=model,
                     prompts=prompts.tolist(), next_tokens=nxt, seed=args.seed)
-    from sensfind.prompts import load_prompts, site_activations
-
-    texts = load_prompts(args.prompts)
-    prompts, nxt = [], []
-    for text in texts:
-        ids = model.to_tokens(text)[0].tolist()
-        prompts.append(ids[: args.seq_len])
-        nxt.append(ids[args.seq_len] if len(ids) > args.seq_len else -1)
+    candidates, next_ids, source = _pretrained_prompts(args, model)
+    prompts, nxt, pool, excluded = [], [], [], []
+    for ids, t in zip(candidates, next_ids):
+        acts = window_activations(model, torch.tensor([ids]), args.hook)[0]  # [T, d]
+        pos = args.position if args.position >= 0 else len(ids) + args.position
+        if not 0 <= pos < len(ids):
+            raise ValueError(f"--position {args.position} is out of range for a prompt of {len(ids)} tokens")
+        if len(ids) > 1 and bool(massive_mask(acts.norm(dim=-1)[None])[0, pos]):
+            excluded.append(model.to_string(ids[pos]) if model.tokenizer is not None else str(ids[pos]))
+            continue
+        prompts.append(ids)
+        nxt.append(t)
+        pool.append(acts[pos])
+        if len(prompts) == n:
+            break
     if len(prompts) < n:
-        log.warning("only %d prompts in %r (asked for --n-pool %d); give a longer prompt file to match the "
-                    "published sample sizes", len(prompts), args.prompts, n)
-    prompts, nxt = prompts[:n], nxt[:n]
-    pool = site_activations(model, prompts, args.hook, args.position)
-    return Site(name=args.model, hook=args.hook, position=args.position, pool=pool, model=model,
-                prompts=prompts, next_tokens=torch.tensor(nxt), seed=args.seed)
+        (log.warning if source != "corpus" else log.error)(
+            "only %d usable prompts from %r (asked for --n-pool %d; %d excluded as massive activations)",
+            len(prompts), source, n, len(excluded))
+        if len(prompts) < 8:
+            raise ValueError(f"only {len(prompts)} usable prompts from {source!r}; give more")
+    exclusion = dict(rule=f"base norm > {MASSIVE_NORM_RATIO:g} x median norm of the window's other positions",
+                     source=source, examined=len(prompts) + len(excluded), excluded=len(excluded),
+                     excluded_tokens=sorted(set(excluded)))
+    return Site(name=args.model, hook=args.hook, position=args.position, pool=torch.stack(pool), model=model,
+                prompts=prompts, next_tokens=torch.tensor(nxt), seed=args.seed, exclusion=exclusion,
+                corpus_train=_corpus_train_sampler(args, model) if source.startswith("corpus") else None)
 
 
 def load_dictionary(site: Site, args: argparse.Namespace, spec: str | None = None, l1: float | None = None):
@@ -253,9 +353,16 @@ def load_dictionary(site: Site, args: argparse.Namespace, spec: str | None = Non
     if spec == "none":
         return None
     if spec == "auto":
-        spec = f"pretrained:{PUBLISHED_SAE_RELEASE}/{site.hook}" if site.name == PUBLISHED_MODEL else "train"
+        spec = (f"pretrained:{PUBLISHED_SAE_RELEASE}/{site.hook}" if site.name == PUBLISHED_MODEL
+                else "corpus" if site.corpus_train is not None else "train")
     kind, _, value = spec.partition(":")
-    if kind == "pretrained":
+    if kind == "corpus":
+        if site.model is None or site.model.tokenizer is None:
+            raise ValueError("--sae corpus needs a pretrained model with a tokenizer (e.g. --model smollm2-135m)")
+        from sensfind.corpus_sae import CorpusSAEConfig, train_corpus_sae
+
+        dic = train_corpus_sae(site.model, CorpusSAEConfig(hook=site.hook))
+    elif kind == "pretrained":
         release, _, sae_id = value.partition("/")
         dic = load_pretrained(release, sae_id)
     elif kind == "disk":
@@ -267,7 +374,7 @@ def load_dictionary(site: Site, args: argparse.Namespace, spec: str | None = Non
         dic = sf.train_sae(acts, hook, args.sae_expansion * site.d, config=config, seed=site.seed,
                            cache_dir=args.cache_dir)
     else:
-        raise ValueError(f"--sae must be auto, pretrained:RELEASE/SAE_ID, disk:PATH, train or none; got {spec!r}")
+        raise ValueError(f"--sae must be auto, pretrained:RELEASE/SAE_ID, disk:PATH, corpus, train or none; got {spec!r}")
     if dic.d != site.d:
         raise ValueError(f"SAE {dic.source!r} has width {dic.d} but the site has width {site.d}")
     if not dic.can_encode:
@@ -300,6 +407,8 @@ def dictionary_info(dic) -> dict | None:
     trained = dic.info.get("trained")
     if trained:
         info.update(explained_variance=trained.get("explained_variance"), train_l0=trained.get("l0"))
+    if dic.info.get("quality"):  # the corpus SAE's held-out quality (sensfind.corpus_sae.sae_quality)
+        info["quality"] = dic.info["quality"]
     return info
 
 
@@ -492,6 +601,20 @@ def plot_mean_curves(path: Path, groups: dict[str, tuple[Tensor, Tensor]], xlabe
     return path
 
 
+def exclusion_line(site: Site) -> str:
+    """The massive-activation exclusion, as the last line(s) of a summary ("" for sites without one)."""
+    ex = site.exclusion
+    if not ex:
+        return ""
+    text = (f"\nmassive activations ({ex['rule']}): {ex['excluded']} of {ex['examined']} candidate prompts "
+            f"excluded from the pool" + (f" (tokens {', '.join(map(repr, ex['excluded_tokens'][:8]))})" if ex["excluded"] else ""))
+    tr = ex.get("sae_train")
+    if tr:
+        text += (f"; SAE training: {tr['excluded_massive']} of {tr['positions']} positions excluded "
+                 f"(first positions of {tr['windows']} windows dropped too)")
+    return text
+
+
 # -- running ------------------------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -531,14 +654,15 @@ def run_experiment(name: str, parser: argparse.ArgumentParser, sizes: Sizes,
         site = load_site(args)
         with staged_dir(out, overwrite=args.overwrite) as tmp:
             config = dict(experiment=name, args=vars(args), environment=_environment(), d=site.d,
-                          n_pool=int(site.pool.shape[0]))
+                          n_pool=int(site.pool.shape[0]), massive_activations=site.exclusion)
             run = Run(name=name, dir=tmp, config=config, published=args.model == PUBLISHED_MODEL)
             t0 = time.perf_counter()
-            text = body(args, site, run)
+            text = body(args, site, run) + exclusion_line(site)
             config["seconds"] = time.perf_counter() - t0
             save_json(tmp / "config.json", config)
             (tmp / "summary.txt").write_text(text + "\n")
-    except (ModelUnavailableError, DictionaryUnavailableError, ValueError, FileNotFoundError) as exc:
+    except (ModelUnavailableError, DictionaryUnavailableError, DatasetUnavailableError, ValueError,
+            FileNotFoundError) as exc:
         print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(text)

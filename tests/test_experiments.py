@@ -77,6 +77,67 @@ def test_experiment_smoke(name, model, extra, tmp_path, cache, capsys):
     assert f"{name}: {model}" in printed and str(out) in printed
 
 
+# -- smoke runs on the real model: SmolLM2 with the offline corpus -------------------------------------------
+SMOLLM2_SMOKE = {  # sizes that run in seconds per experiment once the model is loaded
+    "plateaus": ("--n-bases", "2", "--n-dirs", "2", "--angle-steps", "16", "--straight-steps", "11"),
+    "sensitive_directions": ("--n-bases", "2", "--n-dirs", "2", "--angle-steps", "16", "--straight-steps", "11"),
+    "landscape": ("--n-bases", "1", "--n-discover", "1", "--resolution", "2", "--angle-steps", "16",
+                  "--restarts", "2", "--iterations", "3"),
+    "sae_error": ("--n-bases", "3", "--n-random", "2", "--latent-noise", "0.1"),
+    "topk_latents": ("--n-bases", "3"),
+    "latent_geometry": ("--n-bases", "1", "--restarts", "2", "--iterations", "3", "--n-null", "100"),
+}
+
+
+@pytest.fixture
+def smollm2_site(smollm2, monkeypatch):
+    """``--model smollm2-135m`` served by the session's loaded model (one load for every smoke run)."""
+    monkeypatch.setattr(sf, "load_model", lambda name, seed=0, **kw: smollm2)
+    return smollm2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_experiment_smoke_smollm2(name, smollm2_site, tmp_path, cache, capsys):
+    # --sae train: a small SAE trained on corpus text (the full runs use the cached corpus SAE, whose
+    # first training takes minutes; sensfind.corpus_sae has its own tests)
+    sae = () if name == "landscape" else ("--sae", "train", "--sae-train", "1024", "--sae-epochs", "1")
+    out = run(name, tmp_path / name, cache, "--model", "smollm2-135m", "--n-pool", "24", *sae, *SMOLLM2_SMOKE[name])
+    printed = capsys.readouterr().out
+    assert f"{name}: smollm2-135m" in printed and "massive activations (" in printed
+    config = json.loads((out / "config.json").read_text())
+    ex = config["massive_activations"]
+    assert ex["source"].startswith("corpus:sotu") and ex["examined"] == 24 + ex["excluded"]
+    assert config["n_pool"] == 24
+    if name != "landscape":  # every SAE experiment trains on corpus text with the first positions dropped
+        assert ex["sae_train"]["used"] == 1024
+
+
+@pytest.mark.slow
+def test_smollm2_pool_excludes_massive_activations(smollm2_site):
+    """At blocks.3 SmolLM2 keeps massive activations on some ordinary tokens (" the"): they are dropped from
+    the pool, counted, and no remaining base is an outlier of its own window."""
+    import _common
+
+    parser, sizes = _common.experiment_parser("t")
+    args = parser.parse_args(["--model", "smollm2-135m", "--hook", "blocks.3.hook_resid_pre", "--n-pool", "60"])
+    sizes.resolve(args)
+    site = _common.load_site(args)
+    assert site.pool.shape[0] == 60 and site.exclusion["examined"] == 60 + site.exclusion["excluded"]
+    assert site.exclusion["excluded"] > 0 and site.exclusion["excluded_tokens"]
+    acts = _common.window_activations(smollm2_site, torch.tensor(site.prompts), args.hook)
+    assert not _common.massive_mask(acts.norm(dim=-1))[:, -1].any()
+    torch.testing.assert_close(acts[:, -1], site.pool, rtol=1e-4, atol=1e-3)  # batched vs one at a time
+
+
+def test_massive_mask_flags_outlying_positions():
+    import _common
+
+    norms = torch.tensor([[10.0, 1.0, 1.2, 0.9, 3.5], [1.0, 1.1, 0.9, 1.0, 1.05]])
+    mask = _common.massive_mask(norms)
+    assert mask.tolist() == [[True, False, False, False, True], [False] * 5]
+
+
 def test_published_model_offline_fails_with_one_line(tmp_path, monkeypatch, capsys):
     from huggingface_hub import try_to_load_from_cache
 
