@@ -4,7 +4,8 @@ For each of ``--prompts`` corpus windows (test split, massive-activation bases s
 discovered optima against isotropic, cov-random and real-other directions and the SAE's active and
 inactive latents (threshold angles on one shared scan grid); the optima matched with the SAE's latents
 against an isotropic and a covariance-matched null; the most active latents refined by discovery.
-The SAE is the demo's (``sensfind.demo.model_sae``: SAELens on corpus activations at the site, cached).
+The SAE is the demo's (``sensfind.train_corpus_sae`` with its default config: SAELens on corpus activations
+at the site, massive ones excluded, cached).
 
     python scripts/central_result.py --out runs/central --prompts 20
     python scripts/central_result.py --out runs/central --prompts 20 --shard 0/2   # two processes, then
@@ -29,9 +30,11 @@ from pathlib import Path
 import torch
 
 import sensfind as sf
-from sensfind.analysis import KINDS, AnalysisConfig, analyse_prompt, corpus_activations, massive_last_token
-from sensfind.demo import ModelDemoConfig, model_sae
-from sensfind.prompts import load_corpus, site_activations
+from sensfind.analysis import KINDS, AnalysisConfig, analyse_prompt, massive_last_token
+from sensfind.corpus_sae import site_activations, train_corpus_sae
+from sensfind.demo import ModelDemoConfig
+from sensfind.prompts import load_corpus
+from sensfind.prompts import site_activations as last_token_activations
 from sensfind.runio import save_json
 
 log = logging.getLogger("central")
@@ -54,7 +57,7 @@ def parse(argv=None):
     p.add_argument("--aggregate", action="store_true", help="only aggregate the prompts already in --out")
     p.add_argument("--no-cards", action="store_true", help="aggregate without the first prompt's cards (no model load)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and the demo's quick SAE (for tests)")
-    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "sensfind"))
+    p.add_argument("--cache-dir", default=None, help="default: sensfind's cache ($SENSFIND_CACHE or ~/.cache/sensfind)")
     return p.parse_args(argv)
 
 
@@ -74,7 +77,14 @@ def prompts_and_others(model, corpus, demo: ModelDemoConfig, n: int, n_others: i
     chosen = [windows[i].tolist() for i in ok[:n].tolist()]
     skipped = int(massive[: int(ok[n - 1]) + 1].sum())
     rest = [windows[i].tolist() for i in ok[n:].tolist()][-n_others:]
-    return chosen, skipped, site_activations(model, rest, demo.hook)
+    return chosen, skipped, last_token_activations(model, rest, demo.hook)
+
+
+def contexts(model, corpus, demo: ModelDemoConfig):
+    """The demo's context windows and their activations at the site, massive ones excluded (the
+    covariance pool and the cards' top contexts)."""
+    tokens = corpus.windows(demo.context_windows, demo.context_length, seed=demo.seed + 2, split="train")
+    return tokens, site_activations(model, tokens, demo.hook, demo.sae.max_norm_ratio, demo.sae.exclude_first)
 
 
 def run(args) -> None:
@@ -84,17 +94,17 @@ def run(args) -> None:
     log.info("loading %s, the corpus and the SAE", args.model)
     model = sf.load_model(args.model)
     corpus = load_corpus(model)
-    sae = model_sae(model, args.model, demo, Path(args.cache_dir))
+    sae = train_corpus_sae(model, demo.sae, cache_dir=args.cache_dir or True)
     log.info("prompts, real-other and context activations")
     n_others = max(acfg.n_real_other, 64 if not args.smoke else 8)
     prompts, skipped, others = prompts_and_others(model, corpus, demo, args.prompts, n_others)
-    ctx_tokens = corpus.windows(demo.context_windows, demo.sae_window_length, seed=demo.seed + 2, split="train")
-    ctx_acts = corpus_activations(model, ctx_tokens, demo.hook)
-    pool = ctx_acts[:, 1:].reshape(-1, ctx_acts.shape[-1])
+    pool = contexts(model, corpus, demo)[1].acts
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "config.json", {"command": "scripts/central_result.py", "argv": sys.argv[1:], "model": args.model,
                                     "demo": demo.to_dict(), "analysis": acfg.to_dict(), "prompts": prompts,
-                                    "prompts_skipped_massive": skipped, "n_others": len(others)})
+                                    "prompts_skipped_massive": skipped, "n_others": len(others),
+                                    "sae": {"source": sae.source, "d_sae": sae.n_latents, "quality": sae.info["quality"],
+                                            "exclusion": sae.info["exclusion"]}})
     order = [i for i in range(len(prompts)) if i % count == index]
     for i in reversed(order) if args.reverse else order:
         prompt = prompts[i]
@@ -200,11 +210,10 @@ def aggregate(args) -> dict:
     if not args.no_cards:  # cards of the first prompt: the model and corpus are needed again (tokens, contexts)
         model = sf.load_model(args.model)
         corpus = load_corpus(model)
-        sae = model_sae(model, args.model, demo, Path(args.cache_dir))
-        ctx_tokens = corpus.windows(demo.context_windows, demo.sae_window_length, seed=demo.seed + 2, split="train")
-        ctx_acts = corpus_activations(model, ctx_tokens, demo.hook)
+        sae = train_corpus_sae(model, demo.sae, cache_dir=args.cache_dir or True)
+        ctx_tokens, ctx = contexts(model, corpus, demo)
         subject = sf.TransformerSubject(model, cfg["prompts"][first], hook=demo.hook)
-        cards = build_cards(a0, subject, sae, ctx_acts, ctx_tokens, model.tokenizer)
+        cards = build_cards(a0, subject, sae, ctx, ctx_tokens, model.tokenizer)
         views = [card_view(c, a0.steps, _bands(a0), a0.config.tau) for c in cards]
     r = results
     tm = r["threshold_median_deg"]

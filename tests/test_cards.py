@@ -61,7 +61,9 @@ def test_top_contexts_find_a_planted_position():
     u[3] = 1.0
     acts[7, 9] += 40 * u  # the strongest projection by far
     acts[2, 0] += 100 * u  # position 0 is left out (attention sink)
-    ctx = top_contexts(u, acts, tokens, _Tok(), k=3)
+    keep = torch.ones(W, L, dtype=torch.bool)
+    keep[:, 0] = False  # position 0 left out (attention sink), as corpus_sae.site_activations does
+    ctx = top_contexts(u, acts[keep], keep.nonzero(), tokens, _Tok(), k=3)
     assert (ctx[0].window, ctx[0].position) == (7, 9)
     assert ctx[0].token == f"t{int(tokens[7, 9])} "
     assert ctx[0].before.endswith(f"t{int(tokens[7, 8])} ") and ctx[0].after.startswith(f"t{int(tokens[7, 10])} ")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sensfind.demo import ModelDemoConfig, model_sae, run_model_demo
+from sensfind.corpus_sae import train_corpus_sae
+from sensfind.demo import ModelDemoConfig, run_model_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,23 +64,30 @@ def test_demo_summary_counts_agree_with_saved_angles(demo_run):
     assert saved["optima_beating_real_other_median"] == beat
     p = saved["analysis"]["matches_isotropic"]["p_value"]
     assert saved["optima_matching_sae_isotropic"] == sum(1 for v in p if v < 0.01)
-    assert saved["sae"]["d_sae"] == ModelDemoConfig.quick().d_sae and 0 < saved["sae"]["l0"]
+    q = saved["sae"]["quality"]
+    assert saved["sae"]["d_sae"] == ModelDemoConfig.quick().sae.expansion * 576 and 0 < q["l0"]
+    assert 0 <= q["dead_fraction"] <= 1 and q["n_tokens"] > 0
+    page = (out / "report.html").read_text()
+    lead = re.search(r'<div class="lead">(.*?)</div>', page, re.S).group(1)
+    assert f"explains {q['explained_variance']:.1%} of the variance" in lead
+    assert f"by {q['ce_increase_sae']:+.3f} nats (a random error of the same norm: {q['ce_increase_random']:+.3f})" in lead
     assert (out / "config.json").is_file() and (out / "analysis" / "discovery").is_dir()
 
 
 @pytest.mark.slow
 def test_demo_sae_is_cached(demo_run, smollm2, monkeypatch):
-    import sensfind.demo as demo
+    import sensfind.corpus_sae as corpus_sae
     from sensfind.dictionary import Dictionary
 
     out, _, cache = demo_run
-    assert len(list(cache.glob("demo-sae-*"))) == 1
+    assert len(list((cache / "corpus-sae").iterdir())) == 1
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached SAE should have been loaded, not retrained")
 
-    monkeypatch.setattr(demo, "corpus_sae", no_training)
-    again = model_sae(smollm2, "smollm2-135m", ModelDemoConfig.quick(), cache, progress=False)
+    for name in ("site_activations", "train_sae", "sae_quality"):
+        monkeypatch.setattr(corpus_sae, name, no_training)
+    again = train_corpus_sae(smollm2, ModelDemoConfig.quick().sae, cache_dir=cache)
     assert (again.decoder == Dictionary.load(out / "sae").decoder).all()
 
 
@@ -108,6 +116,6 @@ def test_demo_cli_offers_the_real_model_and_the_toy():
 
 def test_model_demo_config_quick_is_smaller():
     q, d = ModelDemoConfig.quick(), ModelDemoConfig()
-    assert q.sae_windows < d.sae_windows and q.analysis.restarts < d.analysis.restarts
+    assert q.sae.n_windows < d.sae.n_windows and q.analysis.restarts < d.analysis.restarts
     with pytest.raises(ValueError, match="curve_steps"):
         ModelDemoConfig.quick(analysis=type(d.analysis)(curve_steps=1))

@@ -16,15 +16,14 @@ Every scan is run once; figures, cards and summaries read the curves kept here. 
 part of a direction orthogonal to the base moves the activation, so decoder rows are compared after
 projecting the base out of them (``compare.project_dictionary``).
 
-:func:`corpus_activations` and :func:`corpus_sae` give the activations of corpus windows at a site and
-an SAE trained on them (SAELens, cached), for models whose dictionary is not on the hub.
+:func:`massive_last_token` tells which corpus windows end on a massive activation (skipped as bases).
+The SAE for a model without a hub dictionary is ``corpus_sae.train_corpus_sae``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,8 @@ from torch import Tensor
 
 from .baselines import cov_random_targets, cov_stats, isotropic
 from .compare import project_dictionary
-from .dictionary import Dictionary, TrainSAEConfig, train_sae
+from .corpus_sae import site_activations
+from .dictionary import Dictionary
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from .optima import Discovery, effective_directions
 from .optimize import DiscoverConfig, Refinement, discover, refine
@@ -43,8 +43,7 @@ from .scan import ScanConfig, directions_from_targets, scan, step_grid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AnalysisConfig", "PromptAnalysis", "analyse_prompt", "corpus_activations", "corpus_sae", "KINDS",
-           "massive_last_token"]
+__all__ = ["AnalysisConfig", "PromptAnalysis", "analyse_prompt", "KINDS", "massive_last_token"]
 
 # the kinds of direction scanned for every prompt, in the order figures and tables show them
 KINDS = ("optima", "isotropic", "cov-random", "real-other", "SAE active", "SAE inactive")
@@ -301,30 +300,6 @@ def analyse_prompt(
 
 
 
-
-# ---------------------------------------------------------------------------------------------------
-# Corpus activations and an SAE trained on them
-
-_RESID = re.compile(r"^blocks\.(\d+)\.")
-
-
-@torch.no_grad()
-def corpus_activations(model, windows: Tensor, hook: str, batch: int = 64) -> Tensor:
-    """``[W, L, d]`` float32 activations at ``hook`` of token windows ``[W, L]``, running only the
-    blocks up to the hook."""
-    if hook not in model.hook_dict:
-        raise ValueError(f"unknown hook {hook!r}; see model.hook_dict for the hook points of this model")
-    m = _RESID.match(hook)
-    stop = int(m.group(1)) + 1 if m else None
-    if stop is not None and stop >= model.cfg.n_layers:
-        stop = None
-    out = []
-    for chunk in windows.split(batch):
-        _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=lambda n: n == hook, stop_at_layer=stop)
-        out.append(cache[hook].float().cpu())
-    return torch.cat(out)
-
-
 @torch.no_grad()
 def massive_last_token(model, windows: Tensor, hook: str, ratio: float | None = None) -> Tensor:
     """``[W]`` bool: the last token's activation at ``hook`` is a massive activation (norm above ``ratio``
@@ -332,22 +307,5 @@ def massive_last_token(model, windows: Tensor, hook: str, ratio: float | None = 
     base, for many windows in one batch."""
     from .subjects import MASSIVE_NORM_RATIO
 
-    norms = corpus_activations(model, windows, hook).norm(dim=-1)  # [W, L]
+    norms = site_activations(model, windows, hook, max_norm_ratio=math.inf, exclude_first=False).norms  # [W, L]
     return norms[:, -1] > (ratio or MASSIVE_NORM_RATIO) * norms[:, :-1].median(dim=1).values
-
-
-def corpus_sae(acts: Tensor, hook: str, d_sae: int, seed: int = 0, epochs: int = 3, l1_coefficient: float = 2.0,
-               cache_dir: str | Path | None = None) -> Dictionary:
-    """An SAE trained with SAELens on corpus activations ``[W, L, d]`` (position 0 of each window, an
-    attention sink with an outlying norm, left out); cached in ``cache_dir`` by ``train_sae``. Its
-    explained variance, L0 and dead fraction (latents never active on these activations) are in
-    ``info["trained"]`` / ``info["dead_fraction"]``."""
-    flat = acts[:, 1:].reshape(-1, acts.shape[-1])
-    config = TrainSAEConfig(epochs=epochs, l1_coefficient=l1_coefficient, batch_size=min(256, len(flat)))
-    sae = train_sae(flat, hook, d_sae, seed=seed, config=config, cache_dir=cache_dir)
-    with torch.no_grad():
-        fired = torch.zeros(d_sae, dtype=torch.bool)
-        for chunk in flat.split(8192):
-            fired |= (sae.encode(chunk) > 0).any(0).cpu()
-    sae.info["dead_fraction"] = float((~fired).float().mean())
-    return sae

@@ -112,25 +112,23 @@ def token_changes_batch(subject, directions: Tensor, angles_deg, tokenizer=None,
 
 
 @torch.no_grad()
-def top_contexts(direction: Tensor, acts: Tensor, tokens: Tensor, tokenizer=None, k: int = 6, mean: Tensor | None = None,
-                 left: int = 12, right: int = 3) -> list:
-    """The ``k`` corpus positions whose activation ``acts [W, L, d]`` (of windows ``tokens [W, L]``; position
-    0 of each window left out) projects most strongly on ``direction`` after subtracting ``mean`` (the
-    activations' mean by default), each with ``left`` tokens before it and ``right`` after."""
-    W, L, d = acts.shape
+def top_contexts(direction: Tensor, acts: Tensor, index: Tensor, tokens: Tensor, tokenizer=None, k: int = 6,
+                 mean: Tensor | None = None, left: int = 12, right: int = 3) -> list:
+    """The ``k`` corpus positions whose activation ``acts [M, d]`` (at (window, position) ``index [M, 2]``
+    of windows ``tokens [W, L]``; massive activations already left out, see ``corpus_sae.site_activations``)
+    projects most strongly on ``direction`` after subtracting ``mean`` (the activations' mean by default),
+    each with ``left`` tokens before it and ``right`` after."""
     u = direction.to(torch.float32).cpu()
     u = u / u.norm()
-    mean = acts[:, 1:].reshape(-1, d).mean(0) if mean is None else mean.float().cpu()
-    proj = (acts[:, 1:] @ u) - mean @ u  # [W, L-1]
-    flat = proj.reshape(-1)
+    mean = acts.mean(0) if mean is None else mean.float().cpu()
+    proj = acts @ u - mean @ u  # [M]
     out = []
-    for i in flat.topk(min(k, flat.numel())).indices.tolist():
-        w, pos = divmod(i, L - 1)
-        pos += 1
+    for i in proj.topk(min(k, proj.numel())).indices.tolist():
+        w, pos = (int(x) for x in index[i])
         ids = tokens[w].tolist()
         dec = lambda xs: "".join(decode_token(tokenizer, t) for t in xs)  # noqa: E731
         out.append(Context(dec(ids[max(0, pos - left) : pos]), decode_token(tokenizer, ids[pos]),
-                           dec(ids[pos + 1 : pos + 1 + right]), float(flat[i]), w, pos))
+                           dec(ids[pos + 1 : pos + 1 + right]), float(proj[i]), w, pos))
     return out
 
 
@@ -145,15 +143,16 @@ def _latent_matches(m: Matches, cov: Matches | None, i: int) -> list:
     return out
 
 
-def build_cards(analysis, subject, dictionary, corpus_acts: Tensor, corpus_tokens: Tensor, tokenizer=None,
+def build_cards(analysis, subject, dictionary, contexts, corpus_tokens: Tensor, tokenizer=None,
                 k_tokens: int = 8, k_contexts: int = 6) -> list:
-    """Cards for every optimum and every scanned latent of a ``PromptAnalysis``."""
+    """Cards for every optimum and every scanned latent of a ``PromptAnalysis``; ``contexts`` is the
+    ``corpus_sae.SiteActivations`` of the corpus windows ``corpus_tokens [W, L]`` searched for top contexts."""
     from .compare import project_dictionary
     from .match import NullConfig, match_directions
 
     cfg = analysis.config
     steps = analysis.steps
-    mean = corpus_acts[:, 1:].reshape(-1, corpus_acts.shape[-1]).mean(0)
+    mean = contexts.acts.mean(0)
     stop = float(steps[-1])
     cards = []
 
@@ -161,9 +160,9 @@ def build_cards(analysis, subject, dictionary, corpus_acts: Tensor, corpus_token
 
     def card(key, title, kind, direction, curve, threshold, matches, facts):
         angle = threshold if math.isfinite(threshold) else stop
-        contexts = top_contexts(direction, corpus_acts, corpus_tokens, tokenizer, k_contexts, mean)
+        top = top_contexts(direction, contexts.acts, contexts.index, corpus_tokens, tokenizer, k_contexts, mean)
         pending.append(direction)
-        cards.append(FeatureCard(key, title, kind, threshold, [float(x) for x in curve], angle, [], [], contexts,
+        cards.append(FeatureCard(key, title, kind, threshold, [float(x) for x in curve], angle, [], [], top,
                                  matches, facts))
 
     iso, cov = analysis.matches["isotropic"], analysis.matches.get("covariance")

@@ -12,8 +12,6 @@ discovery from the SAE's decoder rows and measures whether it moves them closer 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import sys
 import time
@@ -22,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .analysis import AnalysisConfig, analyse_prompt, corpus_activations, corpus_sae, massive_last_token
+from .analysis import AnalysisConfig, analyse_prompt, massive_last_token
 from .compare import CompareConfig, compare
+from .corpus_sae import CorpusSAEConfig, site_activations, train_corpus_sae
 from .dictionary import Dictionary, TrainSAEConfig, train_sae
-from .prompts import load_corpus
+from .prompts import load_corpus, resolve_cache_dir
 from .optimize import DiscoverConfig, discover
 from .recovery import recovery
 from .runio import save_json, staged_dir
@@ -137,34 +136,36 @@ class ModelDemoConfig:
 
     Attributes:
         model: a ``sensfind.load_model`` name (``smollm2-135m``, offline).
-        hook: the site; the perturbed position is the prompt's last token.
+        sae: the SAE (``corpus_sae.train_corpus_sae``: SAELens on corpus activations, massive ones
+            excluded, cached); its ``hook`` is the site; the perturbed position is the prompt's last token.
+        seed: which prompt, real-other prompts and context windows are drawn.
         input: which prompt: the ``input``-th window (seeded by ``seed``) of the corpus's test split.
         prompt_length: tokens per prompt window.
-        sae_windows, sae_window_length: corpus windows (train split) whose activations train the SAE.
-        d_sae, sae_epochs, l1_coefficient: the SAE (SAELens, ReLU + L1), cached in the cache directory.
-        context_windows: train-split windows searched for each card's top contexts; their activations
-            also give the mean and covariance of the cov-random baseline and the covariance null.
+        context_windows, context_length: train-split windows searched for each card's top contexts; their
+            activations (massive ones excluded) also give the mean and covariance of the cov-random
+            baseline and the covariance null.
         n_others: test-split prompts whose last-token activations are the real-other targets.
         analysis: discovery, baselines, matching and refinement sizes (``analysis.AnalysisConfig``).
     """
 
     model: str = "smollm2-135m"
-    hook: str = "blocks.1.hook_resid_pre"
+    sae: CorpusSAEConfig = CorpusSAEConfig()
     seed: int = 0
     input: int = 0
     prompt_length: int = 10
-    sae_windows: int = 1000
-    sae_window_length: int = 64
-    d_sae: int = 2304
-    sae_epochs: int = 3
-    l1_coefficient: float = 2.0
     context_windows: int = 300
+    context_length: int = 64
     n_others: int = 64
     analysis: AnalysisConfig = AnalysisConfig()
 
+    @property
+    def hook(self) -> str:
+        return self.sae.hook
+
     @classmethod
     def quick(cls, **overrides) -> "ModelDemoConfig":
-        base = cls(sae_windows=120, sae_window_length=32, d_sae=576, sae_epochs=1, context_windows=40, n_others=16,
+        base = cls(sae=CorpusSAEConfig(expansion=4, n_windows=120, window=32, epochs=1, batch_size=256, eval_windows=4),
+                   context_windows=40, context_length=32, n_others=16,
                    analysis=AnalysisConfig(restarts=3, iterations=4, scan_steps=8, n_random=6, n_cov=6, n_real_other=6,
                                            max_active=3, n_inactive=2, n_refine=1, refine_iterations=2, curve_steps=16,
                                            n_null=200))
@@ -174,33 +175,14 @@ class ModelDemoConfig:
         return asdict(self)
 
 
-def model_sae(model, model_name: str, config: ModelDemoConfig, cache_dir: Path, progress: bool = True) -> Dictionary:
-    """The demo's SAE: trained on corpus activations at the site, cached under a key of its specification
-    (so a cached SAE needs no activations recomputed)."""
-    spec = {"model": model_name, "hook": config.hook, "windows": config.sae_windows, "length": config.sae_window_length,
-            "d_sae": config.d_sae, "epochs": config.sae_epochs, "l1": config.l1_coefficient, "seed": config.seed,
-            "format": 1}
-    key = hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=8).hexdigest()
-    path = cache_dir / f"demo-sae-{key}"
-    if (path / "dictionary.json").is_file():
-        log.info("loading the cached SAE from %s", path)
-        return Dictionary.load(path)
-    corpus = load_corpus(model)
-    windows = corpus.windows(config.sae_windows, config.sae_window_length, seed=config.seed + 1, split="train")
-    _say(progress, f"collecting activations of {config.sae_windows} corpus windows x {config.sae_window_length} tokens")
-    acts = corpus_activations(model, windows, config.hook)
-    _say(progress, f"training an SAE with {config.d_sae} latents on {acts.shape[0] * (acts.shape[1] - 1)} activations "
-                   "(SAELens; cached afterwards)")
-    sae = corpus_sae(acts, config.hook, config.d_sae, seed=config.seed, epochs=config.sae_epochs,
-                     l1_coefficient=config.l1_coefficient, cache_dir=None)
-    sae.info.update(spec=spec)
-    sae.save(path)
-    return Dictionary.load(path)
-
-
 def _say(progress: bool, message: str) -> None:
     if progress:
         print(f"[sensfind demo] {message}", file=sys.stderr, flush=True)
+
+
+def _quality_line(q: dict) -> str:
+    return (f"explained variance {q['explained_variance']:.3f}, L0 {q['l0']:.1f}, dead {q['dead_fraction']:.1%}, "
+            f"next-token loss {q['ce_increase_sae']:+.3f} nats spliced (same-norm random error {q['ce_increase_random']:+.3f})")
 
 
 def pick_prompt(model, config: ModelDemoConfig, corpus) -> tuple[list[int], int]:
@@ -224,8 +206,7 @@ def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(),
     from .subjects import TransformerSubject
 
     t0 = time.perf_counter()
-    cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "sensfind"
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = resolve_cache_dir(True if cache_dir is None else cache_dir)
     timings: dict = {}
     with staged_dir(out, overwrite=overwrite) as tmp:
         _say(progress, f"loading {config.model}")
@@ -233,20 +214,23 @@ def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(),
         corpus = load_corpus(model)
         timings["load_seconds"] = time.perf_counter() - t0
         t = time.perf_counter()
-        sae = model_sae(model, config.model, config, cache_dir, progress)
+        _say(progress, f"the corpus SAE at {config.hook} ({config.sae.expansion}x{model.cfg.d_model} latents; trained on "
+                       f"{config.sae.n_windows} corpus windows x {config.sae.window} tokens unless cached)")
+        sae = train_corpus_sae(model, config.sae, cache_dir=cache_dir)
+        _say(progress, "SAE quality: " + _quality_line(sae.info["quality"]))
         timings["sae_seconds"] = time.perf_counter() - t
         t = time.perf_counter()
         prompt, skipped = pick_prompt(model, config, corpus)
         subject = TransformerSubject(model, prompt, hook=config.hook, chunk_size=1024)  # few large calls
         other_windows = corpus.windows(config.n_others + 1, config.prompt_length, seed=config.seed + 7, split="test")
-        from .prompts import site_activations
+        from .prompts import site_activations as last_token_activations
 
-        others = site_activations(model, [w.tolist() for w in other_windows if w.tolist() != prompt][: config.n_others],
+        others = last_token_activations(model, [w.tolist() for w in other_windows if w.tolist() != prompt][: config.n_others],
                                   config.hook)
-        ctx_tokens = corpus.windows(config.context_windows, config.sae_window_length, seed=config.seed + 2, split="train")
+        ctx_tokens = corpus.windows(config.context_windows, config.context_length, seed=config.seed + 2, split="train")
         _say(progress, f"activations of {config.context_windows} context windows and {len(others)} real-other prompts")
-        ctx_acts = corpus_activations(model, ctx_tokens, config.hook)
-        pool = ctx_acts[:, 1:].reshape(-1, ctx_acts.shape[-1])
+        contexts = site_activations(model, ctx_tokens, config.hook, config.sae.max_norm_ratio, config.sae.exclude_first)
+        pool = contexts.acts
         timings["activations_seconds"] = time.perf_counter() - t
         _say(progress, f"discovery ({config.analysis.restarts} restarts x {config.analysis.iterations} iterations), "
                        "baselines, SAE latents, matching, refinement")
@@ -254,7 +238,7 @@ def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(),
         timings.update(analysis.timings)
         t = time.perf_counter()
         _say(progress, "feature cards and report")
-        cards = build_cards(analysis, subject, sae, ctx_acts, ctx_tokens, model.tokenizer)
+        cards = build_cards(analysis, subject, sae, contexts, ctx_tokens, model.tokenizer)
         summary = model_summary(config, analysis, sae, subject, prompt, skipped, model.tokenizer)
         analysis.save(tmp / "analysis")
         sae.save(tmp / "sae")
@@ -276,7 +260,6 @@ def model_summary(config: ModelDemoConfig, analysis, sae: Dictionary, subject, p
     from .cards import decode_token
 
     s = analysis.summary()
-    trained = sae.info.get("trained", {})
     head = "".join(decode_token(tokenizer, t) for t in prompt[:-1])
     prompt_html = f"{html.escape(head)}<mark>{html.escape(decode_token(tokenizer, prompt[-1]))}</mark>"
     return {
@@ -284,9 +267,8 @@ def model_summary(config: ModelDemoConfig, analysis, sae: Dictionary, subject, p
         "model": config.model, "hook": config.hook,
         "prompt_tokens": prompt, "prompt_text": tokenizer.decode(prompt) if tokenizer is not None else None,
         "prompts_skipped_massive": skipped, "base_norm": subject.norm_info(),
-        "sae": {"d_sae": sae.n_latents, "explained_variance": trained.get("explained_variance"), "l0": trained.get("l0"),
-                "dead_fraction": sae.info.get("dead_fraction"), "n_activations": trained.get("n_activations"),
-                "source": sae.source},
+        "sae": {"d_sae": sae.n_latents, "source": sae.source, "quality": sae.info["quality"],
+                "exclusion": sae.info["exclusion"], "config": sae.info["config"]},
         "n_optima": len(analysis.discovery),
         "optima_beating_real_other_median": s["optima_beating_real_other_median"],
         "optima_matching_sae_isotropic": s["matches_isotropic"]["n_significant"],

@@ -344,7 +344,18 @@ def demo_lead(summary: dict) -> str:
         f"p &lt; {alpha:g} against the isotropic null and <b>{summary['optima_matching_sae_covariance']} of {n}</b> "
         f"against the covariance null (best |cos| of any optimum {best:.3f}; null medians {iso['null_best_median']:.3f} "
         f"/ {cov['null_best_median']:.3f})."
+        + _sae_sentence(summary.get("sae"))
     )
+
+
+def _sae_sentence(sae: dict | None) -> str:
+    if not sae or "quality" not in sae:
+        return ""
+    q = sae["quality"]
+    return (f" The SAE ({sae['d_sae']} latents) explains {q['explained_variance']:.1%} of the variance on held-out "
+            f"windows with L0 {q['l0']:.1f} and {q['dead_fraction']:.1%} dead latents; splicing in its reconstruction "
+            f"raises the next-token loss by {q['ce_increase_sae']:+.3f} nats (a random error of the same norm: "
+            f"{q['ce_increase_random']:+.3f}).")
 
 
 def write_model_demo_report(directory: Path, analysis, cards: list, summary: dict) -> Path:
@@ -358,9 +369,17 @@ def write_model_demo_report(directory: Path, analysis, cards: list, summary: dic
                  "Discovery objective per iteration (soft blowup, mean and best restart; hard blowup median)."))
     sae = summary["sae"]
     fmt = lambda v, f="{:.3f}": "–" if v is None else f.format(v)  # noqa: E731
-    sae_rows = [["latents", sae["d_sae"]], ["trained on activations", fmt(sae["n_activations"], "{}")],
-                ["explained variance", fmt(sae["explained_variance"])], ["L0 (active latents per activation)", fmt(sae["l0"], "{:.1f}")],
-                ["dead fraction (never active on its training data)", fmt(sae["dead_fraction"])], ["source", sae["source"]]]
+    q, ex = sae["quality"], sae["exclusion"]
+    sae_rows = [["latents", sae["d_sae"]],
+                ["trained on activations (massive ones excluded)", f"{ex['kept']} of {ex['positions']}"],
+                ["explained variance (held-out windows)", fmt(q["explained_variance"])],
+                ["L0 (active latents per activation)", fmt(q["l0"], "{:.1f}")],
+                ["dead fraction (held-out / training activations)",
+                 f"{fmt(q['dead_fraction'])} / {fmt(ex.get('train_dead_fraction'))}"],
+                ["next-token loss increase, reconstruction spliced in (nats)", fmt(q["ce_increase_sae"], "{:+.3f}")],
+                ["same, random error of the same norm (nats)", fmt(q["ce_increase_random"], "{:+.3f}")],
+                ["KL with SAE error / with random error", fmt(q["kl_ratio"], "{:.2f}")],
+                ["held-out tokens evaluated", q["n_tokens"]], ["source", sae["source"]]]
     tables = [("Threshold angles by kind", threshold_table([analysis], KINDS)),
               ("The SAE", table(sae_rows, ["quantity", "value"]))]
     ref = refinement_table([analysis])
