@@ -143,16 +143,11 @@ def collect_activations(model, tokens: Tensor, hook: str, position: int | None =
     """Activations at ``hook`` for equal-length prompts ``tokens [N, T]``: ``[N, d]`` at ``position``,
     or ``[N·(T-1), d]`` at every position but the first when ``position`` is None. Stops after the
     hook's block."""
-    if hook not in model.hook_dict:
-        raise ValueError(f"unknown hook {hook!r}; this model has e.g. blocks.L.hook_resid_pre, L < {model.cfg.n_layers}")
-    layer = _hook_layer(hook)
-    stop = None if layer is None or layer + 1 >= model.cfg.n_layers else layer + 1
     out = []
     for chunk in tokens.split(batch):
-        _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=hook, stop_at_layer=stop)
-        acts = cache[hook]
+        acts = window_activations(model, chunk, hook, batch=len(chunk))  # [n, T, d]
         out.append(acts[:, 1:].reshape(-1, acts.shape[-1]) if position is None else acts[:, position])
-    return torch.cat(out).float().cpu()
+    return torch.cat(out)
 
 
 @torch.no_grad()

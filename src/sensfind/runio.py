@@ -89,14 +89,20 @@ def save_json(path: str | Path, obj) -> None:
     write_atomic(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def read_text(path: str | Path, what: str = "file") -> str:
-    """The UTF-8 text of a file given as input; ``InputFileError`` naming it (and what it was for) if it
-    is missing, a directory, unreadable or not text."""
+def _input_file(path: str | Path, what: str) -> Path:
+    """``path`` as a ``Path``; ``InputFileError`` naming it if it is a directory or does not exist."""
     p = Path(path)
     if p.is_dir():
         raise InputFileError(f"{what} {str(p)!r} is a directory, not a file")
     if not p.exists():
         raise InputFileError(f"{what} {str(p)!r} does not exist")
+    return p
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of a file given as input; ``InputFileError`` naming it (and what it was for) if it
+    is missing, a directory, unreadable or not text."""
+    p = _input_file(path, what)
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -120,11 +126,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 
 
 def load_tensors(path: str | Path, what: str = "tensor file") -> dict[str, torch.Tensor]:
-    p = Path(path)
-    if p.is_dir():
-        raise InputFileError(f"{what} {str(p)!r} is a directory, not a file")
-    if not p.exists():
-        raise InputFileError(f"{what} {str(p)!r} does not exist")
+    p = _input_file(path, what)
     try:
         return load_file(str(p))
     except (SafetensorError, OSError, ValueError) as exc:
