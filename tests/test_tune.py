@@ -218,6 +218,23 @@ def test_non_finite_trial_is_recorded_failed_and_the_study_goes_on():
     assert result.counts() == {"FAIL": 2, "COMPLETE": 1} and result.best[0]["number"] == 1
 
 
+def test_a_trial_its_budget_cannot_pay_for_fails_and_the_study_goes_on():
+    # a fixed max_points (issue 12's tuning) with sampled iterations x scan_steps above it: that trial
+    # fails with the reason, it does not end the study
+    target = tn.toy_targets([0])[0]
+    space = SearchSpace.from_dict(TINY_SPACE | {"max_points": {"type": "fixed", "value": 600},
+                                                "iterations": {"type": "int", "low": 4, "high": 60}})
+    storage = optuna.storages.InMemoryStorage()
+    config = _config(storage="memory", n_trials=2)
+    study = tn.open_study(config, space, storage=storage)
+    for iterations in (50, 4):  # 50 * 12 + 61 + 1 > 600 > 4 * 12 + 61 + 1
+        study.enqueue_trial({"iterations": iterations})
+    result = tune(config, space, targets=[target], storage=storage)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["fail_reason"].startswith("invalid settings: max_points=600 cannot pay")
+    assert study.trials[0].user_attrs["points"] == 0 and result.counts() == {"FAIL": 1, "COMPLETE": 1}
+
+
 def test_intermediate_values_are_reported_and_pruned_trials_record_their_compute(monkeypatch):
     space = SearchSpace.from_dict(TINY_SPACE | {"iterations": 10, "tol": 0.0})
     storage = optuna.storages.InMemoryStorage()
@@ -375,3 +392,16 @@ def test_sensitive_metric_counts_far_apart_optima_before_the_real_other_median()
     with pytest.raises(ValueError, match="use metric 'sensitive'"):
         tn.TuneConfig(model="random:tiny", metric="distinct")
     tn.TuneConfig(model="random:tiny", metric="sensitive")  # no SAE needed
+
+
+def test_sensitive_transformer_targets_take_corpus_prompts():
+    # `sensfind tune --prompts corpus:N` (held-out windows for issue 12): the windows need the model's tokenizer
+    from sensfind.prompts import load_prompts
+
+    targets = tn.transformer_targets("random:tiny", None, [0, 2], prompts="corpus:5", metric="sensitive")
+    assert [t.name for t in targets] == ["prompt:0", "prompt:2"]
+    model = sf.load_model("random:tiny", seed=0)
+    windows = load_prompts("corpus:5", model)
+    assert torch.equal(targets[1].subject.base, sf.TransformerSubject(model, windows[2], hook="blocks.1.hook_resid_pre").base)
+    cfg = DiscoverConfig(restarts=2, iterations=2, scan_steps=4, final_steps=9, rounds=1)
+    assert targets[0].evaluate(tn.discover(targets[0].subject, cfg), cfg) >= 0

@@ -109,7 +109,7 @@ from torch import Tensor
 
 from .errors import error_boundary
 from .optima import Discovery, cluster_directions, distinct_sensitive, effective_directions
-from .optimize import DiscoverConfig, NonFiniteOutputError, discover
+from .optimize import DiscoverConfig, NonFiniteOutputError, _round_cost, discover
 from .runio import check_output_dir, write_atomic
 from .scan import scan
 from .subjects import Subject
@@ -474,7 +474,7 @@ def transformer_targets(
     from .subjects import TransformerSubject
 
     model = load_model(model_name, seed=seed)
-    texts = load_prompts(prompts)
+    texts = load_prompts(prompts, model)  # corpus:N windows need the tokenizer
     for i in prompt_indices:
         if not 0 <= i < len(texts):
             raise ValueError(f"prompt index {i} is out of range; {prompts!r} holds {len(texts)} prompts")
@@ -875,6 +875,10 @@ class _Objective:
         except ValueError as exc:
             return self._fail(trial, f"invalid settings: {exc}", 0)
         trial.set_user_attr("discover_config", discover_config.to_dict())
+        cost = _round_cost(discover_config)
+        if discover_config.max_points is not None and discover_config.max_points < cost:
+            return self._fail(trial, f"invalid settings: max_points={discover_config.max_points} cannot pay for one "
+                                     f"restart ({cost} scan points)", 0)
         spent = 0
 
         def report(step: int, value: float, points: int) -> None:
