@@ -9,7 +9,8 @@ On the toy of issue 12 (768 planted features in 256 dimensions, 3 active), per s
 default settings and only ``max_points`` set: distinct planted features reached, recall of the 20 most
 sensitive signed planted features (smallest threshold angles, ``ToySubject.signed_thresholds``),
 precision (fraction of optima within cos >= 0.9 of a planted feature) and scan points per distinct
-feature; and the same for one round of 64 restarts without deflation (the strategy before rounds).
+feature; and the same for rounds with isotropic starts (``init='isotropic'``, the default before metric
+starts) and for one round of 64 isotropic restarts without deflation (the strategy before rounds).
 
 With ``--smollm2`` (needs the SmolLM2 loader and its weights): discovery at blocks.1.hook_resid_pre of
 one builtin prompt with the budget, distinct optima at pairwise |cos| < 0.5, and how many of them blow
@@ -96,7 +97,9 @@ def toy_scores(subject, found, top: int = 20) -> dict:
     }
 
 
-ONE_ROUND = dict(restarts=64, iterations=60, scan_steps=24, polish_iterations=0, abandon=False)  # before rounds
+ONE_ROUND = dict(restarts=64, iterations=60, scan_steps=24, polish_iterations=0, abandon=False,
+                 init="isotropic")  # before rounds
+ISOTROPIC_ROUNDS = dict(init="isotropic")  # rounds with deflation, before metric starts
 
 
 def bench_toy(seeds: list[int], budgets: list[int], toy: dict, reference: bool) -> dict:
@@ -106,6 +109,10 @@ def bench_toy(seeds: list[int], budgets: list[int], toy: dict, reference: bool) 
         for budget in budgets:
             found = sf.discover(subject, sf.DiscoverConfig(max_points=budget, seed=seed))
             runs.append({"seed": seed, "budget": budget, "strategy": "rounds (defaults)"} | toy_scores(subject, found))
+            if reference:
+                found = sf.discover(subject, sf.DiscoverConfig(max_points=budget, seed=seed, **ISOTROPIC_ROUNDS))
+                runs.append({"seed": seed, "budget": budget, "strategy": "rounds, isotropic starts"}
+                            | toy_scores(subject, found))
         if reference:
             found = sf.discover(subject, sf.DiscoverConfig(seed=seed, **ONE_ROUND))
             runs.append({"seed": seed, "budget": None, "strategy": "one round, 64 restarts"} | toy_scores(subject, found))
@@ -151,6 +158,7 @@ def main() -> None:
     p.add_argument("--budgets", type=lambda t: [int(x) for x in t.split(",")], default=[30_000, 120_000],
                    help="scan-point budgets (max_points)")
     p.add_argument("--smollm2", action="store_true", help="also run SmolLM2-135M (needs its loader and weights)")
+    p.add_argument("--no-gpt2", action="store_true", help="skip the GPT-2 step timing (toy and SmolLM2 only)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,7 +166,7 @@ def main() -> None:
         gpt2 = bench_gpt2(restarts=4, steps=8, iterations=3, repeats=2, arch="tiny")
         toy = bench_toy([0], [6000], {}, reference=False)
     else:
-        gpt2 = bench_gpt2(restarts=16, steps=16, iterations=8, repeats=5, arch="gpt2")
+        gpt2 = None if args.no_gpt2 else bench_gpt2(restarts=16, steps=16, iterations=8, repeats=5, arch="gpt2")
         toy = bench_toy(args.seeds, args.budgets, {"d": 256, "n_features": 768}, reference=True)
     result = {"threads": torch.get_num_threads(), "gpt2_arch": gpt2, "toy": toy}
     if args.smollm2:

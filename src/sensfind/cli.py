@@ -319,7 +319,8 @@ def cmd_discover(args) -> int:
         init = load_directions(init_file)
         if init.shape[0] != config.restarts:
             config = dataclasses.replace(config, restarts=init.shape[0])
-    initial_directions(subject, config, init, others)  # validates init before anything is written
+    if config.init in ("given", "covariance"):
+        initial_directions(subject, config, init, others)  # validates init before anything is written
     if resuming:
         load_checkpoint(ckpt, config, (config.restarts, subject.base.shape[0]))
     elif stage.exists():
