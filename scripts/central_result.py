@@ -42,7 +42,7 @@ CHUNK = 1024  # points per forward call: on CPU the per-call cost dominates the 
 
 # per-prompt sizes: the demo's (AnalysisConfig defaults), so the demo is one prompt of this run
 CENTRAL = AnalysisConfig()
-SMOKE = AnalysisConfig(restarts=2, iterations=2, scan_steps=6, n_random=4, n_cov=4, n_real_other=4, max_active=2,
+SMOKE = AnalysisConfig(max_points=None, restarts=2, iterations=2, scan_steps=6, n_random=4, n_cov=4, n_real_other=4, max_active=2,
                        n_inactive=2, n_refine=1, refine_iterations=1, curve_steps=10, stop=90.0, n_null=100)
 
 

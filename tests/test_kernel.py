@@ -75,13 +75,32 @@ def test_block_family_is_read_from_the_model(family_model):
     assert kernel.unsupported(model, 0) is None
 
 
+@pytest.fixture(params=["auto", "fold", "general"])
+def fold(request, monkeypatch):
+    """The one-position path with the prefix folded into the projections, forced on or off (tiny models
+    with 10 tokens are past the automatic budget)."""
+    budget = {"auto": kernel.FOLD_PREFIX_BUDGET, "fold": float("inf"), "general": 0.0}[request.param]
+    monkeypatch.setattr(kernel, "FOLD_PREFIX_BUDGET", budget)
+    return request.param
+
+
+def _takes_path(subject, fold):
+    """Each layer took the path the ``fold`` setting asks for (one new position, a non-empty prefix)."""
+    single = {layer.single for layer in subject._compact.layers}
+    if subject.position == len(PROMPT_IDS) - 1 and fold != "auto":
+        assert single == {fold == "fold"}
+    elif subject.position != len(PROMPT_IDS) - 1:
+        assert single == {False}
+
+
 @pytest.mark.parametrize("layer", [0, 1, 2])
 @pytest.mark.parametrize("position", [-1, 0, 4])
 @pytest.mark.parametrize("mode", ["sphere", "straight"])
-def test_compact_matches_reference_float64(family_model, layer, position, mode):
+def test_compact_matches_reference_float64(family_model, fold, layer, position, mode):
     name, model = family_model
     subject = sf.TransformerSubject(model, PROMPT_IDS, hook=f"blocks.{layer}.hook_resid_pre", position=position)
     assert subject._compact is not None, name
+    _takes_path(subject, fold)
     err, _ = _max_err(subject, _scan_acts(subject, mode))
     assert err <= 1e-10, f"{name} layer {layer} position {position} {mode}: max abs diff {err}"
 
@@ -96,9 +115,11 @@ def test_compact_matches_reference_output_hooks(family_model, output_hook, read_
     assert err <= 1e-10, f"{name} {output_hook} read at {read_position}: {err}"
 
 
-def test_gradients_match_reference(family_model):
+@pytest.mark.parametrize("position", [5, -1])
+def test_gradients_match_reference(family_model, fold, position):
     name, model = family_model
-    subject = sf.TransformerSubject(model, PROMPT_IDS, position=5)
+    subject = sf.TransformerSubject(model, PROMPT_IDS, position=position)
+    _takes_path(subject, fold)
     acts = _scan_acts(subject, "sphere", n_dirs=2, steps=4)
     grads = []
     for run in (subject.run, subject.run_reference):
@@ -132,6 +153,26 @@ def test_stack_runs_with_the_models_dtype_and_device():
     # GQA: the prefix keys/values are stored once per key/value head, not repeated per query head
     assert layer.k_pre_t.shape == (2, 16, len(PROMPT_IDS) - 1)
     assert layer.w_qkv.shape == (64, (4 + 2 * 2) * 16)
+
+
+def test_folded_prefix_is_stored_per_head_with_the_models_dtype(monkeypatch):
+    monkeypatch.setattr(kernel, "FOLD_PREFIX_BUDGET", float("inf"))
+    model = tiny_model(**FAMILIES["llama"])
+    subject = sf.TransformerSubject(model, PROMPT_IDS, position=-1)
+    layer = subject._compact.layers[0]
+    assert layer.single
+    m, c, vo = layer.prefix
+    p0 = len(PROMPT_IDS) - 1
+    # scores [d, H·P0] and values-times-W_O [H·P0, d]: per query head, keys/values never repeated in memory
+    assert m.shape == (64, 4 * p0) and vo.shape == (4 * p0, 64) and c.shape == (4 * p0,)
+    for t in (layer.w_qkv, m, c, vo):
+        assert t.dtype == torch.float64 and t.device == subject.base.device
+    # the query/key columns are rotated for the new position: they differ from the general path's
+    monkeypatch.setattr(kernel, "FOLD_PREFIX_BUDGET", 0.0)
+    general = sf.TransformerSubject(model, PROMPT_IDS, position=-1)._compact.layers[0]
+    assert not general.single
+    assert not torch.allclose(layer.w_qkv[:, 64:96], general.w_qkv[:, 64:96])
+    assert torch.equal(layer.w_qkv[:, 96:], general.w_qkv[:, 96:])  # values are not rotated
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -216,3 +257,12 @@ def test_fused_weights_are_shared_by_subjects_and_refreshed_when_weights_change(
     assert third._compact.layers[0].mlp[0] is not first._compact.layers[0].mlp[0]
     err, _ = _max_err(third, _scan_acts(third, "sphere"))
     assert err <= 1e-10
+
+
+@pytest.mark.parametrize("mode", ["sphere", "straight"])
+def test_one_token_prompt_takes_the_folded_path_without_a_prefix(family_model, mode):
+    name, model = family_model
+    subject = sf.TransformerSubject(model, PROMPT_IDS[:1], hook="blocks.1.hook_resid_pre", position=0)
+    assert all(layer.single and layer.prefix is None for layer in subject._compact.layers)
+    err, _ = _max_err(subject, _scan_acts(subject, mode))
+    assert err <= 1e-10, f"{name} {mode}: max abs diff {err}"

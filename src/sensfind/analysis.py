@@ -54,7 +54,9 @@ class AnalysisConfig:
     """Sizes of one prompt's analysis.
 
     Attributes:
-        restarts, iterations, scan_steps, lr: discovery (``DiscoverConfig``; other fields default).
+        max_points, restarts, iterations, scan_steps, lr: discovery (``DiscoverConfig``; other fields
+            default): rounds of ``restarts`` restarts until ``max_points`` scan points are spent or a
+            round finds nothing new (``None``: one round).
         n_random, n_cov, n_real_other: isotropic, cov-random and real-other directions scanned.
         max_active: at most this many active latents (the most active) are scanned.
         n_inactive: inactive latents (encoded 0 on the base) scanned, a seeded sample.
@@ -65,8 +67,9 @@ class AnalysisConfig:
         seed: seeds discovery, baselines and samples.
     """
 
-    restarts: int = 12
-    iterations: int = 8
+    max_points: int | None = 12_000
+    restarts: int = 32
+    iterations: int = 35
     scan_steps: int = 16
     lr: float = 0.1
     n_random: int = 16
@@ -98,6 +101,7 @@ class AnalysisConfig:
         if not (0 < self.alpha < 1):
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
         self.scan_config  # validates tau
+        self.discover_config  # validates max_points
 
     @property
     def scan_config(self) -> ScanConfig:
@@ -106,7 +110,8 @@ class AnalysisConfig:
     @property
     def discover_config(self) -> DiscoverConfig:
         return DiscoverConfig(restarts=self.restarts, iterations=self.iterations, scan_steps=self.scan_steps,
-                              lr=self.lr, tau=self.tau, seed=self.seed, final_steps=self.curve_steps, stop=None)
+                              lr=self.lr, tau=self.tau, seed=self.seed, final_steps=self.curve_steps, stop=None,
+                              max_points=self.max_points)
 
     def to_dict(self) -> dict:
         return asdict(self)

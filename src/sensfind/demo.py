@@ -166,7 +166,7 @@ class ModelDemoConfig:
     def quick(cls, **overrides) -> "ModelDemoConfig":
         base = cls(sae=CorpusSAEConfig(expansion=4, n_windows=120, window=32, epochs=1, batch_size=256, eval_windows=4),
                    context_windows=40, context_length=32, n_others=16,
-                   analysis=AnalysisConfig(restarts=3, iterations=4, scan_steps=8, n_random=6, n_cov=6, n_real_other=6,
+                   analysis=AnalysisConfig(max_points=None, restarts=3, iterations=4, scan_steps=8, n_random=6, n_cov=6, n_real_other=6,
                                            max_active=3, n_inactive=2, n_refine=1, refine_iterations=2, curve_steps=16,
                                            n_null=200))
         return replace(base, **overrides)
@@ -232,7 +232,9 @@ def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(),
         contexts = site_activations(model, ctx_tokens, config.hook, config.sae.max_norm_ratio, config.sae.exclude_first)
         pool = contexts.acts
         timings["activations_seconds"] = time.perf_counter() - t
-        _say(progress, f"discovery ({config.analysis.restarts} restarts x {config.analysis.iterations} iterations), "
+        a = config.analysis
+        budget = f"rounds of {a.restarts} restarts, {a.max_points} scan points" if a.max_points else f"{a.restarts} restarts"
+        _say(progress, f"discovery ({budget}, {a.iterations} iterations), "
                        "baselines, SAE latents, matching, refinement")
         analysis = analyse_prompt(subject, sae, others, pool, config.analysis, progress=progress)
         timings.update(analysis.timings)
