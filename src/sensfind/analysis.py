@@ -36,10 +36,11 @@ from .compare import project_dictionary
 from .corpus_sae import site_activations
 from .dictionary import Dictionary
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
-from .optima import Discovery, effective_directions
+from .geometry import directions_from_targets, effective_directions
+from .optima import Discovery
 from .optimize import DiscoverConfig, Refinement, discover, refine
 from .runio import save_json, save_tensors
-from .scan import ScanConfig, directions_from_targets, scan, step_grid
+from .scan import ScanConfig, scan, step_grid
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from .match import Matches
-from .scan import base_output, perturb
+from .geometry import perturb
+from .scan import base_output
 
 __all__ = ["Context", "FeatureCard", "LatentMatch", "TokenChange", "build_cards", "decode_token", "token_changes",
            "token_changes_batch", "top_contexts"]

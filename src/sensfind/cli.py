@@ -76,7 +76,7 @@ def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, s
     """``random:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions [R, d], kind)."""
     from .baselines import isotropic, load_directions
     from .prompts import load_prompts, site_activations
-    from .scan import directions_from_targets
+    from .geometry import directions_from_targets
 
     kind, _, value = spec.partition(":")
     if kind == "random":

@@ -27,10 +27,10 @@ from torch import Tensor
 from .baselines import isotropic
 from .dictionary import Dictionary, check_compatible, from_tensors
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
-from .optima import effective_directions
+from .geometry import directions_from_targets, effective_directions, tangent_rotations
 from .optimize import DiscoverConfig, Refinement, refine
 from .runio import save_json, save_tensors
-from .scan import ScanConfig, directions_from_targets, scan
+from .scan import ScanConfig, scan
 from .subjects import Subject
 
 __all__ = ["CompareConfig", "Comparison", "DictionarySensitivity", "compare", "dictionary_sensitivity",
@@ -149,21 +149,6 @@ def latents_to_probe(subject: Subject, dictionary: Dictionary, matched: Tensor |
 
 
 @torch.no_grad()
-def _rotations(rows: Tensor, base: Tensor, probes: int, deg: float, seed: int) -> Tensor:
-    """``[L, P, d]``: each row rotated by ``deg`` towards random tangent directions (orthogonal to the
-    row and to the base, so the rotation stays within what a sphere scan sees)."""
-    g = torch.Generator().manual_seed(seed)
-    L, d = rows.shape
-    noise = torch.randn(L, probes, d, generator=g, dtype=torch.float64).to(rows.dtype)
-    xhat = base / base.norm()
-    noise = noise - (noise @ xhat)[..., None] * xhat
-    noise = noise - (noise * rows[:, None]).sum(-1, keepdim=True) * rows[:, None]
-    noise = noise / noise.norm(dim=-1, keepdim=True)
-    a = math.radians(deg)
-    return math.cos(a) * rows[:, None] + math.sin(a) * noise
-
-
-@torch.no_grad()
 def dictionary_sensitivity(
     subject: Subject, dictionary: Dictionary, groups: dict, others: Tensor | None = None,
     config: CompareConfig = CompareConfig(),
@@ -188,7 +173,7 @@ def dictionary_sensitivity(
     sign = torch.where(neg_better, -1, 1)
     blowup = torch.where(neg_better, both[1], both[0])
     signed = rows * sign[:, None].to(rows.dtype)
-    rot = _rotations(signed, base, config.probes, config.probe_deg, config.seed + 3)
+    rot = tangent_rotations(signed, base, config.probes, config.probe_deg, config.seed + 3)
     probe = scan(subject, rot.reshape(-1, rot.shape[-1]), cfg).threshold.view(len(ids), config.probes)
     local = (probe >= blowup[:, None]).all(dim=1) & torch.isfinite(blowup)
     return DictionarySensitivity(latents, sign, blowup, probe, local, rand, real, groups)

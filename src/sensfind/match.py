@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .baselines import cov_stats
 from .dictionary import Dictionary
-from .scan import check_directions, directions_from_targets
+from .geometry import check_directions, directions_from_targets
 
 __all__ = [
     "Matches",

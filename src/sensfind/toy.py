@@ -91,12 +91,12 @@ import torch
 from torch import Tensor
 
 from .effects import kl
-from .optima import PARALLEL_TOL, effective_directions
+from .geometry import PARALLEL_TOL, project_out, reject
 from .subjects import check_acts, check_base
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ToyConfig", "ToyModel", "ToySample", "ToySubject", "feature_cosines", "project_out"]
+__all__ = ["ToyConfig", "ToyModel", "ToySample", "ToySubject", "feature_cosines"]
 
 FeatureInit = Literal["spread", "random"]
 
@@ -482,30 +482,6 @@ class ToySubject:
         return f"ToySubject(active={self.active.tolist()}, |base|={float(self.base.norm()):.3f}, model={self.model!r})"
 
 
-def project_out(directions: Tensor, base: Tensor) -> Tensor:
-    """Unit rows of the part of ``directions`` ``[N, d]`` orthogonal to ``base`` ``[d]``: ``[N, d]``.
-
-    This is all that a sphere-mode scan sees of a direction. Raises ``ValueError`` for a row
-    (numerically) parallel to the base.
-    """
-    if directions.ndim == 1:
-        directions = directions[None]
-    if directions.ndim != 2 or base.ndim != 1 or directions.shape[1] != base.shape[0]:
-        raise ValueError(
-            f"need directions [N, d] and base [d] of the same width, "
-            f"got {tuple(directions.shape)} and {tuple(base.shape)}"
-        )
-    return effective_directions(directions, base.to(directions.dtype), "sphere")
-
-
-def _orthogonal_part(x: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
-    """Part of rows ``[N, d]`` orthogonal to ``base``, and its norm relative to the row's norm ``[N]``."""
-    b = base.to(x.dtype)
-    b = b / b.norm()
-    t = x - (x @ b)[:, None] * b
-    return t, t.norm(dim=1) / x.norm(dim=1)
-
-
 def feature_cosines(directions: Tensor, features: Tensor, base: Tensor) -> Tensor:
     """Cosines ``[N, n]`` between directions ``[N, d]`` and features ``[n, d]``, base projected out of both.
 
@@ -515,7 +491,9 @@ def feature_cosines(directions: Tensor, features: Tensor, base: Tensor) -> Tenso
     dirs = project_out(directions, base)
     if features.ndim != 2 or features.shape[1] != base.shape[0]:
         raise ValueError(f"features must have shape [n, {base.shape[0]}], got {tuple(features.shape)}")
-    t, rel = _orthogonal_part(features.to(dirs.dtype), base)
+    x = features.to(dirs.dtype)
+    t = reject(x, base)
+    rel = t.norm(dim=1) / x.norm(dim=1)  # size of the orthogonal part relative to the feature's norm
     keep = rel >= PARALLEL_TOL
     t = torch.where(keep[:, None], t, torch.zeros_like(t))
     norms = torch.where(keep, t.norm(dim=1), torch.ones_like(rel))

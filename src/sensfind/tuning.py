@@ -108,7 +108,8 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import Tensor
 
 from .errors import error_boundary
-from .optima import Discovery, cluster_directions, distinct_sensitive, effective_directions
+from .geometry import effective_directions, reject
+from .optima import Discovery, cluster_directions, distinct_sensitive
 from .optimize import DiscoverConfig, NonFiniteOutputError, discover
 from .runio import check_output_dir, write_atomic
 from .scan import scan
@@ -410,7 +411,7 @@ def sensitive_target(name: str, subject: Subject, others: Tensor) -> Target:
     """A target scored by metric ``sensitive``: distinct optima that blow up before the median of the
     real-other directions towards ``others`` ``[M, d]`` (activations of other inputs at the site), per
     100k scan points. The median is measured with each trial's final scan settings (cached)."""
-    from .scan import directions_from_targets
+    from .geometry import directions_from_targets
 
     directions = directions_from_targets(subject.base, others)
     medians: dict[str, float] = {}
@@ -534,8 +535,7 @@ class _Probe:
             return None
         tips = self.last.reshape(restarts, -1, self.last.shape[-1]) - self.base  # [R, K, d]
         if mode == "sphere":  # only the part orthogonal to the base carries the direction (0 at 0 and 180 deg)
-            b = self.base / self.base.norm()
-            tips = tips - (tips @ b)[..., None] * b
+            tips = reject(tips, self.base)
         best = tips.norm(dim=-1).argmax(dim=1)  # [R] the scan point that shows the direction best
         tips = tips[torch.arange(restarts), best]
         if (tips.norm(dim=1) == 0).any():
