@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ from .compare import project_dictionary
 from .corpus_sae import site_activations
 from .dictionary import Dictionary
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
+from .configs import Config, check_int, check_number
 from .geometry import directions_from_targets, effective_directions
 from .optima import Discovery
 from .optimize import DiscoverConfig, Refinement, discover, refine
@@ -51,7 +52,7 @@ KINDS = ("optima", "isotropic", "cov-random", "real-other", "SAE active", "SAE i
 
 
 @dataclass(frozen=True)
-class AnalysisConfig:
+class AnalysisConfig(Config):
     """Sizes of one prompt's analysis.
 
     Attributes:
@@ -90,17 +91,13 @@ class AnalysisConfig:
 
     def __post_init__(self):
         for name in ("restarts", "scan_steps", "n_random", "n_cov", "curve_steps", "k", "n_null"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (2 if name in ("scan_steps", "curve_steps") else 1):
-                raise ValueError(f"{name} must be a positive integer (>= 2 for steps), got {v!r}")
+            check_int(name, getattr(self, name), 2 if name in ("scan_steps", "curve_steps") else 1)
         for name in ("iterations", "n_real_other", "max_active", "n_inactive", "n_refine", "refine_iterations"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        if not (0 < self.stop <= 180):
-            raise ValueError(f"stop must be in (0, 180] degrees, got {self.stop!r}")
-        if not (0 < self.alpha < 1):
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+            check_int(name, getattr(self, name), 0)
+        check_int("seed", self.seed)
+        check_number("lr", self.lr, 0, lo_open=True)
+        check_number("stop", self.stop, 0, 180, lo_open=True)  # degrees
+        check_number("alpha", self.alpha, 0, 1, lo_open=True, hi_open=True)
         self.scan_config  # validates tau
         self.discover_config  # validates max_points
 
@@ -113,9 +110,6 @@ class AnalysisConfig:
         return DiscoverConfig(restarts=self.restarts, iterations=self.iterations, scan_steps=self.scan_steps,
                               lr=self.lr, tau=self.tau, seed=self.seed, final_steps=self.curve_steps, stop=None,
                               max_points=self.max_points)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

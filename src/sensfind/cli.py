@@ -164,12 +164,8 @@ def config_from_args(cls, args, base: dict | None = None, source: str = "the fla
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = (v == "true") if isinstance(f.default, bool) else v
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise CLIError(f"{source} set unknown {cls.__name__} field(s) {unknown}; allowed: {sorted(names)}")
     try:
-        return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
+        return cls.from_dict(values)  # strict: an unknown key is a ValueError naming it and the allowed ones
     except (TypeError, ValueError) as exc:
         raise CLIError(f"{source}: {exc}") from None
 

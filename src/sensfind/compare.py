@@ -18,13 +18,15 @@ In sphere mode only the part of a direction orthogonal to the base moves the act
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from .baselines import isotropic
+from .configs import Config, check_int
 from .dictionary import Dictionary, check_compatible, from_tensors
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from .geometry import directions_from_targets, effective_directions, tangent_rotations
@@ -38,7 +40,7 @@ __all__ = ["CompareConfig", "Comparison", "DictionarySensitivity", "compare", "d
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(Config):
     """Settings of ``compare``.
 
     Attributes:
@@ -68,16 +70,14 @@ class CompareConfig:
     scan_steps: int = 361
     stop: float = 90.0
     tau: float = 0.5
-    effect: str = "kl"
+    effect: Literal["kl", "l2", "cos"] = "kl"
     refine_iterations: int = 40
     seed: int = 0
 
     def __post_init__(self):
         for name, lo in (("k", 1), ("n_null", 1), ("n_latents", 0), ("probes", 1), ("scan_steps", 2),
                          ("refine_iterations", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+            check_int(name, getattr(self, name), lo)
         if not (isinstance(self.alpha, float) and 0 < self.alpha < 1):
             raise ValueError(f"alpha must be a number in (0, 1), got {self.alpha!r}")
         if not (isinstance(self.probe_deg, (int, float)) and 0 < self.probe_deg < 90):
@@ -91,9 +91,6 @@ class CompareConfig:
     @property
     def scan_config(self) -> ScanConfig:
         return ScanConfig(mode="sphere", stop=float(self.stop), steps=self.scan_steps, tau=self.tau, effect=self.effect)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def project_dictionary(dictionary: Dictionary, base: Tensor) -> Dictionary:

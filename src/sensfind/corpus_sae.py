@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .configs import Config, check_bool, check_int, is_int
 from .dictionary import Dictionary, TrainSAEConfig, from_sae, train_sae
 from .prompts import load_corpus, resolve_cache_dir
 
@@ -43,7 +44,7 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclass(frozen=True)
-class CorpusSAEConfig:
+class CorpusSAEConfig(Config):
     """How :func:`train_corpus_sae` collects activations, trains and evaluates.
 
     Attributes:
@@ -83,26 +84,19 @@ class CorpusSAEConfig:
         if not isinstance(self.hook, str) or not self.hook:
             raise ValueError(f"hook must be a TransformerLens hook name, got {self.hook!r}")
         for name in ("expansion", "n_windows", "eval_windows"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 2:
+            check_int(name, getattr(self, name), 1)
+        if not is_int(self.window) or self.window < 2:
             raise ValueError(f"window must be an integer >= 2 (a next-token loss needs two tokens), got {self.window!r}")
         v = self.max_norm_ratio
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 1 or math.isinf(v)):
             raise ValueError(f"max_norm_ratio must be a number > 1 (inf: exclude none by norm), got {v!r}")
-        if not isinstance(self.exclude_first, bool):
-            raise ValueError(f"exclude_first must be True or False, got {self.exclude_first!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_bool("exclude_first", self.exclude_first)
+        check_int("seed", self.seed)
         self.train_config()  # validates the training fields with TrainSAEConfig's messages
 
     def train_config(self) -> TrainSAEConfig:
         return TrainSAEConfig(l1_coefficient=self.l1_coefficient, lr=self.lr, batch_size=self.batch_size,
                               epochs=self.epochs, architecture=self.architecture, k=self.k)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------------

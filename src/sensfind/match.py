@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .baselines import cov_stats
 from .dictionary import Dictionary
+from .configs import Config, check_int
 from .geometry import check_directions, directions_from_targets
 
 __all__ = [
@@ -52,7 +53,7 @@ _CHUNK_ELEMENTS = 1 << 24  # cosines held at once when scanning a large dictiona
 
 
 @dataclass(frozen=True)
-class NullConfig:
+class NullConfig(Config):
     """Random directions to compare against.
 
     Attributes:
@@ -69,13 +70,8 @@ class NullConfig:
     def __post_init__(self):
         if self.kind not in _NULL_KINDS:
             raise ValueError(f"null kind must be one of {_NULL_KINDS}, got {self.kind!r}")
-        if not isinstance(self.n_null, int) or isinstance(self.n_null, bool) or self.n_null < 1:
-            raise ValueError(f"n_null must be an integer >= 1, got {self.n_null!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        check_int("n_null", self.n_null, 1)
+        check_int("seed", self.seed)
 
 
 def _as_null(null: NullConfig | str) -> NullConfig:

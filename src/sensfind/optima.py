@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .geometry import PARALLEL_TOL, effective_directions  # noqa: F401  (re-exported: defined in geometry)
+from .geometry import effective_directions  # noqa: F401  (re-exported: defined in geometry)
 from .runio import load_json, load_tensors, save_json, save_tensors, to_jsonable
 
 __all__ = ["Discovery", "cluster_directions", "distinct_sensitive"]

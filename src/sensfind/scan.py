@@ -15,12 +15,13 @@ not grow with directions × steps × output width.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from .configs import Config, check_int
 from .blowup import check_tau, max_slope_index, threshold_index, threshold_value
 from .effects import get_effect
 from .geometry import Mode, check_directions, directions_from_targets, perturb  # noqa: F401  (directions_from_targets re-exported)
@@ -40,7 +41,7 @@ _OUTPUT_COPIES = 4  # logits, log-softmax, its exp and the difference live at on
 
 
 @dataclass(frozen=True)
-class ScanConfig:
+class ScanConfig(Config):
     """How to scan.
 
     Attributes:
@@ -66,8 +67,7 @@ class ScanConfig:
             raise ValueError(f"mode must be 'sphere' or 'straight', got {self.mode!r}")
         if self.scale not in ("relative", "absolute"):
             raise ValueError(f"scale must be 'relative' or 'absolute', got {self.scale!r}")
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 2:
-            raise ValueError(f"steps must be an integer >= 2, got {self.steps!r}")
+        check_int("steps", self.steps, 2)
         get_effect(self.effect)
         check_tau(self.tau)
         lo, hi = self.range
@@ -99,9 +99,6 @@ class ScanConfig:
     def axis_label(self) -> str:
         """Label for the step axis of a figure."""
         return "angle θ (deg)" if self.mode == "sphere" else f"step α ({self.unit})"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def step_grid(config: ScanConfig, dtype: torch.dtype = torch.float32, device=None) -> Tensor:

@@ -98,7 +98,7 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -107,6 +107,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import Tensor
 
+from .configs import Config, check_int, is_number
 from .errors import error_boundary
 from .geometry import effective_directions, reject
 from .optima import Discovery, cluster_directions, distinct_sensitive
@@ -158,10 +159,6 @@ def _allowed_names() -> list[str]:
     return sorted({f.name for f in fields(DiscoverConfig)} - set(_NOT_TUNABLE) | set(_DERIVED))
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 @dataclass(frozen=True)
 class ParamSpec:
     """One parameter of a search space.
@@ -191,7 +188,7 @@ class ParamSpec:
         if self.type in ("float", "int"):
             for end in ("low", "high"):
                 v = getattr(self, end)
-                if not _is_number(v) or (self.type == "int" and not isinstance(v, int)):
+                if not is_number(v) or (self.type == "int" and not isinstance(v, int)):
                     kind = "an integer" if self.type == "int" else "a finite number"
                     raise ValueError(f"{where}: {end} must be {kind}, got {v!r}")
             if not self.low < self.high:
@@ -235,7 +232,7 @@ class ParamSpec:
 
     def contains(self, v) -> bool:
         if self.type in ("float", "int"):
-            return _is_number(v) and self.low <= v <= self.high and (self.type == "float" or float(v).is_integer())
+            return is_number(v) and self.low <= v <= self.high and (self.type == "float" or float(v).is_integer())
         if self.type == "categorical":
             return v in self.choices
         return v == self.value
@@ -277,7 +274,7 @@ def _apply(base: DiscoverConfig, values: dict) -> DiscoverConfig:
         derived["lr_final"] = cfg.lr * values["lr_ratio"]
     if "stop_fraction" in values:
         f = values["stop_fraction"]
-        if not _is_number(f) or not 0 < f <= 1:
+        if not is_number(f) or not 0 < f <= 1:
             raise ValueError(f"stop_fraction must be in (0, 1], got {f!r}")
         derived["stop"] = replace(cfg, start=None, stop=None).scan_config.range[1] * f
     return replace(cfg, **derived) if derived else cfg
@@ -615,7 +612,7 @@ def evaluate(
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(Config):
     """Settings of a tuning run (one worker). The CLI flags map onto these one-to-one.
 
     Study:
@@ -667,11 +664,7 @@ class TuneConfig:
 
     def __post_init__(self):
         def count(name, minimum, optional=True):
-            v = getattr(self, name)
-            if v is None and optional:
-                return
-            if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {v!r}")
+            check_int(name, getattr(self, name), minimum, optional)
 
         if not isinstance(self.study_name, str) or not self.study_name.strip():
             raise ValueError(f"study_name must be a non-empty string, got {self.study_name!r}")
@@ -684,7 +677,7 @@ class TuneConfig:
         count("toy_input", 0, optional=False)
         if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
             raise ValueError(f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})")
-        if self.timeout is not None and (not _is_number(self.timeout) or self.timeout <= 0):
+        if self.timeout is not None and (not is_number(self.timeout) or self.timeout <= 0):
             raise ValueError(f"timeout must be a number of seconds > 0 or None, got {self.timeout!r}")
         if self.n_trials is None and self.timeout is None and self.max_trials is None:
             raise ValueError("n_trials, max_trials and timeout are all None; the worker would never stop")
@@ -705,7 +698,7 @@ class TuneConfig:
         if self.model != "toy" and self.metric != "sensitive" and (self.metric != "sae" or self.sae is None):
             raise ValueError(f"model {self.model!r} has no planted features: use metric 'sensitive', "
                              "or metric 'sae' with --sae DIR")
-        if not _is_number(self.p_value) or not 0 < self.p_value < 1:
+        if not is_number(self.p_value) or not 0 < self.p_value < 1:
             raise ValueError(f"p_value must be in (0, 1), got {self.p_value!r}")
 
     @property
@@ -725,9 +718,6 @@ class TuneConfig:
         keys = ("metric", "multi_objective", "model", "subjects", "toy_input", "sae", "prompts", "hook",
                 "position", "p_value")
         return json.loads(json.dumps({k: getattr(self, k) for k in keys} | {"space": space.to_dict()}))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class StorageError(ValueError):
