@@ -40,7 +40,7 @@ from .configs import Config, check_int, check_number
 from .geometry import directions_from_targets, effective_directions
 from .optima import Discovery
 from .optimize import DiscoverConfig, Refinement, discover, refine
-from .runio import save_json, save_tensors
+from .runio import json_float, save_json, save_tensors, to_jsonable
 from .scan import ScanConfig, scan, step_grid
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class PromptAnalysis:
         for kind in self.effects:
             t = self.threshold(kind)
             out["kinds"][kind] = {"n": int(t.numel()), "median_deg": med(t), "reached": int(torch.isfinite(t).sum()),
-                                  "threshold_deg": [None if not math.isfinite(v) else v for v in t.tolist()]}
+                                  "threshold_deg": [json_float(v) for v in t.tolist()]}
         opt, real = self.threshold("optima"), self.threshold("real-other")
         real_med = med(real)
         out["optima_beating_real_other_median"] = int((opt < real_med).sum()) if real_med is not None else None
@@ -176,7 +176,7 @@ class PromptAnalysis:
                                        "span_norm": self.real_other.span_norm.tolist()}
         if self.refinement is not None:
             r = self.refinement
-            out["refinement"] = {"latents": self.refined_latents.tolist(), **_finite(r.to_dict())}
+            out["refinement"] = {"latents": self.refined_latents.tolist(), **to_jsonable(r.to_dict())}
         out["timings"] = self.timings
         out["points_evaluated_discovery"] = self.discovery.points_evaluated
         return out
@@ -201,11 +201,6 @@ class PromptAnalysis:
         if self.real_other is not None:
             self.real_other.save(directory / "real_other")
         return directory
-
-
-def _finite(d: dict) -> dict:
-    return {k: [None if isinstance(x, float) and not math.isfinite(x) else x for x in v] if isinstance(v, list) else v
-            for k, v in d.items()}
 
 
 @torch.no_grad()

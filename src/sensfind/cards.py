@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .match import Matches
+from .runio import json_float
 from .geometry import perturb
 from .scan import base_output
 
@@ -74,7 +75,7 @@ class FeatureCard:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["threshold_deg"] = None if not math.isfinite(self.threshold_deg) else self.threshold_deg
+        d["threshold_deg"] = json_float(self.threshold_deg)
         return d
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .geometry import effective_directions  # noqa: F401  (re-exported: defined in geometry)
-from .runio import load_json, load_tensors, save_json, save_tensors, to_jsonable
+from .runio import dumps_json, load_json, load_tensors, save_json, save_tensors
 
 __all__ = ["Discovery", "cluster_directions", "distinct_sensitive"]
 
@@ -111,7 +110,7 @@ class Discovery:
         return self.directions.shape[0]
 
     def to_json(self) -> str:
-        return json.dumps(to_jsonable(self._summary()), indent=2, allow_nan=False)
+        return dumps_json(self._summary())
 
     def _summary(self) -> dict:
         return {

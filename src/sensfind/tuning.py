@@ -112,7 +112,7 @@ from .errors import error_boundary
 from .geometry import effective_directions, reject
 from .optima import Discovery, cluster_directions, distinct_sensitive
 from .optimize import DiscoverConfig, NonFiniteOutputError, discover
-from .runio import check_output_dir, write_atomic
+from .runio import check_output_dir, save_json, write_atomic
 from .scan import scan
 from .subjects import Subject
 
@@ -948,12 +948,6 @@ def _study_full(study: optuna.Study, config: TuneConfig) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def _json(obj) -> str:
-    from .runio import to_jsonable
-
-    return json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-
-
 @dataclass
 class TuneResult:
     """A study's trials and best settings.
@@ -1038,13 +1032,13 @@ class TuneResult:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         if self.best_config is not None:
-            write_atomic(out / "best_config.json", _json(self.best_config))
+            save_json(out / "best_config.json", self.best_config)
         if len(self.directions) > 1:
-            write_atomic(out / "pareto.json", _json(self.best))
+            save_json(out / "pareto.json", self.best)
         write_atomic(out / "trials.csv", self._csv())
         write_atomic(out / "summary.md", f"# {self.study_name}\n\n{self.summary()}\n\n{self.table(None)}\n")
-        write_atomic(out / "tune.json", _json({"config": self.config, "settings": self.settings,
-                                                "summary": self.summary(), "counts": self.counts(), "best": self.best}))
+        save_json(out / "tune.json", {"config": self.config, "settings": self.settings, "summary": self.summary(),
+                                      "counts": self.counts(), "best": self.best})
         if study is not None:
             save_plots(study, out, self.metric)
         return out
