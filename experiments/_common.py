@@ -45,17 +45,20 @@ from torch import Tensor
 
 import sensfind as sf
 from sensfind.baselines import cov_stats
-from sensfind.dictionary import DictionaryUnavailableError, load_from_disk, load_pretrained
+from sensfind.dictionary import DictionaryUnavailableError
 from sensfind.models import ModelUnavailableError
 from sensfind.prompts import DatasetUnavailableError
 from sensfind.subjects import MASSIVE_NORM_RATIO
 from sensfind.runio import save_json, staged_dir
+from sensfind.specs import DEFAULT_SAE_RELEASE, load_dictionary_spec, parse_spec
 
 log = logging.getLogger("sensfind.experiments")
 
 TOY = "toy"
 PUBLISHED_MODEL = "gpt2"
-PUBLISHED_SAE_RELEASE = "gpt2-small-res-jb"
+PUBLISHED_SAE_RELEASE = DEFAULT_SAE_RELEASE
+# --sae: kind -> what follows the colon (bare kinds take nothing)
+SAE_SPECS = {"auto": "", "pretrained": "RELEASE/SAE_ID", "disk": "PATH", "corpus": "", "train": "", "none": ""}
 
 # design.md §3: what the anchors report for GPT-2 small, layer 1 -> output, last token, 10-token prompts
 PUBLISHED = {
@@ -345,31 +348,27 @@ def load_dictionary(site: Site, args: argparse.Namespace, spec: str | None = Non
     key = (spec, l1)
     if key in site._dictionaries:
         return site._dictionaries[key]
-    if spec == "none":
+    parsed = parse_spec(spec, SAE_SPECS, "--sae")
+    if parsed.kind == "none":
         return None
-    if spec == "auto":
-        spec = (f"pretrained:{PUBLISHED_SAE_RELEASE}/{site.hook}" if site.name == PUBLISHED_MODEL
-                else "corpus" if site.corpus_train is not None else "train")
-    kind, _, value = spec.partition(":")
+    if parsed.kind == "auto":
+        parsed = parse_spec(f"pretrained:{PUBLISHED_SAE_RELEASE}/{site.hook}" if site.name == PUBLISHED_MODEL
+                            else "corpus" if site.corpus_train is not None else "train", SAE_SPECS, "--sae")
+    kind = parsed.kind
     if kind == "corpus":
         if site.model is None or site.model.tokenizer is None:
             raise ValueError("--sae corpus needs a pretrained model with a tokenizer (e.g. --model smollm2-135m)")
         from sensfind.corpus_sae import CorpusSAEConfig, train_corpus_sae
 
         dic = train_corpus_sae(site.model, CorpusSAEConfig(hook=site.hook))
-    elif kind == "pretrained":
-        release, _, sae_id = value.partition("/")
-        dic = load_pretrained(release, sae_id)
-    elif kind == "disk":
-        dic = load_from_disk(value)
-    elif kind == "train":
+    elif kind in ("pretrained", "disk"):
+        dic = load_dictionary_spec(parsed, site.hook)
+    else:  # train
         acts = site.training_activations(args.sae_train)
         config = sf.TrainSAEConfig(l1_coefficient=l1, epochs=args.sae_epochs, batch_size=min(256, acts.shape[0]))
         hook = None if site.is_toy else site.hook
         dic = sf.train_sae(acts, hook, args.sae_expansion * site.d, config=config, seed=site.seed,
                            cache_dir=args.cache_dir)
-    else:
-        raise ValueError(f"--sae must be auto, pretrained:RELEASE/SAE_ID, disk:PATH, corpus, train or none; got {spec!r}")
     if dic.d != site.d:
         raise ValueError(f"SAE {dic.source!r} has width {dic.d} but the site has width {site.d}")
     if not dic.can_encode:

@@ -77,8 +77,10 @@ def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, s
     from .baselines import isotropic, load_directions
     from .prompts import load_prompts, site_activations
     from .geometry import directions_from_targets
+    from .specs import DIRECTION_KINDS, parse_spec
 
-    kind, _, value = spec.partition(":")
+    parsed = parse_spec(spec, DIRECTION_KINDS, "--directions")
+    kind, value = parsed.kind, parsed.value
     if kind == "random":
         try:
             n = int(value or 16)
@@ -89,17 +91,16 @@ def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, s
         return isotropic(n, subject.d, seed=args.seed), "naive-random"
     if kind == "file":
         return load_directions(value), "file"
-    if kind == "targets":
-        prompts = load_prompts(value or "builtin", model)
-        targets = site_activations(model, prompts, subject.hook, args.position)
-        # real-other means *other* prompts: drop targets identical to the base (the subject's own prompt)
-        same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
-        if same.all():
-            raise CLIError(f"every prompt in {value or 'builtin'!r} gives the base activation itself; give other prompts")
-        if same.any():
-            log.info("dropped %d target prompt(s) identical to the subject's prompt", int(same.sum()))
-        return directions_from_targets(subject.base, targets[~same]), "real-other"
-    raise CLIError(f"--directions must be random:N, file:PATH or targets:PATH|builtin, got {spec!r}")
+    # targets
+    prompts = load_prompts(value or "builtin", model)
+    targets = site_activations(model, prompts, subject.hook, args.position)
+    # real-other means *other* prompts: drop targets identical to the base (the subject's own prompt)
+    same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
+    if same.all():
+        raise CLIError(f"every prompt in {value or 'builtin'!r} gives the base activation itself; give other prompts")
+    if same.any():
+        log.info("dropped %d target prompt(s) identical to the subject's prompt", int(same.sum()))
+    return directions_from_targets(subject.base, targets[~same]), "real-other"
 
 
 def cmd_scan(args) -> int:
@@ -371,52 +372,39 @@ def cmd_discover(args) -> int:
     return 0
 
 
-def check_dictionary_spec(spec: str) -> None:
-    """Refuse a malformed ``--dictionary`` before any work (``load_dictionary`` reads it afterwards)."""
-    kind, _, value = spec.partition(":")
-    if kind not in ("pretrained", "disk", "train"):
-        raise CLIError(f"--dictionary must be pretrained:RELEASE[/SAE_ID], disk:PATH or train:D_SAE, got {spec!r}")
-    if kind == "disk" and not Path(value).is_dir():
-        raise CLIError(f"SAE directory {value!r} does not exist" if not Path(value).exists()
-                       else f"SAE directory {value!r} is not a directory")
-    if kind == "train" and value and (not value.isdigit() or int(value) < 1):
-        raise CLIError(f"--dictionary train:D_SAE needs an integer width >= 1, got {value!r}")
+def check_dictionary_spec(text: str):
+    """Refuse a malformed ``--dictionary`` before any work; the parsed ``Spec``."""
+    from .specs import DICTIONARY_KINDS, check_dictionary_dir, dictionary_width, parse_spec
+
+    spec = parse_spec(text, DICTIONARY_KINDS, "--dictionary")
+    if spec.kind == "disk":
+        check_dictionary_dir(spec.value)
+    if spec.kind == "train":
+        dictionary_width(spec)
+    return spec
 
 
-def load_dictionary(spec: str, subject, model, args):
+def load_dictionary(text: str, subject, model, args):
     """``pretrained:RELEASE[/SAE_ID]`` | ``disk:PATH`` | ``train:D_SAE`` -> Dictionary."""
-    from .dictionary import load_from_disk, load_pretrained, train_sae
+    from .dictionary import train_sae
+    from .specs import dictionary_width, load_dictionary_spec
 
-    kind, _, value = spec.partition(":")
-    if kind == "pretrained":
-        release, _, sae_id = (value or "gpt2-small-res-jb").partition("/")
-        return load_pretrained(release, sae_id or getattr(subject, "hook", "blocks.1.hook_resid_pre"))
-    if kind == "disk":
-        if not Path(value).is_dir():
-            raise CLIError(f"SAE directory {value!r} does not exist")
-        if (Path(value) / "dictionary.json").is_file():  # written by Dictionary.save
-            from .dictionary import Dictionary
+    spec = check_dictionary_spec(text)
+    if spec.kind != "train":
+        return load_dictionary_spec(spec, getattr(subject, "hook", None))
+    d_sae = dictionary_width(spec) or 4 * subject.base.shape[0]
+    if model is None:  # the toy: train on its own inputs
+        acts, hook = subject.model.sample(20000, seed=args.seed + 10).acts, None
+    else:
+        from .prompts import load_prompts, site_activations_all_positions
 
-            return Dictionary.load(value)
-        return load_from_disk(value)
-    if kind == "train":
-        try:
-            d_sae = int(value or 4 * subject.base.shape[0])
-        except ValueError as exc:
-            raise CLIError(f"--dictionary train:D_SAE needs an integer width, got {value!r}") from exc
-        if model is None:  # the toy: train on its own inputs
-            acts, hook = subject.model.sample(20000, seed=args.seed + 10).acts, None
-        else:
-            from .prompts import load_prompts, site_activations_all_positions
+        acts = site_activations_all_positions(model, load_prompts(args.prompts, model), subject.hook)
+        hook = subject.hook
+    from .dictionary import TrainSAEConfig
 
-            acts = site_activations_all_positions(model, load_prompts(args.prompts, model), subject.hook)
-            hook = subject.hook
-        from .dictionary import TrainSAEConfig
-
-        batch = min(256, acts.shape[0])
-        return train_sae(acts, hook, d_sae, seed=args.seed, config=TrainSAEConfig(batch_size=batch),
-                         cache_dir=Path.home() / ".cache" / "sensfind")
-    raise CLIError(f"--dictionary must be pretrained:RELEASE[/SAE_ID], disk:PATH or train:D_SAE, got {spec!r}")
+    batch = min(256, acts.shape[0])
+    return train_sae(acts, hook, d_sae, seed=args.seed, config=TrainSAEConfig(batch_size=batch),
+                     cache_dir=Path.home() / ".cache" / "sensfind")
 
 
 def cmd_compare(args) -> int:

@@ -113,6 +113,7 @@ from .geometry import effective_directions, reject
 from .optima import Discovery, cluster_directions, distinct_sensitive
 from .optimize import DiscoverConfig, NonFiniteOutputError, discover
 from .runio import check_output_dir, save_json, write_atomic
+from .specs import load_dictionary_dir
 from .scan import scan
 from .subjects import Subject
 
@@ -448,15 +449,6 @@ def toy_targets(seeds: Sequence[int], metric: Metric = "reached", input_index: i
     return targets
 
 
-def _load_dictionary(path: str):
-    from .dictionary import Dictionary, load_from_disk
-
-    p = Path(path)
-    if (p / "dictionary.json").is_file():
-        return Dictionary.load(p)
-    return load_from_disk(p)
-
-
 def transformer_targets(
     model_name: str, sae: str | None, prompt_indices: Sequence[int], prompts: str = "builtin",
     hook: str = "blocks.1.hook_resid_pre", position: int = -1, p_value: float = 0.01, seed: int = 0,
@@ -485,7 +477,7 @@ def transformer_targets(
             keep[i] = False
             targets.append(sensitive_target(f"prompt:{i}", subject, acts[keep]))
         return targets
-    dictionary = _load_dictionary(sae)
+    dictionary = load_dictionary_dir(sae)
     check_compatible(dictionary, model.cfg.d_model, hook)
     targets = []
     for i in prompt_indices:
