@@ -32,7 +32,6 @@ import argparse
 import logging
 import math
 import platform
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from torch import Tensor
 
 import sensfind as sf
 from sensfind.baselines import cov_stats
+from sensfind.corpus_sae import massive_mask, window_activations
 from sensfind.dictionary import DictionaryUnavailableError
 from sensfind.models import ModelUnavailableError
 from sensfind.prompts import DatasetUnavailableError
@@ -136,11 +136,6 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 
 # -- the site ------------------------------------------------------------------------------------------
-def _hook_layer(hook: str) -> int | None:
-    m = re.match(r"^blocks\.(\d+)\.", hook)
-    return int(m.group(1)) if m else None
-
-
 @torch.no_grad()
 def collect_activations(model, tokens: Tensor, hook: str, position: int | None = -1, batch: int = 128) -> Tensor:
     """Activations at ``hook`` for equal-length prompts ``tokens [N, T]``: ``[N, d]`` at ``position``,
@@ -148,31 +143,9 @@ def collect_activations(model, tokens: Tensor, hook: str, position: int | None =
     hook's block."""
     out = []
     for chunk in tokens.split(batch):
-        acts = window_activations(model, chunk, hook, batch=len(chunk))  # [n, T, d]
+        acts = window_activations(model, chunk, hook, batch_size=len(chunk))  # [n, T, d]
         out.append(acts[:, 1:].reshape(-1, acts.shape[-1]) if position is None else acts[:, position])
     return torch.cat(out)
-
-
-@torch.no_grad()
-def window_activations(model, tokens: Tensor, hook: str, batch: int = 64) -> Tensor:
-    """Activations ``[N, T, d]`` at ``hook`` at every position of equal-length windows ``tokens [N, T]``."""
-    if hook not in model.hook_dict:
-        raise ValueError(f"unknown hook {hook!r}; this model has e.g. blocks.L.hook_resid_pre, L < {model.cfg.n_layers}")
-    layer = _hook_layer(hook)
-    stop = None if layer is None or layer + 1 >= model.cfg.n_layers else layer + 1
-    out = []
-    for chunk in tokens.split(batch):
-        _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=hook, stop_at_layer=stop)
-        out.append(cache[hook].float().cpu())
-    return torch.cat(out)
-
-
-def massive_mask(norms: Tensor) -> Tensor:
-    """``[N, T]`` bool: positions whose norm exceeds ``MASSIVE_NORM_RATIO`` times the median norm of the
-    window's other positions (``norms [N, T]``), the rule ``TransformerSubject`` warns with."""
-    n, t = norms.shape
-    others = norms[:, None, :].expand(n, t, t)[:, ~torch.eye(t, dtype=torch.bool)].reshape(n, t, t - 1)
-    return norms > MASSIVE_NORM_RATIO * others.median(dim=-1).values
 
 
 @dataclass

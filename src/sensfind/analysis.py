@@ -23,7 +23,6 @@ The SAE for a model without a hub dictionary is ``corpus_sae.train_corpus_sae``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from torch import Tensor
 
 from .baselines import cov_random_targets, cov_stats, isotropic
 from .compare import project_dictionary
-from .corpus_sae import site_activations
+from .corpus_sae import massive_mask, window_activations
 from .dictionary import Dictionary
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from .configs import Config, check_int, check_number
@@ -300,7 +299,5 @@ def massive_last_token(model, windows: Tensor, hook: str, ratio: float | None = 
     """``[W]`` bool: the last token's activation at ``hook`` is a massive activation (norm above ``ratio``
     times the median norm of the window's other positions), the test ``TransformerSubject`` applies to its
     base, for many windows in one batch."""
-    from .subjects import MASSIVE_NORM_RATIO
-
-    norms = site_activations(model, windows, hook, max_norm_ratio=math.inf, exclude_first=False).norms  # [W, L]
-    return norms[:, -1] > (ratio or MASSIVE_NORM_RATIO) * norms[:, :-1].median(dim=1).values
+    norms = window_activations(model, windows, hook).norm(dim=-1)  # [W, L]
+    return massive_mask(norms, ratio)[:, -1]

@@ -117,7 +117,7 @@ def token_changes_batch(subject, directions: Tensor, angles_deg, tokenizer=None,
 def top_contexts(direction: Tensor, acts: Tensor, index: Tensor, tokens: Tensor, tokenizer=None, k: int = 6,
                  mean: Tensor | None = None, left: int = 12, right: int = 3) -> list:
     """The ``k`` corpus positions whose activation ``acts [M, d]`` (at (window, position) ``index [M, 2]``
-    of windows ``tokens [W, L]``; massive activations already left out, see ``corpus_sae.site_activations``)
+    of windows ``tokens [W, L]``; massive activations already left out, see ``corpus_sae.clean_activations``)
     projects most strongly on ``direction`` after subtracting ``mean`` (the activations' mean by default),
     each with ``left`` tokens before it and ``right`` after."""
     u = direction.to(torch.float32).cpu()

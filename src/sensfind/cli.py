@@ -75,7 +75,7 @@ def site_config(args) -> dict:
 def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, str]:
     """``random:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions [R, d], kind)."""
     from .baselines import isotropic, load_directions
-    from .prompts import load_prompts, site_activations
+    from .prompts import load_prompts, prompt_activations
     from .geometry import directions_from_targets
     from .specs import DIRECTION_KINDS, parse_spec
 
@@ -93,7 +93,7 @@ def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, s
         return load_directions(value), "file"
     # targets
     prompts = load_prompts(value or "builtin", model)
-    targets = site_activations(model, prompts, subject.hook, args.position)
+    targets = prompt_activations(model, prompts, subject.hook, args.position)
     # real-other means *other* prompts: drop targets identical to the base (the subject's own prompt)
     same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
     if same.all():
@@ -210,10 +210,10 @@ def build_discovery_subject(args):
         toy = ToyModel(ToyConfig(seed=args.seed))
         subject = toy.subject(args.input)
         return subject, None, subject.real_others(256, seed=args.seed + 1)
-    from .prompts import load_prompts, site_activations
+    from .prompts import load_prompts, prompt_activations
 
     model, subject = build_subject(args)
-    others = site_activations(model, load_prompts(args.prompts, model), subject.hook, args.position)
+    others = prompt_activations(model, load_prompts(args.prompts, model), subject.hook, args.position)
     keep = (others - subject.base).norm(dim=1) > 1e-6 * subject.base.norm()
     return subject, model, others[keep]
 

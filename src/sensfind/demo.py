@@ -23,7 +23,7 @@ import torch
 from .analysis import AnalysisConfig, analyse_prompt, massive_last_token
 from .compare import CompareConfig, compare
 from .configs import Config, check_int
-from .corpus_sae import CorpusSAEConfig, site_activations, train_corpus_sae
+from .corpus_sae import CorpusSAEConfig, clean_activations, train_corpus_sae
 from .dictionary import Dictionary, TrainSAEConfig, train_sae
 from .prompts import load_corpus, resolve_cache_dir
 from .optimize import DiscoverConfig, discover
@@ -246,13 +246,13 @@ def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(),
         prompt, skipped = pick_prompt(model, config, corpus)
         subject = TransformerSubject(model, prompt, hook=config.hook, chunk_size=1024)  # few large calls
         other_windows = corpus.windows(config.n_others + 1, config.prompt_length, seed=config.seed + 7, split="test")
-        from .prompts import site_activations as last_token_activations
+        from .prompts import prompt_activations
 
-        others = last_token_activations(model, [w.tolist() for w in other_windows if w.tolist() != prompt][: config.n_others],
-                                  config.hook)
+        others = prompt_activations(model, [w.tolist() for w in other_windows if w.tolist() != prompt][: config.n_others],
+                                    config.hook)
         ctx_tokens = corpus.windows(config.context_windows, config.context_length, seed=config.seed + 2, split="train")
         _say(progress, f"activations of {config.context_windows} context windows and {len(others)} real-other prompts")
-        contexts = site_activations(model, ctx_tokens, config.hook, config.sae.max_norm_ratio, config.sae.exclude_first)
+        contexts = clean_activations(model, ctx_tokens, config.hook, config.sae.max_norm_ratio, config.sae.exclude_first)
         pool = contexts.acts
         timings["activations_seconds"] = time.perf_counter() - t
         a = config.analysis

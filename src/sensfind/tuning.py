@@ -460,7 +460,7 @@ def transformer_targets(
     from .dictionary import check_compatible
     from .match import match_directions
     from .models import load_model
-    from .prompts import load_prompts, site_activations
+    from .prompts import load_prompts, prompt_activations
     from .subjects import TransformerSubject
 
     model = load_model(model_name, seed=seed)
@@ -469,7 +469,7 @@ def transformer_targets(
         if not 0 <= i < len(texts):
             raise ValueError(f"prompt index {i} is out of range; {prompts!r} holds {len(texts)} prompts")
     if metric == "sensitive":
-        acts = site_activations(model, texts, hook, position)
+        acts = prompt_activations(model, texts, hook, position)
         targets = []
         for i in prompt_indices:
             subject = TransformerSubject(model, texts[i], hook=hook, position=position)
