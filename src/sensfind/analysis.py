@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .baselines import cov_random_targets, cov_stats, isotropic
-from .compare import project_dictionary
+from .compare import project_dictionary, signed_rows
 from .corpus_sae import massive_mask, window_activations
 from .dictionary import Dictionary
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
@@ -202,19 +202,6 @@ class PromptAnalysis:
         return directory
 
 
-@torch.no_grad()
-def _signed_rows(subject, rows: Tensor, config: ScanConfig) -> tuple[Tensor, Tensor]:
-    """Each row with the sign that blows up earlier, and its effect curve: ``([R, d], [R, S])``."""
-    if rows.shape[0] == 0:
-        return rows, torch.empty(0, config.steps, dtype=subject.base.dtype)
-    s = scan(subject, torch.cat([rows, -rows]), config)
-    t = s.threshold.view(2, -1)
-    e = s.effects.view(2, rows.shape[0], -1)
-    neg = t[1] < t[0]
-    signed = torch.where(neg[:, None], -rows, rows)
-    return signed, torch.where(neg[:, None], e[1], e[0])
-
-
 def analyse_prompt(
     subject,
     dictionary: Dictionary,
@@ -262,7 +249,8 @@ def analyse_prompt(
         latents = {"SAE active": active, "SAE inactive": inactive}
         for kind, ids in latents.items():
             rows = effective_directions(dictionary.decoder[ids].to(base.dtype), base, "sphere")
-            dirs[kind], eff[kind] = _signed_rows(subject, rows, cfg)
+            signed = signed_rows(subject, rows, cfg)
+            dirs[kind], eff[kind] = signed.rows, signed.effects
     timings["scan_seconds"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -36,7 +36,7 @@ from .scan import ScanConfig, scan
 from .subjects import Subject
 
 __all__ = ["CompareConfig", "Comparison", "DictionarySensitivity", "compare", "dictionary_sensitivity",
-           "project_dictionary", "latents_to_probe"]
+           "project_dictionary", "latents_to_probe", "SignedRows", "signed_rows"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,31 @@ def latents_to_probe(subject: Subject, dictionary: Dictionary, matched: Tensor |
     return groups
 
 
+class SignedRows(NamedTuple):
+    """Rows with the sign that blows up earlier (``rows [R, d]``, ``sign [R]`` of ±1), their threshold
+    angles ``[R]`` (inf if not reached) and effect curves ``[R, S]``."""
+
+    rows: Tensor
+    sign: Tensor
+    threshold: Tensor
+    effects: Tensor
+
+
+@torch.no_grad()
+def signed_rows(subject: Subject, rows: Tensor, config: ScanConfig) -> SignedRows:
+    """Scan each row ``[R, d]`` and its negative; keep the sign whose threshold angle is smaller."""
+    if rows.shape[0] == 0:
+        empty = torch.empty(0, dtype=torch.float64)
+        return SignedRows(rows, torch.empty(0, dtype=torch.long), empty,
+                          torch.empty(0, config.steps, dtype=subject.base.dtype))
+    s = scan(subject, torch.cat([rows, -rows]), config)
+    both = s.threshold.view(2, -1)
+    effects = s.effects.view(2, rows.shape[0], -1)
+    neg = both[1] < both[0]
+    return SignedRows(torch.where(neg[:, None], -rows, rows), torch.where(neg, -1, 1), torch.where(neg, both[1], both[0]),
+                      torch.where(neg[:, None], effects[1], effects[0]))
+
+
 @torch.no_grad()
 def dictionary_sensitivity(
     subject: Subject, dictionary: Dictionary, groups: dict, others: Tensor | None = None,
@@ -165,11 +190,7 @@ def dictionary_sensitivity(
         return DictionarySensitivity(latents, latents.clone(), empty, torch.empty(0, config.probes, dtype=torch.float64),
                                      torch.empty(0, dtype=torch.bool), rand, real, groups)
     rows = effective_directions(dictionary.decoder[latents].to(base.dtype), base, "sphere")
-    both = scan(subject, torch.cat([rows, -rows]), cfg).threshold.view(2, -1)
-    neg_better = both[1] < both[0]
-    sign = torch.where(neg_better, -1, 1)
-    blowup = torch.where(neg_better, both[1], both[0])
-    signed = rows * sign[:, None].to(rows.dtype)
+    signed, sign, blowup, _ = signed_rows(subject, rows, cfg)
     rot = tangent_rotations(signed, base, config.probes, config.probe_deg, config.seed + 3)
     probe = scan(subject, rot.reshape(-1, rot.shape[-1]), cfg).threshold.view(len(ids), config.probes)
     local = (probe >= blowup[:, None]).all(dim=1) & torch.isfinite(blowup)
