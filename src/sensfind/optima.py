@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .geometry import effective_directions  # noqa: F401  (re-exported: defined in geometry)
 from .runio import dumps_json, load_json, load_tensors, save_json, save_tensors
 
 __all__ = ["Discovery", "cluster_directions", "distinct_sensitive"]
