@@ -84,3 +84,20 @@ def test_discover_config_file_with_an_unknown_key_is_one_line(tmp_path, capsys):
     assert err.startswith("sensfind: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert "unknown DiscoverConfig field(s) ['restart']; allowed: [" in err and "'restarts'" in err and str(cfg) in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command, cls", [("discover", DiscoverConfig), ("compare", CompareConfig)])
+def test_help_lists_every_field_with_its_doc_and_choices(command, cls, capsys):
+    from sensfind.configs import field_choices, field_docs
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    docs, choices = field_docs(cls), field_choices(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "seed":  # --seed is the site's (it seeds the restarts too)
+            continue
+        assert f"--{f.name.replace('_', '-')}" in text
+        assert " ".join(docs[f.name].split()[:4]) in text, f.name
+        if f.name in choices:
+            assert f"one of {', '.join(choices[f.name])};" in text

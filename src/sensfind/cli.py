@@ -144,7 +144,12 @@ def cmd_scan(args) -> int:
 
 
 def add_config_args(p: argparse.ArgumentParser, cls, skip=()) -> None:
-    """One flag per dataclass field (``--field-name``), defaulting to None = the dataclass default."""
+    """One flag per dataclass field (``--field-name``), defaulting to None = the dataclass default. The
+    help text is the field's doc from the class docstring, its allowed values (``Literal`` fields; the
+    config checks them, so a bad value gets the config's one-line message) and its default."""
+    from .configs import field_choices, field_docs
+
+    docs, choices = field_docs(cls), field_choices(cls)
     g = p.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -152,10 +157,13 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip=()) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         kind = type(default) if default is not None else (int if str(f.type).startswith("int") else float)
+        allowed = f"one of {', '.join(map(str, choices[f.name]))}; " if f.name in choices else ""
+        shown = str(default).lower() if kind is bool else default
+        text = (docs.get(f.name, "") + f" [{allowed}default {shown}]").strip().replace("%", "%%")
         if kind is bool:
-            g.add_argument(flag, choices=["true", "false"], default=None, help=f"default {str(default).lower()}")
+            g.add_argument(flag, choices=["true", "false"], default=None, help=text)
         else:
-            g.add_argument(flag, type=kind if kind in (int, float) else str, default=None, help=f"default {default}")
+            g.add_argument(flag, type=kind if kind in (int, float) else str, default=None, help=text)
 
 
 def config_from_args(cls, args, base: dict | None = None, source: str = "the flags"):

@@ -55,6 +55,8 @@ class CompareConfig(Config):
         probes, probe_deg: rotations of each row by ``probe_deg`` degrees in random directions used to
             test whether the row is a local optimum of the threshold angle.
         scan_steps, stop: the fine scan used for every threshold angle here (0..stop degrees).
+        tau: effect threshold of the threshold angle (nats for ``kl``).
+        effect: ``kl`` (next-token KL, nats), ``l2`` or ``cos`` (distance of output vectors).
         refine_iterations: discovery iterations when refining from decoder rows (0: no refinement).
         seed: seeds nulls, samples and probes.
     """

@@ -9,14 +9,16 @@ nested config fields (``DemoConfig.compare``) from dicts.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 import typing
 from typing import Any, Iterable, TypeVar
 
 import numpy as np
 
-__all__ = ["Config", "check_bool", "check_choice", "check_int", "check_number", "config_from_dict", "is_int",
-           "is_number", "unknown_keys_error"]
+__all__ = ["Config", "check_bool", "check_choice", "check_int", "check_number", "config_from_dict", "field_choices",
+           "field_docs", "is_int", "is_number", "unknown_keys_error"]
 
 C = TypeVar("C")
 
@@ -90,6 +92,45 @@ def config_from_dict(cls: type[C], d: dict) -> C:
             v = config_from_dict(sub, v)
         values[key] = v
     return cls(**values)
+
+
+_ENTRY = re.compile(r"^(\s+)([a-z_][a-z0-9_]*(?:, [a-z_][a-z0-9_]*)*):\s+(.*)$")
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each field's description from the class docstring's ``name: text`` entries (``a, b: text``
+    documents both; deeper-indented lines continue an entry), on one line."""
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    indent = -1
+    for line in (inspect.getdoc(cls) or "").splitlines():
+        m = _ENTRY.match(line)
+        if m and (not names or len(m.group(1)) <= indent):
+            names, indent = m.group(2).split(", "), len(m.group(1))
+            for n in names:
+                docs[n] = m.group(3).strip()
+        elif names and line.strip() and len(line) - len(line.lstrip()) > indent:
+            for n in names:
+                docs[n] += " " + line.strip()
+        else:
+            names, indent = [], -1
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in docs.items() if k in fields}
+
+
+def field_choices(cls) -> dict[str, tuple]:
+    """The allowed values of each field typed ``Literal[...]`` (or ``Literal[...] | None``)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return {}
+    out = {}
+    for name, hint in hints.items():
+        args = [hint] if typing.get_origin(hint) is typing.Literal else list(typing.get_args(hint))
+        for a in args:
+            if typing.get_origin(a) is typing.Literal:
+                out[name] = typing.get_args(a)
+    return out
 
 
 class Config:
