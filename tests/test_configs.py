@@ -86,7 +86,7 @@ def test_discover_config_file_with_an_unknown_key_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("command, cls", [("discover", DiscoverConfig), ("compare", CompareConfig)])
+@pytest.mark.parametrize("command, cls", [("scan", ScanConfig), ("discover", DiscoverConfig), ("compare", CompareConfig)])
 def test_help_lists_every_field_with_its_doc_and_choices(command, cls, capsys):
     from sensfind.configs import field_choices, field_docs
 

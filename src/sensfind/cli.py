@@ -111,8 +111,7 @@ def cmd_scan(args) -> int:
     if args.model == "toy":
         raise CLIError("--model toy is the ground-truth toy for discover and compare only; scan needs a transformer "
                        "(random:gpt2, random:tiny, or a pretrained name such as gpt2)")
-    config = ScanConfig(mode=args.mode, start=args.start, stop=args.stop, steps=args.steps,
-                        effect=args.effect, tau=args.tau, scale=args.scale)
+    config = config_from_args(ScanConfig, args)
     out = Path(args.out) if args.out else Path("runs") / f"scan-{time.strftime('%Y%m%d-%H%M%S')}"
     with staged_dir(out, overwrite=args.overwrite) as tmp:
         model, subject = build_subject(args)
@@ -496,6 +495,7 @@ class _Runner:
 def build_parser() -> argparse.ArgumentParser:
     from .compare import CompareConfig
     from .optimize import DiscoverConfig
+    from .scan import ScanConfig
 
     parser = argparse.ArgumentParser(prog="sensfind", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
@@ -507,16 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--directions", default="random:16",
                    help="random:N (isotropic), file:PATH (.safetensors/.pt/.npy [R, d]), targets:builtin or "
                         "targets:PATH (directions towards other prompts' activations). Default random:16")
-    g.add_argument("--mode", choices=["sphere", "straight"], default="sphere")
-    g.add_argument("--start", type=float, default=None, help="first step (default 0)")
-    g.add_argument("--stop", type=float, default=None, help="last step (default 180 deg sphere, 1 straight)")
-    g.add_argument("--steps", type=int, default=91, help="number of scan points (>= 2)")
-    g.add_argument("--effect", choices=["kl", "l2", "cos"], default="kl")
-    g.add_argument("--tau", type=float, default=0.5, help="threshold on the effect (nats for kl)")
-    g.add_argument("--scale", choices=["relative", "absolute"], default="relative", help="straight mode step units")
     g.add_argument("--path", choices=["fast", "reference"], default="fast", help="fast path or full forward")
     g.add_argument("--out", default=None, help="results directory (default runs/scan-TIMESTAMP)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty results directory")
+    add_config_args(p, ScanConfig)
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("discover", help="optimise directions for sensitivity (restarts on the sphere)")
