@@ -57,6 +57,7 @@ log = logging.getLogger("sensfind.experiments")
 TOY = "toy"
 PUBLISHED_MODEL = "gpt2"
 PUBLISHED_SAE_RELEASE = DEFAULT_SAE_RELEASE
+TRAIN_SEED_OFFSET = 7001  # SAE-training data is drawn apart from the bases and targets of the same seed
 # --sae: kind -> what follows the colon (bare kinds take nothing)
 SAE_SPECS = {"auto": "", "pretrained": "RELEASE/SAE_ID", "disk": "PATH", "corpus": "", "train": "", "none": ""}
 
@@ -198,10 +199,10 @@ class Site:
     def training_activations(self, n: int) -> Tensor:
         """Activations of the pool's kind to train a local SAE on (``[n, d]``, drawn with a fixed seed)."""
         if self.toy is not None:
-            return self.toy.sample(n, seed=self.seed + 7001).acts.float()
+            return self.toy.sample(n, seed=self.seed + TRAIN_SEED_OFFSET).acts.float()
         if self.name.startswith("random:"):
             t = len(self.prompts[0])
-            g = torch.Generator().manual_seed(self.seed + 7001)
+            g = torch.Generator().manual_seed(self.seed + TRAIN_SEED_OFFSET)
             tokens = torch.randint(self.model.cfg.d_vocab, (math.ceil(n / (t - 1)), t), generator=g)
             return collect_activations(self.model, tokens, self.hook, position=None)[:n]
         if self.corpus_train is not None:
@@ -258,7 +259,7 @@ def _corpus_train_sampler(args: argparse.Namespace, model) -> Callable[[int], Te
     from sensfind.prompts import text_windows
 
     def sample(n: int) -> Tensor:
-        return torch.tensor(text_windows(model, n, args.seq_len + 1, seed=args.seed + 7001, source="corpus",
+        return torch.tensor(text_windows(model, n, args.seq_len + 1, seed=args.seed + TRAIN_SEED_OFFSET, source="corpus",
                                          split="train").tokens)
 
     sample.length = args.seq_len + 1

@@ -21,6 +21,7 @@ from .errors import InputFileError, SensfindError, error_boundary
 log = logging.getLogger("sensfind")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+RANDOM_BASELINE_SEED_OFFSET = 7919  # the isotropic baseline of `discover` draws apart from the restarts
 
 
 class CLIError(SensfindError, ValueError):
@@ -344,7 +345,8 @@ def cmd_discover(args) -> int:
         plot_history(tmp / "objective.png", found.history)
         with torch.no_grad():
             final_cfg = config.final_scan_config
-            random_dirs = isotropic(args.random_baseline, subject.base.shape[0], seed=args.seed + 7919,
+            random_dirs = isotropic(args.random_baseline, subject.base.shape[0],
+                                    seed=args.seed + RANDOM_BASELINE_SEED_OFFSET,
                                     dtype=subject.base.dtype)
             rand = scan(subject, random_dirs, final_cfg)
             opt = scan(subject, found.directions, final_cfg)
