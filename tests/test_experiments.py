@@ -166,7 +166,7 @@ def test_published_configuration_runs_with_stand_ins(tmp_path, cache, monkeypatc
     sae = sf.train_sae(acts, "blocks.1.hook_resid_pre", 128, config=sf.TrainSAEConfig(epochs=2), cache_dir=cache)
     requested = []
     monkeypatch.setattr(sf, "load_model", lambda name, seed=0: model)
-    monkeypatch.setattr(_common, "load_pretrained", lambda release, sae_id: requested.append((release, sae_id)) or sae)
+    monkeypatch.setattr(sf.dictionary, "load_pretrained", lambda release, sae_id: requested.append((release, sae_id)) or sae)
     out = run("sensitive_directions", tmp_path / "sd", cache, "--model", "gpt2", "--n-pool", "40",
               "--kinds", "real-other,cov-random,synthetic-structured")
     assert requested == [("gpt2-small-res-jb", "blocks.1.hook_resid_pre")]
