@@ -68,9 +68,9 @@ class AnalysisConfig(Config):
         seed: seeds discovery, baselines and samples.
     """
 
-    max_points: int | None = 12_000
-    restarts: int = 32
-    iterations: int = 35
+    max_points: int | None = 6_000
+    restarts: int = 16
+    iterations: int = 25
     scan_steps: int = 16
     lr: float = 0.1
     n_random: int = 16

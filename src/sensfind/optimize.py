@@ -43,7 +43,7 @@ from .blowup import check_tau, check_temperature, threshold_index, threshold_val
 from .configs import Config, check_bool, check_int, check_number
 from .effects import get_effect
 from .errors import CheckpointError
-from .objective import adaptive_grid, sensitivity_objective
+from .objective import adaptive_grid, flushed_subnormals, sensitivity_objective
 from .geometry import check_directions, effective_directions
 from .optima import Discovery, cluster_directions
 from .scan import ScanConfig, scan
@@ -309,6 +309,7 @@ class _Bar:
         self.bar.close()
 
 
+@flushed_subnormals()
 def discover(
     subject: Subject,
     config: DiscoverConfig = DiscoverConfig(),
