@@ -32,7 +32,6 @@ import argparse
 import logging
 import math
 import platform
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,17 +44,22 @@ from torch import Tensor
 
 import sensfind as sf
 from sensfind.baselines import cov_stats
-from sensfind.dictionary import DictionaryUnavailableError, load_from_disk, load_pretrained
+from sensfind.corpus_sae import massive_mask, window_activations
+from sensfind.dictionary import DictionaryUnavailableError
 from sensfind.models import ModelUnavailableError
 from sensfind.prompts import DatasetUnavailableError
 from sensfind.subjects import MASSIVE_NORM_RATIO
 from sensfind.runio import save_json, staged_dir
+from sensfind.specs import DEFAULT_SAE_RELEASE, load_dictionary_spec, parse_spec
 
 log = logging.getLogger("sensfind.experiments")
 
 TOY = "toy"
 PUBLISHED_MODEL = "gpt2"
-PUBLISHED_SAE_RELEASE = "gpt2-small-res-jb"
+PUBLISHED_SAE_RELEASE = DEFAULT_SAE_RELEASE
+TRAIN_SEED_OFFSET = 7001  # SAE-training data is drawn apart from the bases and targets of the same seed
+# --sae: kind -> what follows the colon (bare kinds take nothing)
+SAE_SPECS = {"auto": "", "pretrained": "RELEASE/SAE_ID", "disk": "PATH", "corpus": "", "train": "", "none": ""}
 
 # design.md §3: what the anchors report for GPT-2 small, layer 1 -> output, last token, 10-token prompts
 PUBLISHED = {
@@ -133,11 +137,6 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 
 # -- the site ------------------------------------------------------------------------------------------
-def _hook_layer(hook: str) -> int | None:
-    m = re.match(r"^blocks\.(\d+)\.", hook)
-    return int(m.group(1)) if m else None
-
-
 @torch.no_grad()
 def collect_activations(model, tokens: Tensor, hook: str, position: int | None = -1, batch: int = 128) -> Tensor:
     """Activations at ``hook`` for equal-length prompts ``tokens [N, T]``: ``[N, d]`` at ``position``,
@@ -145,31 +144,9 @@ def collect_activations(model, tokens: Tensor, hook: str, position: int | None =
     hook's block."""
     out = []
     for chunk in tokens.split(batch):
-        acts = window_activations(model, chunk, hook, batch=len(chunk))  # [n, T, d]
+        acts = window_activations(model, chunk, hook, batch_size=len(chunk))  # [n, T, d]
         out.append(acts[:, 1:].reshape(-1, acts.shape[-1]) if position is None else acts[:, position])
     return torch.cat(out)
-
-
-@torch.no_grad()
-def window_activations(model, tokens: Tensor, hook: str, batch: int = 64) -> Tensor:
-    """Activations ``[N, T, d]`` at ``hook`` at every position of equal-length windows ``tokens [N, T]``."""
-    if hook not in model.hook_dict:
-        raise ValueError(f"unknown hook {hook!r}; this model has e.g. blocks.L.hook_resid_pre, L < {model.cfg.n_layers}")
-    layer = _hook_layer(hook)
-    stop = None if layer is None or layer + 1 >= model.cfg.n_layers else layer + 1
-    out = []
-    for chunk in tokens.split(batch):
-        _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=hook, stop_at_layer=stop)
-        out.append(cache[hook].float().cpu())
-    return torch.cat(out)
-
-
-def massive_mask(norms: Tensor) -> Tensor:
-    """``[N, T]`` bool: positions whose norm exceeds ``MASSIVE_NORM_RATIO`` times the median norm of the
-    window's other positions (``norms [N, T]``), the rule ``TransformerSubject`` warns with."""
-    n, t = norms.shape
-    others = norms[:, None, :].expand(n, t, t)[:, ~torch.eye(t, dtype=torch.bool)].reshape(n, t, t - 1)
-    return norms > MASSIVE_NORM_RATIO * others.median(dim=-1).values
 
 
 @dataclass
@@ -222,10 +199,10 @@ class Site:
     def training_activations(self, n: int) -> Tensor:
         """Activations of the pool's kind to train a local SAE on (``[n, d]``, drawn with a fixed seed)."""
         if self.toy is not None:
-            return self.toy.sample(n, seed=self.seed + 7001).acts.float()
+            return self.toy.sample(n, seed=self.seed + TRAIN_SEED_OFFSET).acts.float()
         if self.name.startswith("random:"):
             t = len(self.prompts[0])
-            g = torch.Generator().manual_seed(self.seed + 7001)
+            g = torch.Generator().manual_seed(self.seed + TRAIN_SEED_OFFSET)
             tokens = torch.randint(self.model.cfg.d_vocab, (math.ceil(n / (t - 1)), t), generator=g)
             return collect_activations(self.model, tokens, self.hook, position=None)[:n]
         if self.corpus_train is not None:
@@ -282,7 +259,7 @@ def _corpus_train_sampler(args: argparse.Namespace, model) -> Callable[[int], Te
     from sensfind.prompts import text_windows
 
     def sample(n: int) -> Tensor:
-        return torch.tensor(text_windows(model, n, args.seq_len + 1, seed=args.seed + 7001, source="corpus",
+        return torch.tensor(text_windows(model, n, args.seq_len + 1, seed=args.seed + TRAIN_SEED_OFFSET, source="corpus",
                                          split="train").tokens)
 
     sample.length = args.seq_len + 1
@@ -345,31 +322,27 @@ def load_dictionary(site: Site, args: argparse.Namespace, spec: str | None = Non
     key = (spec, l1)
     if key in site._dictionaries:
         return site._dictionaries[key]
-    if spec == "none":
+    parsed = parse_spec(spec, SAE_SPECS, "--sae")
+    if parsed.kind == "none":
         return None
-    if spec == "auto":
-        spec = (f"pretrained:{PUBLISHED_SAE_RELEASE}/{site.hook}" if site.name == PUBLISHED_MODEL
-                else "corpus" if site.corpus_train is not None else "train")
-    kind, _, value = spec.partition(":")
+    if parsed.kind == "auto":
+        parsed = parse_spec(f"pretrained:{PUBLISHED_SAE_RELEASE}/{site.hook}" if site.name == PUBLISHED_MODEL
+                            else "corpus" if site.corpus_train is not None else "train", SAE_SPECS, "--sae")
+    kind = parsed.kind
     if kind == "corpus":
         if site.model is None or site.model.tokenizer is None:
             raise ValueError("--sae corpus needs a pretrained model with a tokenizer (e.g. --model smollm2-135m)")
         from sensfind.corpus_sae import CorpusSAEConfig, train_corpus_sae
 
         dic = train_corpus_sae(site.model, CorpusSAEConfig(hook=site.hook))
-    elif kind == "pretrained":
-        release, _, sae_id = value.partition("/")
-        dic = load_pretrained(release, sae_id)
-    elif kind == "disk":
-        dic = load_from_disk(value)
-    elif kind == "train":
+    elif kind in ("pretrained", "disk"):
+        dic = load_dictionary_spec(parsed, site.hook)
+    else:  # train
         acts = site.training_activations(args.sae_train)
         config = sf.TrainSAEConfig(l1_coefficient=l1, epochs=args.sae_epochs, batch_size=min(256, acts.shape[0]))
         hook = None if site.is_toy else site.hook
         dic = sf.train_sae(acts, hook, args.sae_expansion * site.d, config=config, seed=site.seed,
                            cache_dir=args.cache_dir)
-    else:
-        raise ValueError(f"--sae must be auto, pretrained:RELEASE/SAE_ID, disk:PATH, corpus, train or none; got {spec!r}")
     if dic.d != site.d:
         raise ValueError(f"SAE {dic.source!r} has width {dic.d} but the site has width {site.d}")
     if not dic.can_encode:

@@ -31,10 +31,10 @@ import torch
 
 import sensfind as sf
 from sensfind.analysis import KINDS, AnalysisConfig, analyse_prompt, massive_last_token
-from sensfind.corpus_sae import site_activations, train_corpus_sae
+from sensfind.corpus_sae import clean_activations, train_corpus_sae
 from sensfind.demo import ModelDemoConfig
 from sensfind.prompts import load_corpus
-from sensfind.prompts import site_activations as last_token_activations
+from sensfind.prompts import prompt_activations as last_token_activations
 from sensfind.runio import save_json
 
 log = logging.getLogger("central")
@@ -84,7 +84,7 @@ def contexts(model, corpus, demo: ModelDemoConfig):
     """The demo's context windows and their activations at the site, massive ones excluded (the
     covariance pool and the cards' top contexts)."""
     tokens = corpus.windows(demo.context_windows, demo.context_length, seed=demo.seed + 2, split="train")
-    return tokens, site_activations(model, tokens, demo.hook, demo.sae.max_norm_ratio, demo.sae.exclude_first)
+    return tokens, clean_activations(model, tokens, demo.hook, demo.sae.max_norm_ratio, demo.sae.exclude_first)
 
 
 def run(args) -> None:

@@ -23,8 +23,8 @@ import torch
 
 import sensfind as sf
 from sensfind.optimize import DiscoverConfig
-from sensfind.prompts import load_prompts, site_activations
-from sensfind.scan import directions_from_targets
+from sensfind.prompts import load_prompts, prompt_activations
+from sensfind.geometry import directions_from_targets
 
 
 def score(run: Path, prompts: str, max_cos: float = 0.5) -> dict:
@@ -35,7 +35,7 @@ def score(run: Path, prompts: str, max_cos: float = 0.5) -> dict:
     prompt = [int(t) for t in site["tokens"].split(",")] if site.get("tokens") else site["prompt"]
     position = -1 if site.get("position") is None else site["position"]
     subject = sf.TransformerSubject(model, prompt, hook=site["hook"], position=position)
-    targets = site_activations(model, load_prompts(prompts, model), site["hook"], position)
+    targets = prompt_activations(model, load_prompts(prompts, model), site["hook"], position)
     same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
     with torch.no_grad():
         real = sf.scan(subject, directions_from_targets(subject.base, targets[~same]), dconf.final_scan_config).threshold

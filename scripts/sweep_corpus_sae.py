@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import sensfind as sf
-from sensfind.corpus_sae import CorpusSAEConfig, sae_quality, site_activations
+from sensfind.corpus_sae import CorpusSAEConfig, clean_activations, sae_quality
 from sensfind.prompts import load_corpus
 
 GRID = [  # (expansion, architecture, l1_coefficient, k)
@@ -42,7 +42,7 @@ def main() -> None:
     base = CorpusSAEConfig(n_windows=args.n_windows, epochs=args.epochs, eval_windows=args.eval_windows)
     corpus = load_corpus(model)
     start = time.perf_counter()
-    site = site_activations(model, corpus.windows(base.n_windows, base.window, base.seed, split="train"), base.hook,
+    site = clean_activations(model, corpus.windows(base.n_windows, base.window, base.seed, split="train"), base.hook,
                             base.max_norm_ratio, base.exclude_first)
     collect = time.perf_counter() - start
     eval_windows = corpus.windows(base.eval_windows, base.window, base.seed, split="test")

@@ -136,3 +136,19 @@ def test_compare_cli_on_a_discovery_run(tmp_path, capsys):
     assert "match a latent" in capsys.readouterr().out
     assert main(["compare", "--run", str(run), "--dictionary", "disk:/nope", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_signed_rows_keep_the_sign_that_blows_up_earlier(toy):
+    from sensfind.compare import signed_rows
+    from sensfind.scan import ScanConfig, scan
+
+    subject = toy.subject(0)
+    rows = sf.effective_directions(subject.signed_features()[:4].to(subject.base.dtype), subject.base, "sphere")
+    cfg = ScanConfig(stop=90.0, steps=61)
+    s = signed_rows(subject, torch.cat([rows[:2], -rows[2:]]), cfg)
+    plus, minus = scan(subject, s.rows, cfg), scan(subject, -s.rows, cfg)
+    assert torch.equal(s.threshold, plus.threshold) and torch.equal(s.effects, plus.effects)
+    assert (s.threshold <= minus.threshold).all()
+    assert torch.equal(s.rows, torch.cat([rows[:2], -rows[2:]]) * s.sign[:, None].to(rows.dtype))
+    empty = signed_rows(subject, rows[:0], cfg)
+    assert empty.rows.shape == (0, rows.shape[1]) and empty.effects.shape == (0, 61)

@@ -12,7 +12,7 @@ from sensfind.corpus_sae import (
     SAEQuality,
     massive_positions,
     sae_quality,
-    site_activations,
+    clean_activations,
     train_corpus_sae,
 )
 from sensfind.dictionary import from_tensors
@@ -47,7 +47,7 @@ def test_massive_positions_excludes_first_and_norm_outliers():
 
 
 def test_site_activations_are_the_hook_activations_minus_the_excluded(tiny_model, windows):
-    site = site_activations(tiny_model, windows, HOOK)
+    site = clean_activations(tiny_model, windows, HOOK)
     _, cache = tiny_model.run_with_cache(windows, names_filter=HOOK)
     full = cache[HOOK]
     assert torch.allclose(site.norms, full.norm(dim=-1), atol=1e-5)
@@ -55,10 +55,10 @@ def test_site_activations_are_the_hook_activations_minus_the_excluded(tiny_model
     info = site.exclusion()
     assert info["positions"] == 6 * 12 and info["kept"] == len(site.acts) == info["positions"] - info["excluded"]
     assert info["excluded_first"] == 6 and (site.index[:, 1] > 0).all()
-    everything = site_activations(tiny_model, windows, HOOK, max_norm_ratio=math.inf, exclude_first=False)
+    everything = clean_activations(tiny_model, windows, HOOK, max_norm_ratio=math.inf, exclude_first=False)
     assert len(everything.acts) == 6 * 12
     with pytest.raises(ValueError, match="unknown hook"):
-        site_activations(tiny_model, windows, "blocks.9.nothing")
+        clean_activations(tiny_model, windows, "blocks.9.nothing")
 
 
 def test_a_perfect_sae_costs_nothing(tiny_model, windows):
@@ -76,7 +76,7 @@ def test_quality_numbers_of_a_known_error(tiny_model, windows):
     """Reconstruction 0.5 x: the error is -0.5 x, so the relative error is 0.5 and the explained variance is
     1 - 0.25 sum|x|^2 / sum|x - mean|^2, computed here independently; both errors have the same norm and hurt."""
     q = sae_quality(tiny_model, _scaled_sae(tiny_model.cfg.d_model, 0.5), windows)
-    x = site_activations(tiny_model, windows, HOOK).acts.double()
+    x = clean_activations(tiny_model, windows, HOOK).acts.double()
     expected = 1 - 0.25 * float(x.pow(2).sum()) / float((x - x.mean(0)).pow(2).sum())
     assert q.explained_variance == pytest.approx(expected, rel=1e-4)
     assert q.relative_error == pytest.approx(0.5, abs=1e-5)
@@ -137,7 +137,7 @@ def test_train_corpus_sae_reports_quality_and_loads_from_cache(tiny_model, tmp_p
     assert 0 <= info["exclusion"]["train_dead_fraction"] <= q.dead_fraction  # more tokens, fewer dead
     (entry,) = (tmp_path / "corpus-sae").iterdir()
     # the second call loads without collecting, training or evaluating
-    for name in ("site_activations", "train_sae", "sae_quality"):
+    for name in ("clean_activations", "train_sae", "sae_quality"):
         monkeypatch.setattr(corpus_sae, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} ran on a cache hit"))
     again = train_corpus_sae(tiny_model, TINY, cache_dir=tmp_path)
     assert torch.equal(again.decoder, dic.decoder) and again.info["quality"] == info["quality"]
@@ -176,3 +176,14 @@ def test_smollm2_corpus_and_a_smoke_sae(smollm2, tmp_path, monkeypatch):
     assert q.kl_random > 0
     # blocks.1 has no massive activations beyond the first position (measured: max norm ratio 2.3)
     assert dic.info["exclusion"]["excluded_later_by_norm"] == 0
+
+
+def test_massive_mask_is_the_per_window_rule_of_massive_last_token(tiny_model):
+    from sensfind.analysis import massive_last_token
+    from sensfind.corpus_sae import massive_mask, window_activations
+
+    windows = torch.randint(0, tiny_model.cfg.d_vocab, (5, 7), generator=torch.Generator().manual_seed(3))
+    norms = window_activations(tiny_model, windows, HOOK).norm(dim=-1)
+    assert torch.equal(massive_last_token(tiny_model, windows, HOOK), massive_mask(norms)[:, -1])
+    assert torch.equal(massive_mask(norms, 1.0)[:, -1], norms[:, -1] > norms[:, :-1].median(dim=1).values)
+    assert window_activations(tiny_model, windows[:, :1], HOOK).shape[:2] == (5, 1)  # one position is enough here

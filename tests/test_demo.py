@@ -85,7 +85,7 @@ def test_demo_sae_is_cached(demo_run, smollm2, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached SAE should have been loaded, not retrained")
 
-    for name in ("site_activations", "train_sae", "sae_quality"):
+    for name in ("clean_activations", "window_activations", "train_sae", "sae_quality"):
         monkeypatch.setattr(corpus_sae, name, no_training)
     again = train_corpus_sae(smollm2, ModelDemoConfig.quick().sae, cache_dir=cache)
     assert (again.decoder == Dictionary.load(out / "sae").decoder).all()

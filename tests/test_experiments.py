@@ -1,6 +1,6 @@
 """The experiment scripts: a smoke run of each on a tiny model or the toy (so none can rot), the
-predictions of the theory asserted on the ground-truth toy, the offline failure of ``--model gpt2``,
-and the library pieces the experiments added (synthetic activations, simplex landscapes).
+predictions of the theory asserted on the ground-truth toy, and the offline failure of ``--model gpt2``.
+The library pieces the experiments added are tested in test_synthetic.py and test_landscape.py.
 
 Statistical assertions compare per-base means (directions that share a base are not independent)
 with a margin of ``K_SE`` standard errors computed from the run itself, not a hand-picked number.
@@ -166,7 +166,7 @@ def test_published_configuration_runs_with_stand_ins(tmp_path, cache, monkeypatc
     sae = sf.train_sae(acts, "blocks.1.hook_resid_pre", 128, config=sf.TrainSAEConfig(epochs=2), cache_dir=cache)
     requested = []
     monkeypatch.setattr(sf, "load_model", lambda name, seed=0: model)
-    monkeypatch.setattr(_common, "load_pretrained", lambda release, sae_id: requested.append((release, sae_id)) or sae)
+    monkeypatch.setattr(sf.dictionary, "load_pretrained", lambda release, sae_id: requested.append((release, sae_id)) or sae)
     out = run("sensitive_directions", tmp_path / "sd", cache, "--model", "gpt2", "--n-pool", "40",
               "--kinds", "real-other,cov-random,synthetic-structured")
     assert requested == [("gpt2-small-res-jb", "blocks.1.hook_resid_pre")]
@@ -226,69 +226,3 @@ def test_toy_discovered_directions_are_local_optima(tmp_path, cache):
     for kind in ("real-other", "discovered"):
         s = summary[kind]
         assert s["corner_threshold_deg"]["mean"] < s["random_corner_threshold_deg"]["mean"], kind
-
-
-# -- library pieces --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def toy_sae():
-    toy = sf.ToyModel(sf.ToyConfig(seed=0))
-    acts = toy.sample(4096, seed=3).acts.float()
-    dic = sf.train_sae(acts, None, 128, config=sf.TrainSAEConfig(epochs=3), seed=0)
-    return toy, dic, toy.sample(400, seed=4).acts.float()
-
-
-def top_cosines(dic, codes: torch.Tensor) -> np.ndarray:
-    """Cosines between each code's top latent (largest value × decoder norm) and its other latents."""
-    dense = codes.to_dense() * dic.decoder_norms
-    top = dense.argmax(1)
-    rows, cols = (dense > 0).nonzero(as_tuple=True)
-    other = cols != top[rows]
-    return (dic.decoder[cols[other]] * dic.decoder[top[rows[other]]]).sum(1).numpy()
-
-
-def test_synthetic_activations_match_real_l0_and_structure(toy_sae):
-    from scipy.stats import ks_2samp
-
-    from sensfind.synthetic import latent_stats, synthetic_baseline, synthetic_structured
-
-    _, dic, real = toy_sae
-    stats = latent_stats(dic, real)
-    assert stats.l0.shape == (400,) and int(stats.offsets[-1]) == stats.values.numel() == int(stats.l0.sum())
-    assert torch.isclose(stats.frequency.sum() * 400, stats.l0.sum().float())
-    base = synthetic_baseline(dic, stats, 300, seed=1)
-    struct = synthetic_structured(dic, stats, 300, seed=1)
-    for synth in (base, struct):
-        assert synth.acts.shape == (300, dic.d) and torch.isfinite(synth.acts).all()
-        l0 = torch.bincount(synth.codes.indices()[0], minlength=300)
-        assert ks_2samp(l0.numpy(), stats.l0.numpy()).pvalue > 1e-3  # L0 drawn from the real distribution
-        assert (synth.codes.values() > 0).all()
-    # codes decode to the activations, and the structured codes copy the real cosines to the top latent
-    torch.testing.assert_close(sf.synthetic.decode(dic, struct.codes.to_dense()), struct.acts)
-    real_cos = stats.top_cos.numpy()
-    ks_struct = ks_2samp(top_cosines(dic, struct.codes), real_cos).statistic
-    ks_base = ks_2samp(top_cosines(dic, base.codes), real_cos).statistic
-    assert ks_struct < ks_base  # on this SAE: 0.06 vs 0.19
-    with pytest.raises(ValueError, match="number of synthetic activations"):
-        synthetic_baseline(dic, stats, 0)
-
-
-def test_simplex_grid_and_landscape_find_a_planted_optimum():
-    from sensfind.landscape import landscape, simplex_directions, simplex_grid
-
-    w = simplex_grid(4)
-    assert w.shape == (15, 3) and torch.allclose(w.sum(1), torch.ones(15, dtype=w.dtype))
-    corners = torch.eye(3, 5)
-    dirs = simplex_directions(corners, w)
-    torch.testing.assert_close(dirs.norm(dim=1), torch.ones(15))
-    with pytest.raises(ValueError, match="cancel"):
-        simplex_directions(torch.stack([corners[0], -corners[0], corners[1]]), simplex_grid(2))
-
-    toy = sf.ToyModel(sf.ToyConfig(seed=0))
-    subject = toy.subject(0)
-    feature = subject.signed_features()[~subject.is_active][:1]
-    corners = torch.cat([feature, sf.baselines.isotropic(2, toy.d, seed=5)])
-    land = landscape(subject, corners, sf.ScanConfig(steps=46), resolution=4, corner_names=("feature", "a", "b"))
-    report = land.corner_report(0)
-    assert report["local_optimum"] and report["name"] == "feature"
-    assert report["threshold"] < min(land.corner_report(1)["threshold"], land.corner_report(2)["threshold"])
-    assert land.threshold.shape == (15,)

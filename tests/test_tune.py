@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 import sensfind as sf
 import sensfind.tuning as tn
 from sensfind.scan import directions_from_targets
-from sensfind import DiscoverConfig, FunctionSubject
+from sensfind import DiscoverConfig, FunctionSubject, discover
 from sensfind.tuning import SearchSpace, StudyMismatchError, Target, TuneConfig, tune
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,7 +189,7 @@ def test_probe_reads_the_current_directions_off_the_scan():
     probe = tn._Probe(target.subject)
     cfg = DiscoverConfig(restarts=4, iterations=6, scan_steps=12, final_steps=61, lr_final=None, lr=1e-9)
     seen = []
-    found = tn.discover(probe, cfg, callback=lambda it, rec: seen.append(probe.directions(4, "sphere")))
+    found = discover(probe, cfg, callback=lambda it, rec: seen.append(probe.directions(4, "sphere")))
     # with a negligible step the directions scanned are the final ones
     assert torch.allclose(seen[-1], found.restart_directions, atol=1e-5)
 
@@ -245,7 +245,7 @@ def test_intermediate_values_are_reported_and_pruned_trials_record_their_compute
     assert result.trials[0]["points"] > 0
 
     # a pruner that prunes every trial at its first report
-    monkeypatch.setattr(tn, "_pruner", lambda config: optuna.pruners.ThresholdPruner(lower=2.0))
+    monkeypatch.setattr(tn._storage, "_pruner", lambda config: optuna.pruners.ThresholdPruner(lower=2.0))
     result = tune(_config(storage="memory", n_trials=2, study_name="pruned"), space)
     assert [r["state"] for r in result.trials] == ["PRUNED", "PRUNED"]
     assert all(0 < r["points"] < 4 * 12 * 10 for r in result.trials)  # less than one full discovery
@@ -377,7 +377,7 @@ def test_sensitive_metric_counts_far_apart_optima_before_the_real_other_median()
     target = tn.toy_targets([0], metric="sensitive")[0]
     assert target.score is None  # scored on the whole result
     cfg = DiscoverConfig(restarts=6, iterations=15, max_points=12_000)
-    found = tn.discover(target.subject, cfg)
+    found = discover(target.subject, cfg)
     value = target.evaluate(found, cfg)
     others = target.subject.real_others(64, seed=1)
     dirs = directions_from_targets(target.subject.base, others)

@@ -12,16 +12,16 @@ from .corpus_sae import CorpusSAEConfig, SAEQuality, sae_quality, train_corpus_s
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from .effects import EFFECTS, get_effect
 from .objective import adaptive_grid, sensitivity_objective
-from .optima import Discovery, cluster_directions, distinct_sensitive, effective_directions
+from .geometry import check_directions, directions_from_targets, effective_directions, perturb, project_out
+from .optima import Discovery, cluster_directions, distinct_sensitive
 from .optimize import DiscoverConfig, NonFiniteOutputError, Refinement, discover, refine
 from .recovery import Recovery, recovery
 from .models import ModelUnavailableError, load_model, local_config
-from .scan import Scan, ScanConfig, check_directions, directions_from_targets, perturb, scan, step_grid
+from .scan import Scan, ScanConfig, scan, step_grid
 from .landscape import Landscape, landscape, simplex_directions, simplex_grid
 from .synthetic import LatentStats, Synthetic, latent_stats, synthetic_baseline, synthetic_structured
 from .baselines import cov_random_targets, cov_stats, isotropic, load_directions
-from .tuning import SearchSpace, Target, TuneConfig, TuneResult, evaluate, tune  # the module that imports optuna
-from .toy import ToyConfig, ToyModel, ToySample, ToySubject, feature_cosines, project_out
+from .toy import ToyConfig, ToyModel, ToySample, ToySubject, feature_cosines
 from .subjects import FunctionSubject, Subject, TransformerSubject
 
 __all__ = [
@@ -99,3 +99,20 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# The tuning names load sensfind.tuning (and optuna, slow to import) on first use only.
+_LAZY = {name: "tuning" for name in ("SearchSpace", "Target", "TuneConfig", "TuneResult", "evaluate", "tune")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -23,23 +23,24 @@ The SAE for a model without a hub dictionary is ``corpus_sae.train_corpus_sae``.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .baselines import cov_random_targets, cov_stats, isotropic
-from .compare import project_dictionary
-from .corpus_sae import site_activations
+from .compare import project_dictionary, signed_rows
+from .corpus_sae import massive_mask, window_activations
 from .dictionary import Dictionary
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
-from .optima import Discovery, effective_directions
+from .configs import Config, check_int, check_number
+from .geometry import directions_from_targets, effective_directions
+from .optima import Discovery
 from .optimize import DiscoverConfig, Refinement, discover, refine
-from .runio import save_json, save_tensors
-from .scan import ScanConfig, directions_from_targets, scan, step_grid
+from .runio import json_float, save_json, save_tensors, to_jsonable
+from .scan import ScanConfig, scan, step_grid
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ KINDS = ("optima", "isotropic", "cov-random", "real-other", "SAE active", "SAE i
 
 
 @dataclass(frozen=True)
-class AnalysisConfig:
+class AnalysisConfig(Config):
     """Sizes of one prompt's analysis.
 
     Attributes:
@@ -67,9 +68,9 @@ class AnalysisConfig:
         seed: seeds discovery, baselines and samples.
     """
 
-    max_points: int | None = 12_000
-    restarts: int = 32
-    iterations: int = 35
+    max_points: int | None = 6_000
+    restarts: int = 16
+    iterations: int = 25
     scan_steps: int = 16
     lr: float = 0.1
     n_random: int = 16
@@ -89,17 +90,13 @@ class AnalysisConfig:
 
     def __post_init__(self):
         for name in ("restarts", "scan_steps", "n_random", "n_cov", "curve_steps", "k", "n_null"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (2 if name in ("scan_steps", "curve_steps") else 1):
-                raise ValueError(f"{name} must be a positive integer (>= 2 for steps), got {v!r}")
+            check_int(name, getattr(self, name), 2 if name in ("scan_steps", "curve_steps") else 1)
         for name in ("iterations", "n_real_other", "max_active", "n_inactive", "n_refine", "refine_iterations"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        if not (0 < self.stop <= 180):
-            raise ValueError(f"stop must be in (0, 180] degrees, got {self.stop!r}")
-        if not (0 < self.alpha < 1):
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+            check_int(name, getattr(self, name), 0)
+        check_int("seed", self.seed)
+        check_number("lr", self.lr, 0, lo_open=True)
+        check_number("stop", self.stop, 0, 180, lo_open=True)  # degrees
+        check_number("alpha", self.alpha, 0, 1, lo_open=True, hi_open=True)
         self.scan_config  # validates tau
         self.discover_config  # validates max_points
 
@@ -112,9 +109,6 @@ class AnalysisConfig:
         return DiscoverConfig(restarts=self.restarts, iterations=self.iterations, scan_steps=self.scan_steps,
                               lr=self.lr, tau=self.tau, seed=self.seed, final_steps=self.curve_steps, stop=None,
                               max_points=self.max_points)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -166,7 +160,7 @@ class PromptAnalysis:
         for kind in self.effects:
             t = self.threshold(kind)
             out["kinds"][kind] = {"n": int(t.numel()), "median_deg": med(t), "reached": int(torch.isfinite(t).sum()),
-                                  "threshold_deg": [None if not math.isfinite(v) else v for v in t.tolist()]}
+                                  "threshold_deg": [json_float(v) for v in t.tolist()]}
         opt, real = self.threshold("optima"), self.threshold("real-other")
         real_med = med(real)
         out["optima_beating_real_other_median"] = int((opt < real_med).sum()) if real_med is not None else None
@@ -181,7 +175,7 @@ class PromptAnalysis:
                                        "span_norm": self.real_other.span_norm.tolist()}
         if self.refinement is not None:
             r = self.refinement
-            out["refinement"] = {"latents": self.refined_latents.tolist(), **_finite(r.to_dict())}
+            out["refinement"] = {"latents": self.refined_latents.tolist(), **to_jsonable(r.to_dict())}
         out["timings"] = self.timings
         out["points_evaluated_discovery"] = self.discovery.points_evaluated
         return out
@@ -206,24 +200,6 @@ class PromptAnalysis:
         if self.real_other is not None:
             self.real_other.save(directory / "real_other")
         return directory
-
-
-def _finite(d: dict) -> dict:
-    return {k: [None if isinstance(x, float) and not math.isfinite(x) else x for x in v] if isinstance(v, list) else v
-            for k, v in d.items()}
-
-
-@torch.no_grad()
-def _signed_rows(subject, rows: Tensor, config: ScanConfig) -> tuple[Tensor, Tensor]:
-    """Each row with the sign that blows up earlier, and its effect curve: ``([R, d], [R, S])``."""
-    if rows.shape[0] == 0:
-        return rows, torch.empty(0, config.steps, dtype=subject.base.dtype)
-    s = scan(subject, torch.cat([rows, -rows]), config)
-    t = s.threshold.view(2, -1)
-    e = s.effects.view(2, rows.shape[0], -1)
-    neg = t[1] < t[0]
-    signed = torch.where(neg[:, None], -rows, rows)
-    return signed, torch.where(neg[:, None], e[1], e[0])
 
 
 def analyse_prompt(
@@ -273,7 +249,8 @@ def analyse_prompt(
         latents = {"SAE active": active, "SAE inactive": inactive}
         for kind, ids in latents.items():
             rows = effective_directions(dictionary.decoder[ids].to(base.dtype), base, "sphere")
-            dirs[kind], eff[kind] = _signed_rows(subject, rows, cfg)
+            signed = signed_rows(subject, rows, cfg)
+            dirs[kind], eff[kind] = signed.rows, signed.effects
     timings["scan_seconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -310,7 +287,5 @@ def massive_last_token(model, windows: Tensor, hook: str, ratio: float | None = 
     """``[W]`` bool: the last token's activation at ``hook`` is a massive activation (norm above ``ratio``
     times the median norm of the window's other positions), the test ``TransformerSubject`` applies to its
     base, for many windows in one batch."""
-    from .subjects import MASSIVE_NORM_RATIO
-
-    norms = site_activations(model, windows, hook, max_norm_ratio=math.inf, exclude_first=False).norms  # [W, L]
-    return norms[:, -1] > (ratio or MASSIVE_NORM_RATIO) * norms[:, :-1].median(dim=1).values
+    norms = window_activations(model, windows, hook).norm(dim=-1)  # [W, L]
+    return massive_mask(norms, ratio)[:, -1]

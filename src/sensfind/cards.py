@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 
 from .match import Matches
-from .scan import base_output, perturb
+from .runio import json_float
+from .geometry import perturb
+from .scan import base_output
 
 __all__ = ["Context", "FeatureCard", "LatentMatch", "TokenChange", "build_cards", "decode_token", "token_changes",
            "token_changes_batch", "top_contexts"]
@@ -73,7 +75,7 @@ class FeatureCard:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["threshold_deg"] = None if not math.isfinite(self.threshold_deg) else self.threshold_deg
+        d["threshold_deg"] = json_float(self.threshold_deg)
         return d
 
 
@@ -115,7 +117,7 @@ def token_changes_batch(subject, directions: Tensor, angles_deg, tokenizer=None,
 def top_contexts(direction: Tensor, acts: Tensor, index: Tensor, tokens: Tensor, tokenizer=None, k: int = 6,
                  mean: Tensor | None = None, left: int = 12, right: int = 3) -> list:
     """The ``k`` corpus positions whose activation ``acts [M, d]`` (at (window, position) ``index [M, 2]``
-    of windows ``tokens [W, L]``; massive activations already left out, see ``corpus_sae.site_activations``)
+    of windows ``tokens [W, L]``; massive activations already left out, see ``corpus_sae.clean_activations``)
     projects most strongly on ``direction`` after subtracting ``mean`` (the activations' mean by default),
     each with ``left`` tokens before it and ``right`` after."""
     u = direction.to(torch.float32).cpu()

@@ -21,6 +21,7 @@ from .errors import InputFileError, SensfindError, error_boundary
 log = logging.getLogger("sensfind")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+RANDOM_BASELINE_SEED_OFFSET = 7919  # the isotropic baseline of `discover` draws apart from the restarts
 
 
 class CLIError(SensfindError, ValueError):
@@ -75,10 +76,12 @@ def site_config(args) -> dict:
 def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, str]:
     """``random:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions [R, d], kind)."""
     from .baselines import isotropic, load_directions
-    from .prompts import load_prompts, site_activations
-    from .scan import directions_from_targets
+    from .prompts import load_prompts, prompt_activations
+    from .geometry import directions_from_targets
+    from .specs import DIRECTION_KINDS, parse_spec
 
-    kind, _, value = spec.partition(":")
+    parsed = parse_spec(spec, DIRECTION_KINDS, "--directions")
+    kind, value = parsed.kind, parsed.value
     if kind == "random":
         try:
             n = int(value or 16)
@@ -89,17 +92,16 @@ def resolve_directions(spec: str, model, subject, args) -> tuple[torch.Tensor, s
         return isotropic(n, subject.d, seed=args.seed), "naive-random"
     if kind == "file":
         return load_directions(value), "file"
-    if kind == "targets":
-        prompts = load_prompts(value or "builtin", model)
-        targets = site_activations(model, prompts, subject.hook, args.position)
-        # real-other means *other* prompts: drop targets identical to the base (the subject's own prompt)
-        same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
-        if same.all():
-            raise CLIError(f"every prompt in {value or 'builtin'!r} gives the base activation itself; give other prompts")
-        if same.any():
-            log.info("dropped %d target prompt(s) identical to the subject's prompt", int(same.sum()))
-        return directions_from_targets(subject.base, targets[~same]), "real-other"
-    raise CLIError(f"--directions must be random:N, file:PATH or targets:PATH|builtin, got {spec!r}")
+    # targets
+    prompts = load_prompts(value or "builtin", model)
+    targets = prompt_activations(model, prompts, subject.hook, args.position)
+    # real-other means *other* prompts: drop targets identical to the base (the subject's own prompt)
+    same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
+    if same.all():
+        raise CLIError(f"every prompt in {value or 'builtin'!r} gives the base activation itself; give other prompts")
+    if same.any():
+        log.info("dropped %d target prompt(s) identical to the subject's prompt", int(same.sum()))
+    return directions_from_targets(subject.base, targets[~same]), "real-other"
 
 
 def cmd_scan(args) -> int:
@@ -110,8 +112,7 @@ def cmd_scan(args) -> int:
     if args.model == "toy":
         raise CLIError("--model toy is the ground-truth toy for discover and compare only; scan needs a transformer "
                        "(random:gpt2, random:tiny, or a pretrained name such as gpt2)")
-    config = ScanConfig(mode=args.mode, start=args.start, stop=args.stop, steps=args.steps,
-                        effect=args.effect, tau=args.tau, scale=args.scale)
+    config = config_from_args(ScanConfig, args)
     out = Path(args.out) if args.out else Path("runs") / f"scan-{time.strftime('%Y%m%d-%H%M%S')}"
     with staged_dir(out, overwrite=args.overwrite) as tmp:
         model, subject = build_subject(args)
@@ -143,7 +144,12 @@ def cmd_scan(args) -> int:
 
 
 def add_config_args(p: argparse.ArgumentParser, cls, skip=()) -> None:
-    """One flag per dataclass field (``--field-name``), defaulting to None = the dataclass default."""
+    """One flag per dataclass field (``--field-name``), defaulting to None = the dataclass default. The
+    help text is the field's doc from the class docstring, its allowed values (``Literal`` fields; the
+    config checks them, so a bad value gets the config's one-line message) and its default."""
+    from .configs import field_choices, field_docs
+
+    docs, choices = field_docs(cls), field_choices(cls)
     g = p.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -151,10 +157,13 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip=()) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         kind = type(default) if default is not None else (int if str(f.type).startswith("int") else float)
+        allowed = f"one of {', '.join(map(str, choices[f.name]))}; " if f.name in choices else ""
+        shown = str(default).lower() if kind is bool else default
+        text = (docs.get(f.name, "") + f" [{allowed}default {shown}]").strip().replace("%", "%%")
         if kind is bool:
-            g.add_argument(flag, choices=["true", "false"], default=None, help=f"default {str(default).lower()}")
+            g.add_argument(flag, choices=["true", "false"], default=None, help=text)
         else:
-            g.add_argument(flag, type=kind if kind in (int, float) else str, default=None, help=f"default {default}")
+            g.add_argument(flag, type=kind if kind in (int, float) else str, default=None, help=text)
 
 
 def config_from_args(cls, args, base: dict | None = None, source: str = "the flags"):
@@ -164,12 +173,8 @@ def config_from_args(cls, args, base: dict | None = None, source: str = "the fla
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = (v == "true") if isinstance(f.default, bool) else v
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise CLIError(f"{source} set unknown {cls.__name__} field(s) {unknown}; allowed: {sorted(names)}")
     try:
-        return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
+        return cls.from_dict(values)  # strict: an unknown key is a ValueError naming it and the allowed ones
     except (TypeError, ValueError) as exc:
         raise CLIError(f"{source}: {exc}") from None
 
@@ -213,10 +218,10 @@ def build_discovery_subject(args):
         toy = ToyModel(ToyConfig(seed=args.seed))
         subject = toy.subject(args.input)
         return subject, None, subject.real_others(256, seed=args.seed + 1)
-    from .prompts import load_prompts, site_activations
+    from .prompts import load_prompts, prompt_activations
 
     model, subject = build_subject(args)
-    others = site_activations(model, load_prompts(args.prompts, model), subject.hook, args.position)
+    others = prompt_activations(model, load_prompts(args.prompts, model), subject.hook, args.position)
     keep = (others - subject.base).norm(dim=1) > 1e-6 * subject.base.norm()
     return subject, model, others[keep]
 
@@ -341,7 +346,8 @@ def cmd_discover(args) -> int:
         plot_history(tmp / "objective.png", found.history)
         with torch.no_grad():
             final_cfg = config.final_scan_config
-            random_dirs = isotropic(args.random_baseline, subject.base.shape[0], seed=args.seed + 7919,
+            random_dirs = isotropic(args.random_baseline, subject.base.shape[0],
+                                    seed=args.seed + RANDOM_BASELINE_SEED_OFFSET,
                                     dtype=subject.base.dtype)
             rand = scan(subject, random_dirs, final_cfg)
             opt = scan(subject, found.directions, final_cfg)
@@ -376,52 +382,39 @@ def cmd_discover(args) -> int:
     return 0
 
 
-def check_dictionary_spec(spec: str) -> None:
-    """Refuse a malformed ``--dictionary`` before any work (``load_dictionary`` reads it afterwards)."""
-    kind, _, value = spec.partition(":")
-    if kind not in ("pretrained", "disk", "train"):
-        raise CLIError(f"--dictionary must be pretrained:RELEASE[/SAE_ID], disk:PATH or train:D_SAE, got {spec!r}")
-    if kind == "disk" and not Path(value).is_dir():
-        raise CLIError(f"SAE directory {value!r} does not exist" if not Path(value).exists()
-                       else f"SAE directory {value!r} is not a directory")
-    if kind == "train" and value and (not value.isdigit() or int(value) < 1):
-        raise CLIError(f"--dictionary train:D_SAE needs an integer width >= 1, got {value!r}")
+def check_dictionary_spec(text: str):
+    """Refuse a malformed ``--dictionary`` before any work; the parsed ``Spec``."""
+    from .specs import DICTIONARY_KINDS, check_dictionary_dir, dictionary_width, parse_spec
+
+    spec = parse_spec(text, DICTIONARY_KINDS, "--dictionary")
+    if spec.kind == "disk":
+        check_dictionary_dir(spec.value)
+    if spec.kind == "train":
+        dictionary_width(spec)
+    return spec
 
 
-def load_dictionary(spec: str, subject, model, args):
+def load_dictionary(text: str, subject, model, args):
     """``pretrained:RELEASE[/SAE_ID]`` | ``disk:PATH`` | ``train:D_SAE`` -> Dictionary."""
-    from .dictionary import load_from_disk, load_pretrained, train_sae
+    from .dictionary import train_sae
+    from .specs import dictionary_width, load_dictionary_spec
 
-    kind, _, value = spec.partition(":")
-    if kind == "pretrained":
-        release, _, sae_id = (value or "gpt2-small-res-jb").partition("/")
-        return load_pretrained(release, sae_id or getattr(subject, "hook", "blocks.1.hook_resid_pre"))
-    if kind == "disk":
-        if not Path(value).is_dir():
-            raise CLIError(f"SAE directory {value!r} does not exist")
-        if (Path(value) / "dictionary.json").is_file():  # written by Dictionary.save
-            from .dictionary import Dictionary
+    spec = check_dictionary_spec(text)
+    if spec.kind != "train":
+        return load_dictionary_spec(spec, getattr(subject, "hook", None))
+    d_sae = dictionary_width(spec) or 4 * subject.base.shape[0]
+    if model is None:  # the toy: train on its own inputs
+        acts, hook = subject.model.sample(20000, seed=args.seed + 10).acts, None
+    else:
+        from .prompts import load_prompts, site_activations_all_positions
 
-            return Dictionary.load(value)
-        return load_from_disk(value)
-    if kind == "train":
-        try:
-            d_sae = int(value or 4 * subject.base.shape[0])
-        except ValueError as exc:
-            raise CLIError(f"--dictionary train:D_SAE needs an integer width, got {value!r}") from exc
-        if model is None:  # the toy: train on its own inputs
-            acts, hook = subject.model.sample(20000, seed=args.seed + 10).acts, None
-        else:
-            from .prompts import load_prompts, site_activations_all_positions
+        acts = site_activations_all_positions(model, load_prompts(args.prompts, model), subject.hook)
+        hook = subject.hook
+    from .dictionary import TrainSAEConfig
 
-            acts = site_activations_all_positions(model, load_prompts(args.prompts, model), subject.hook)
-            hook = subject.hook
-        from .dictionary import TrainSAEConfig
-
-        batch = min(256, acts.shape[0])
-        return train_sae(acts, hook, d_sae, seed=args.seed, config=TrainSAEConfig(batch_size=batch),
-                         cache_dir=Path.home() / ".cache" / "sensfind")
-    raise CLIError(f"--dictionary must be pretrained:RELEASE[/SAE_ID], disk:PATH or train:D_SAE, got {spec!r}")
+    batch = min(256, acts.shape[0])
+    return train_sae(acts, hook, d_sae, seed=args.seed, config=TrainSAEConfig(batch_size=batch),
+                     cache_dir=Path.home() / ".cache" / "sensfind")
 
 
 def cmd_compare(args) -> int:
@@ -505,6 +498,7 @@ class _Runner:
 def build_parser() -> argparse.ArgumentParser:
     from .compare import CompareConfig
     from .optimize import DiscoverConfig
+    from .scan import ScanConfig
 
     parser = argparse.ArgumentParser(prog="sensfind", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
@@ -516,16 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--directions", default="random:16",
                    help="random:N (isotropic), file:PATH (.safetensors/.pt/.npy [R, d]), targets:builtin or "
                         "targets:PATH (directions towards other prompts' activations). Default random:16")
-    g.add_argument("--mode", choices=["sphere", "straight"], default="sphere")
-    g.add_argument("--start", type=float, default=None, help="first step (default 0)")
-    g.add_argument("--stop", type=float, default=None, help="last step (default 180 deg sphere, 1 straight)")
-    g.add_argument("--steps", type=int, default=91, help="number of scan points (>= 2)")
-    g.add_argument("--effect", choices=["kl", "l2", "cos"], default="kl")
-    g.add_argument("--tau", type=float, default=0.5, help="threshold on the effect (nats for kl)")
-    g.add_argument("--scale", choices=["relative", "absolute"], default="relative", help="straight mode step units")
     g.add_argument("--path", choices=["fast", "reference"], default="fast", help="fast path or full forward")
     g.add_argument("--out", default=None, help="results directory (default runs/scan-TIMESTAMP)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty results directory")
+    add_config_args(p, ScanConfig)
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("discover", help="optimise directions for sensitivity (restarts on the sphere)")

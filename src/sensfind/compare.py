@@ -18,27 +18,29 @@ In sphere mode only the part of a direction orthogonal to the base moves the act
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .baselines import isotropic
+from .configs import Config, check_int
 from .dictionary import Dictionary, check_compatible, from_tensors
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
-from .optima import effective_directions
+from .geometry import directions_from_targets, effective_directions, tangent_rotations
 from .optimize import DiscoverConfig, Refinement, refine
 from .runio import save_json, save_tensors
-from .scan import ScanConfig, directions_from_targets, scan
+from .scan import ScanConfig, scan
 from .subjects import Subject
 
 __all__ = ["CompareConfig", "Comparison", "DictionarySensitivity", "compare", "dictionary_sensitivity",
-           "project_dictionary", "latents_to_probe"]
+           "project_dictionary", "latents_to_probe", "SignedRows", "signed_rows"]
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(Config):
     """Settings of ``compare``.
 
     Attributes:
@@ -53,6 +55,8 @@ class CompareConfig:
         probes, probe_deg: rotations of each row by ``probe_deg`` degrees in random directions used to
             test whether the row is a local optimum of the threshold angle.
         scan_steps, stop: the fine scan used for every threshold angle here (0..stop degrees).
+        tau: effect threshold of the threshold angle (nats for ``kl``).
+        effect: ``kl`` (next-token KL, nats), ``l2`` or ``cos`` (distance of output vectors).
         refine_iterations: discovery iterations when refining from decoder rows (0: no refinement).
         seed: seeds nulls, samples and probes.
     """
@@ -68,16 +72,14 @@ class CompareConfig:
     scan_steps: int = 361
     stop: float = 90.0
     tau: float = 0.5
-    effect: str = "kl"
+    effect: Literal["kl", "l2", "cos"] = "kl"
     refine_iterations: int = 40
     seed: int = 0
 
     def __post_init__(self):
         for name, lo in (("k", 1), ("n_null", 1), ("n_latents", 0), ("probes", 1), ("scan_steps", 2),
                          ("refine_iterations", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+            check_int(name, getattr(self, name), lo)
         if not (isinstance(self.alpha, float) and 0 < self.alpha < 1):
             raise ValueError(f"alpha must be a number in (0, 1), got {self.alpha!r}")
         if not (isinstance(self.probe_deg, (int, float)) and 0 < self.probe_deg < 90):
@@ -91,9 +93,6 @@ class CompareConfig:
     @property
     def scan_config(self) -> ScanConfig:
         return ScanConfig(mode="sphere", stop=float(self.stop), steps=self.scan_steps, tau=self.tau, effect=self.effect)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def project_dictionary(dictionary: Dictionary, base: Tensor) -> Dictionary:
@@ -148,19 +147,29 @@ def latents_to_probe(subject: Subject, dictionary: Dictionary, matched: Tensor |
     return groups
 
 
+class SignedRows(NamedTuple):
+    """Rows with the sign that blows up earlier (``rows [R, d]``, ``sign [R]`` of ±1), their threshold
+    angles ``[R]`` (inf if not reached) and effect curves ``[R, S]``."""
+
+    rows: Tensor
+    sign: Tensor
+    threshold: Tensor
+    effects: Tensor
+
+
 @torch.no_grad()
-def _rotations(rows: Tensor, base: Tensor, probes: int, deg: float, seed: int) -> Tensor:
-    """``[L, P, d]``: each row rotated by ``deg`` towards random tangent directions (orthogonal to the
-    row and to the base, so the rotation stays within what a sphere scan sees)."""
-    g = torch.Generator().manual_seed(seed)
-    L, d = rows.shape
-    noise = torch.randn(L, probes, d, generator=g, dtype=torch.float64).to(rows.dtype)
-    xhat = base / base.norm()
-    noise = noise - (noise @ xhat)[..., None] * xhat
-    noise = noise - (noise * rows[:, None]).sum(-1, keepdim=True) * rows[:, None]
-    noise = noise / noise.norm(dim=-1, keepdim=True)
-    a = math.radians(deg)
-    return math.cos(a) * rows[:, None] + math.sin(a) * noise
+def signed_rows(subject: Subject, rows: Tensor, config: ScanConfig) -> SignedRows:
+    """Scan each row ``[R, d]`` and its negative; keep the sign whose threshold angle is smaller."""
+    if rows.shape[0] == 0:
+        empty = torch.empty(0, dtype=torch.float64)
+        return SignedRows(rows, torch.empty(0, dtype=torch.long), empty,
+                          torch.empty(0, config.steps, dtype=subject.base.dtype))
+    s = scan(subject, torch.cat([rows, -rows]), config)
+    both = s.threshold.view(2, -1)
+    effects = s.effects.view(2, rows.shape[0], -1)
+    neg = both[1] < both[0]
+    return SignedRows(torch.where(neg[:, None], -rows, rows), torch.where(neg, -1, 1), torch.where(neg, both[1], both[0]),
+                      torch.where(neg[:, None], effects[1], effects[0]))
 
 
 @torch.no_grad()
@@ -183,12 +192,8 @@ def dictionary_sensitivity(
         return DictionarySensitivity(latents, latents.clone(), empty, torch.empty(0, config.probes, dtype=torch.float64),
                                      torch.empty(0, dtype=torch.bool), rand, real, groups)
     rows = effective_directions(dictionary.decoder[latents].to(base.dtype), base, "sphere")
-    both = scan(subject, torch.cat([rows, -rows]), cfg).threshold.view(2, -1)
-    neg_better = both[1] < both[0]
-    sign = torch.where(neg_better, -1, 1)
-    blowup = torch.where(neg_better, both[1], both[0])
-    signed = rows * sign[:, None].to(rows.dtype)
-    rot = _rotations(signed, base, config.probes, config.probe_deg, config.seed + 3)
+    signed, sign, blowup, _ = signed_rows(subject, rows, cfg)
+    rot = tangent_rotations(signed, base, config.probes, config.probe_deg, config.seed + 3)
     probe = scan(subject, rot.reshape(-1, rot.shape[-1]), cfg).threshold.view(len(ids), config.probes)
     local = (probe >= blowup[:, None]).all(dim=1) & torch.isfinite(blowup)
     return DictionarySensitivity(latents, sign, blowup, probe, local, rand, real, groups)

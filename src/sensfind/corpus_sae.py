@@ -1,8 +1,10 @@
 """An SAE for a model's site, trained with SAELens on activations of the offline corpus, and its quality.
 
-- :func:`site_activations` runs corpus windows up to the site and drops the positions whose activation
-  norm is an outlier (massive activations: the first position of a window, the attention sink, and any
-  position whose norm exceeds ``max_norm_ratio`` times the median), reporting what it dropped.
+- :func:`window_activations` runs windows of tokens up to the site: ``[n, pos, d]``, every position.
+- :func:`clean_activations` keeps those whose norm is not an outlier (massive activations: the first
+  position of a window, the attention sink, and any position whose norm exceeds ``max_norm_ratio``
+  times the median, :func:`massive_positions`), reporting what it dropped. :func:`massive_mask` is the
+  per-window rule ``TransformerSubject`` warns with (a position against its window's other positions).
 - :func:`train_corpus_sae` trains on them with :func:`sensfind.train_sae` (SAELens) and caches the
   result under ``~/.cache/sensfind/corpus-sae``, keyed by the model's weights up to the site, the corpus
   and the config, so a second call loads it in seconds without running the model.
@@ -30,20 +32,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .configs import Config, check_bool, check_int, is_int
 from .dictionary import Dictionary, TrainSAEConfig, from_sae, train_sae
 from .prompts import load_corpus, resolve_cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CorpusSAEConfig", "SAEQuality", "SiteActivations", "massive_positions", "sae_quality",
-           "site_activations", "train_corpus_sae"]
+__all__ = ["CorpusSAEConfig", "SAEQuality", "SiteActivations", "clean_activations", "massive_mask", "massive_positions",
+           "sae_quality", "site_activations", "train_corpus_sae", "window_activations"]
 
 _FORMAT = 2  # bump when what is cached changes (2: train_dead_fraction)
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclass(frozen=True)
-class CorpusSAEConfig:
+class CorpusSAEConfig(Config):
     """How :func:`train_corpus_sae` collects activations, trains and evaluates.
 
     Attributes:
@@ -83,26 +86,19 @@ class CorpusSAEConfig:
         if not isinstance(self.hook, str) or not self.hook:
             raise ValueError(f"hook must be a TransformerLens hook name, got {self.hook!r}")
         for name in ("expansion", "n_windows", "eval_windows"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 2:
+            check_int(name, getattr(self, name), 1)
+        if not is_int(self.window) or self.window < 2:
             raise ValueError(f"window must be an integer >= 2 (a next-token loss needs two tokens), got {self.window!r}")
         v = self.max_norm_ratio
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 1 or math.isinf(v)):
             raise ValueError(f"max_norm_ratio must be a number > 1 (inf: exclude none by norm), got {v!r}")
-        if not isinstance(self.exclude_first, bool):
-            raise ValueError(f"exclude_first must be True or False, got {self.exclude_first!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_bool("exclude_first", self.exclude_first)
+        check_int("seed", self.seed)
         self.train_config()  # validates the training fields with TrainSAEConfig's messages
 
     def train_config(self) -> TrainSAEConfig:
         return TrainSAEConfig(l1_coefficient=self.l1_coefficient, lr=self.lr, batch_size=self.batch_size,
                               epochs=self.epochs, architecture=self.architecture, k=self.k)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -120,6 +116,16 @@ def massive_positions(norms: Tensor, max_norm_ratio: float = 4.0, exclude_first:
     if exclude_first:
         out[:, 0] = True
     return out
+
+
+def massive_mask(norms: Tensor, ratio: float | None = None) -> Tensor:
+    """``[n, pos]`` bool: positions whose norm exceeds ``ratio`` (default ``MASSIVE_NORM_RATIO``) times the
+    median norm of the window's other positions (``norms [n, pos]``), the rule ``TransformerSubject`` warns with."""
+    from .subjects import MASSIVE_NORM_RATIO
+
+    n, t = norms.shape
+    others = norms[:, None, :].expand(n, t, t)[:, ~torch.eye(t, dtype=torch.bool)].reshape(n, t, t - 1)
+    return norms > (ratio or MASSIVE_NORM_RATIO) * others.median(dim=-1).values
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,11 +174,10 @@ def _stop_layer(model, hook: str) -> int | None:
 
 
 @torch.no_grad()
-def site_activations(model, windows: Tensor, hook: str, max_norm_ratio: float = 4.0, exclude_first: bool = True,
-                     batch_size: int = 64) -> SiteActivations:
-    """Run ``windows [n, pos]`` (token ids) up to ``hook`` and keep the activations that are not massive
-    (see :func:`massive_positions`)."""
-    windows = _check_windows(model, windows)
+def window_activations(model, windows: Tensor, hook: str, batch_size: int = 64) -> Tensor:
+    """Activations ``[n, pos, d]`` (float32, CPU) at ``hook`` at every position of equal-length windows
+    ``windows [n, pos]`` (token ids), running only the blocks up to the hook, ``batch_size`` windows at a time."""
+    windows = _check_windows(model, windows, min_pos=1)
     if hook not in model.hook_dict:
         raise ValueError(f"unknown hook {hook!r}; see model.hook_dict for the hook points of this model")
     stop = _stop_layer(model, hook)
@@ -181,17 +186,29 @@ def site_activations(model, windows: Tensor, hook: str, max_norm_ratio: float = 
         tokens = windows[i : i + batch_size].to(model.cfg.device)
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook, stop_at_layer=stop)
         chunks.append(cache[hook].float().cpu())
-    acts = torch.cat(chunks)  # [n, pos, d]
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def clean_activations(model, windows: Tensor, hook: str, max_norm_ratio: float = 4.0, exclude_first: bool = True,
+                      batch_size: int = 64) -> SiteActivations:
+    """Run ``windows [n, pos]`` (token ids) up to ``hook`` and keep the activations that are not massive
+    (see :func:`massive_positions`)."""
+    acts = window_activations(model, _check_windows(model, windows), hook, batch_size)  # [n, pos, d]
     norms = acts.norm(dim=-1)
     excluded = massive_positions(norms, max_norm_ratio, exclude_first)
     index = (~excluded).nonzero()
     return SiteActivations(acts[~excluded], index, norms, excluded)
 
 
-def _check_windows(model, windows) -> Tensor:
+site_activations = clean_activations  # the former name, kept for scripts that import it
+
+
+def _check_windows(model, windows, min_pos: int = 2) -> Tensor:
     windows = torch.as_tensor(windows, dtype=torch.long)
-    if windows.ndim != 2 or windows.shape[0] < 1 or windows.shape[1] < 2:
-        raise ValueError(f"windows must be token ids of shape [n, pos] with n >= 1, pos >= 2, got {tuple(windows.shape)}")
+    if windows.ndim != 2 or windows.shape[0] < 1 or windows.shape[1] < min_pos:
+        raise ValueError(f"windows must be token ids of shape [n, pos] with n >= 1, pos >= {min_pos}, "
+                         f"got {tuple(windows.shape)}")
     if (windows < 0).any() or (windows >= model.cfg.d_vocab).any():
         raise ValueError(f"token ids must lie in [0, {model.cfg.d_vocab}) for this model")
     return windows
@@ -376,7 +393,7 @@ def train_corpus_sae(model, config: CorpusSAEConfig = CorpusSAEConfig(),
     seconds = {}
     start = time.perf_counter()
     train_windows = corpus.windows(config.n_windows, config.window, config.seed, split="train")
-    site = site_activations(model, train_windows, config.hook, config.max_norm_ratio, config.exclude_first)
+    site = clean_activations(model, train_windows, config.hook, config.max_norm_ratio, config.exclude_first)
     exclusion = site.exclusion()
     log.info("corpus SAE: %d activations from %d windows of %d tokens (%d excluded as massive)",
              exclusion["kept"], config.n_windows, config.window, exclusion["excluded"])

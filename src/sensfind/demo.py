@@ -15,14 +15,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .analysis import AnalysisConfig, analyse_prompt, massive_last_token
 from .compare import CompareConfig, compare
-from .corpus_sae import CorpusSAEConfig, site_activations, train_corpus_sae
+from .configs import Config, check_int
+from .corpus_sae import CorpusSAEConfig, clean_activations, train_corpus_sae
 from .dictionary import Dictionary, TrainSAEConfig, train_sae
 from .prompts import load_corpus, resolve_cache_dir
 from .optimize import DiscoverConfig, discover
@@ -36,8 +37,19 @@ __all__ = ["DemoConfig", "ModelDemoConfig", "run_demo", "run_model_demo"]
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """Sizes of the demo. ``quick`` shrinks everything for tests."""
+class DemoConfig(Config):
+    """Sizes of the demo. ``quick`` shrinks everything for tests.
+
+    Attributes:
+        seed: seeds the toy model, its training stream, the SAE and discovery.
+        input: which input of the toy model's stream is the base.
+        n_train: toy activations the SAE is trained on.
+        d_sae: SAE latents.
+        sae_epochs: SAE training epochs.
+        restarts, iterations: discovery restarts and iterations per round.
+        n_others: real-other activations (other inputs of the toy).
+        compare: settings of ``compare`` (a ``CompareConfig``).
+    """
 
     seed: int = 0
     input: int = 0
@@ -49,14 +61,18 @@ class DemoConfig:
     n_others: int = 256
     compare: CompareConfig = CompareConfig()
 
+    def __post_init__(self):
+        for name, lo in (("seed", 0), ("input", 0), ("n_train", 1), ("d_sae", 1), ("sae_epochs", 1), ("restarts", 1),
+                         ("iterations", 0), ("n_others", 1)):
+            check_int(name, getattr(self, name), lo)
+        if not isinstance(self.compare, CompareConfig):
+            raise ValueError(f"compare must be a CompareConfig, got {type(self.compare).__name__}")
+
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
         base = cls(n_train=4000, d_sae=192, sae_epochs=3, restarts=8, iterations=25, n_others=128,
                    compare=CompareConfig(n_null=300, n_latents=8, probes=4, scan_steps=181, refine_iterations=15))
         return replace(base, **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), cache_dir: str | Path | None = None,
@@ -131,7 +147,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), cache_dir: str 
 # The real job: a trained model, one corpus prompt
 
 @dataclass(frozen=True)
-class ModelDemoConfig:
+class ModelDemoConfig(Config):
     """Sizes of the demo on a real model.
 
     Attributes:
@@ -158,6 +174,16 @@ class ModelDemoConfig:
     n_others: int = 64
     analysis: AnalysisConfig = AnalysisConfig()
 
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a sensfind.load_model name, got {self.model!r}")
+        for name, lo in (("seed", 0), ("input", 0), ("prompt_length", 2), ("context_windows", 1), ("context_length", 2),
+                         ("n_others", 1)):
+            check_int(name, getattr(self, name), lo)
+        for name, cls in (("sae", CorpusSAEConfig), ("analysis", AnalysisConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+
     @property
     def hook(self) -> str:
         return self.sae.hook
@@ -170,9 +196,6 @@ class ModelDemoConfig:
                                            max_active=3, n_inactive=2, n_refine=1, refine_iterations=2, curve_steps=16,
                                            n_null=200))
         return replace(base, **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _say(progress: bool, message: str) -> None:
@@ -223,13 +246,13 @@ def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(),
         prompt, skipped = pick_prompt(model, config, corpus)
         subject = TransformerSubject(model, prompt, hook=config.hook, chunk_size=1024)  # few large calls
         other_windows = corpus.windows(config.n_others + 1, config.prompt_length, seed=config.seed + 7, split="test")
-        from .prompts import site_activations as last_token_activations
+        from .prompts import prompt_activations
 
-        others = last_token_activations(model, [w.tolist() for w in other_windows if w.tolist() != prompt][: config.n_others],
-                                  config.hook)
+        others = prompt_activations(model, [w.tolist() for w in other_windows if w.tolist() != prompt][: config.n_others],
+                                    config.hook)
         ctx_tokens = corpus.windows(config.context_windows, config.context_length, seed=config.seed + 2, split="train")
         _say(progress, f"activations of {config.context_windows} context windows and {len(others)} real-other prompts")
-        contexts = site_activations(model, ctx_tokens, config.hook, config.sae.max_norm_ratio, config.sae.exclude_first)
+        contexts = clean_activations(model, ctx_tokens, config.hook, config.sae.max_norm_ratio, config.sae.exclude_first)
         pool = contexts.acts
         timings["activations_seconds"] = time.perf_counter() - t
         a = config.analysis

@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -38,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .configs import Config, check_bool, check_int
 from .errors import MissingInputError
 
 log = logging.getLogger(__name__)
@@ -397,7 +398,7 @@ def load_pretrained(
 
 
 @dataclass(frozen=True)
-class TrainSAEConfig:
+class TrainSAEConfig(Config):
     """Hyperparameters of :func:`train_sae`: a SAELens ``StandardTrainingSAE`` (ReLU, L1 penalty) or
     ``TopKTrainingSAE`` (the ``k`` largest latents kept, no sparsity penalty).
 
@@ -433,16 +434,10 @@ class TrainSAEConfig:
         if self.lr == 0:
             raise ValueError("lr must be > 0, got 0")
         for name in ("batch_size", "epochs", "k"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.normalize_activations, bool):
-            raise ValueError(f"normalize_activations must be True or False, got {self.normalize_activations!r}")
+            check_int(name, getattr(self, name), 1)
+        check_bool("normalize_activations", self.normalize_activations)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be a device string such as 'cpu' or 'cuda', got {self.device!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class _ShuffledBatches(Iterator[Tensor]):

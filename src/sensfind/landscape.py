@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .optima import effective_directions
+from .geometry import check_directions, effective_directions
 from .runio import load_json, load_tensors, save_json, save_tensors
-from .scan import ScanConfig, check_directions, scan
+from .scan import ScanConfig, scan
 from .subjects import Subject
 
 __all__ = ["Landscape", "landscape", "simplex_grid", "simplex_directions"]

@@ -23,19 +23,18 @@ keeps about ``sqrt(r/d)`` of its norm in an ``r``-dimensional span, so the span 
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .baselines import cov_stats
 from .dictionary import Dictionary
-from .scan import check_directions, directions_from_targets
+from .configs import Config, check_int
+from .geometry import check_directions, directions_from_targets
+from .runio import dumps_json, json_float, load_json, load_tensors, save_json, save_tensors, to_jsonable
 
 __all__ = [
     "Matches",
@@ -52,7 +51,7 @@ _CHUNK_ELEMENTS = 1 << 24  # cosines held at once when scanning a large dictiona
 
 
 @dataclass(frozen=True)
-class NullConfig:
+class NullConfig(Config):
     """Random directions to compare against.
 
     Attributes:
@@ -69,13 +68,8 @@ class NullConfig:
     def __post_init__(self):
         if self.kind not in _NULL_KINDS:
             raise ValueError(f"null kind must be one of {_NULL_KINDS}, got {self.kind!r}")
-        if not isinstance(self.n_null, int) or isinstance(self.n_null, bool) or self.n_null < 1:
-            raise ValueError(f"n_null must be an integer >= 1, got {self.n_null!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        check_int("n_null", self.n_null, 1)
+        check_int("seed", self.seed)
 
 
 def _as_null(null: NullConfig | str) -> NullConfig:
@@ -172,10 +166,6 @@ def _quantiles(null: Tensor) -> dict:
                 median=float(q[0]), q95=float(q[1]), q99=float(q[2]))
 
 
-def _json_float(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 @dataclass(frozen=True, eq=False)
 class Matches:
     """Top-``k`` dictionary matches of ``N`` directions, with a null.
@@ -229,40 +219,34 @@ class Matches:
             rows.append([
                 dict(latent=int(self.latents[i, j]), cos=float(self.cos[i, j]),
                      effect="excites" if self.cos[i, j] >= 0 else "dampens", p_value=float(self.p_value[i, j]),
-                     z=_json_float(float(self.z[i, j])), url=self.urls[i][j])
+                     z=json_float(float(self.z[i, j])), url=self.urls[i][j])
                 for j in range(self.k)
             ])
         return dict(source=self.source, hook_name=self.hook_name, null=self.null.to_dict(),
-                    summary=_nan_to_none(self.summary()), matches=rows)
+                    summary=to_jsonable(self.summary()), matches=rows)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return dumps_json(self.to_dict())
 
     def save(self, path: str | Path) -> Path:
         """Write ``matches.json`` (readable) and ``matches.safetensors`` (the tensors)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "matches.json").write_text(self.to_json())
+        save_json(path / "matches.json", self.to_dict())
         tensors = dict(cos=self.cos, latents=self.latents, p_value=self.p_value, z=self.z, null_best=self.null_best)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path / "matches.safetensors")
+        save_tensors(path / "matches.safetensors", tensors)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Matches:
         path = Path(path)
-        meta = json.loads((path / "matches.json").read_text())
-        t = load_file(path / "matches.safetensors")
+        meta = load_json(path / "matches.json")
+        t = load_tensors(path / "matches.safetensors")
         urls = [[m["url"] for m in row] for row in meta["matches"]]
         return cls(cos=t["cos"], latents=t["latents"], p_value=t["p_value"], z=t["z"], null_best=t["null_best"],
-                   null=NullConfig(**meta["null"]), source=meta["source"], hook_name=meta["hook_name"], urls=urls)
+                   null=NullConfig.from_dict(meta["null"]), source=meta["source"], hook_name=meta["hook_name"], urls=urls)
 
 
-def _nan_to_none(obj):
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, float):
-        return _json_float(obj)
-    return obj
 
 
 def match_directions(
@@ -353,30 +337,29 @@ class RealOtherMatches:
     def to_dict(self) -> dict:
         rows = [
             dict(best=int(self.best[i]), best_cos=float(self.best_cos[i]), p_value=float(self.p_value[i]),
-                 z=_json_float(float(self.z[i])), span_norm=float(self.span_norm[i]),
-                 span_p_value=float(self.span_p_value[i]), span_z=_json_float(float(self.span_z[i])))
+                 z=json_float(float(self.z[i])), span_norm=float(self.span_norm[i]),
+                 span_p_value=float(self.span_p_value[i]), span_z=json_float(float(self.span_z[i])))
             for i in range(len(self))
         ]
-        return dict(rank=self.rank, null=self.null.to_dict(), summary=_nan_to_none(self.summary()), directions=rows)
+        return dict(rank=self.rank, null=self.null.to_dict(), summary=to_jsonable(self.summary()), directions=rows)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return dumps_json(self.to_dict())
 
     def save(self, path: str | Path) -> Path:
         """Write ``real_other.json`` (readable) and ``real_other.safetensors`` (the tensors)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "real_other.json").write_text(self.to_json())
-        tensors = {n: getattr(self, n).detach().cpu().contiguous() for n in self.TENSORS}
-        save_file(tensors, path / "real_other.safetensors")
+        save_json(path / "real_other.json", self.to_dict())
+        save_tensors(path / "real_other.safetensors", {n: getattr(self, n) for n in self.TENSORS})
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> RealOtherMatches:
         path = Path(path)
-        meta = json.loads((path / "real_other.json").read_text())
-        t = load_file(path / "real_other.safetensors")
-        return cls(rank=meta["rank"], null=NullConfig(**meta["null"]), **{n: t[n] for n in cls.TENSORS})
+        meta = load_json(path / "real_other.json")
+        t = load_tensors(path / "real_other.safetensors")
+        return cls(rank=meta["rank"], null=NullConfig.from_dict(meta["null"]), **{n: t[n] for n in cls.TENSORS})
 
 
 def _span_basis(unit_rows: Tensor) -> Tensor:

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .runio import load_json, load_tensors, save_json, save_tensors, to_jsonable
+from .runio import dumps_json, load_json, load_tensors, save_json, save_tensors
 
-__all__ = ["Discovery", "cluster_directions", "effective_directions", "distinct_sensitive", "PARALLEL_TOL"]
-
-PARALLEL_TOL = 1e-6  # relative size of the orthogonal part below which a direction counts as parallel
-
-
-def effective_directions(directions: Tensor, base: Tensor, mode: str) -> Tensor:
-    """The unit direction that actually moves the activation: in sphere mode the part orthogonal to
-    ``base``; in straight mode the direction itself. ``[R, d]``."""
-    u = directions / directions.norm(dim=1, keepdim=True)
-    if mode == "sphere":
-        xhat = (base / base.norm()).to(u.dtype)
-        u = u - (u @ xhat)[:, None] * xhat
-        norms = u.norm(dim=1, keepdim=True)
-        parallel = norms[:, 0] < PARALLEL_TOL
-        if parallel.any():
-            i = int(parallel.nonzero()[0])
-            raise ValueError(f"direction {i} is parallel to the base; it has no part orthogonal to it")
-        u = u / norms
-    return u
-
+__all__ = ["Discovery", "cluster_directions", "distinct_sensitive"]
 
 def cluster_directions(directions: Tensor, scores: Tensor, threshold: float = 0.9) -> list[list[int]]:
     """Group unit directions ``[R, d]`` whose cosine with a cluster's best member is ``>= threshold``.
@@ -129,7 +109,7 @@ class Discovery:
         return self.directions.shape[0]
 
     def to_json(self) -> str:
-        return json.dumps(to_jsonable(self._summary()), indent=2, allow_nan=False)
+        return dumps_json(self._summary())
 
     def _summary(self) -> dict:
         return {

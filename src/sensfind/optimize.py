@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -48,11 +48,13 @@ from tqdm.auto import tqdm
 
 from .baselines import cov_stats, isotropic
 from .blowup import check_tau, check_temperature, threshold_index, threshold_value
+from .configs import Config, check_bool, check_int, check_number
 from .effects import get_effect
 from .errors import CheckpointError
-from .objective import adaptive_grid, sensitivity_objective
-from .optima import Discovery, cluster_directions, effective_directions
-from .scan import ScanConfig, check_directions, scan
+from .objective import adaptive_grid, flushed_subnormals, sensitivity_objective
+from .geometry import check_directions, effective_directions
+from .optima import Discovery, cluster_directions
+from .scan import ScanConfig, scan
 from .subjects import Subject
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ class NonFiniteOutputError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class DiscoverConfig:
+class DiscoverConfig(Config):
     """Settings of a discovery run. Every default works on any subject.
 
     Objective:
@@ -147,18 +149,10 @@ class DiscoverConfig:
 
     def __post_init__(self):
         def positive_int(name, minimum=1):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+            check_int(name, getattr(self, name), minimum)
 
         def finite(name, lo=None, hi=None, lo_open=False):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-            if lo is not None and (v <= lo if lo_open else v < lo):
-                raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v!r}")
-            if hi is not None and v > hi:
-                raise ValueError(f"{name} must be <= {hi}, got {v!r}")
+            check_number(name, getattr(self, name), lo, hi, lo_open=lo_open)
 
         positive_int("restarts")
         positive_int("iterations", 0)
@@ -189,8 +183,7 @@ class DiscoverConfig:
         if self.init not in ("metric", "isotropic", "covariance", "given"):
             raise ValueError(f"init must be 'metric', 'isotropic', 'covariance' or 'given', got {self.init!r}")
         for name in ("adaptive", "normalize", "abandon"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         get_effect(self.effect)
         self.scan_config  # validates mode, range
 
@@ -234,18 +227,7 @@ class DiscoverConfig:
         frac = iteration / (n - 1)
         return self.lr_final + (lr - self.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiscoverConfig":
-        if not isinstance(d, dict):
-            raise TypeError(f"DiscoverConfig.from_dict needs a dict of field -> value, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown DiscoverConfig field(s) {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
+    # to_dict / from_dict (strict: unknown keys are named with the allowed ones) come from Config
 
 
 def _round_seed(seed: int, round_index: int) -> int:
@@ -382,6 +364,7 @@ class _Bar:
         self.bar.close()
 
 
+@flushed_subnormals()
 def discover(
     subject: Subject,
     config: DiscoverConfig = DiscoverConfig(),

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CORPUS_PACKAGE", "Corpus", "CorpusUnavailableError", "DatasetUnavailableError", "TextWindows",
            "corpus_texts", "load_corpus", "load_prompts", "openwebtext_windows", "resolve_cache_dir",
-           "site_activations", "site_activations_all_positions", "text_windows"]
+           "prompt_activations", "site_activations", "site_activations_all_positions", "text_windows"]
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -361,8 +361,10 @@ def load_prompts(source: str | Path = "builtin", model=None) -> list:
 
 
 @torch.no_grad()
-def site_activations(model, prompts: list, hook: str, position: int = -1) -> Tensor:
-    """Activations ``[M, d]`` at ``hook`` and ``position`` (per prompt, negative counts from its end)."""
+def prompt_activations(model, prompts: list, hook: str, position: int = -1) -> Tensor:
+    """Activations ``[M, d]`` at ``hook`` and ``position`` of each of ``M`` prompts (negative counts from
+    its end), one prompt at a time (prompts may differ in length). Windows of equal length with every
+    position: ``corpus_sae.window_activations``."""
     if hook not in model.hook_dict:
         raise ValueError(f"unknown hook {hook!r}; see model.hook_dict for the hook points of this model")
     out = []
@@ -383,6 +385,9 @@ def _hook_activations(model, tokens: Tensor, hook: str) -> Tensor:
         stop = None
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook, stop_at_layer=stop)
     return cache[hook][0]
+
+
+site_activations = prompt_activations  # the former name, kept for scripts that import it
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .optima import effective_directions
+from .geometry import effective_directions
 
 __all__ = ["Recovery", "recovery"]
 

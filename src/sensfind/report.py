@@ -87,7 +87,7 @@ def comparison_figures(directory: Path, subject, directions, comparison) -> list
 
 def comparison_rows(subject, comparison):
     """The scanned decoder rows with the base projected out and the sign that blows up earlier."""
-    from .optima import effective_directions
+    from .geometry import effective_directions
 
     sens = comparison.sensitivity
     dec = comparison.dictionary.decoder

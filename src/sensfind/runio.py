@@ -26,23 +26,29 @@ from safetensors.torch import save as safetensors_bytes
 
 from .errors import InputFileError, ResultsWriteError, SensfindError
 
-__all__ = ["to_jsonable", "save_json", "load_json", "save_tensors", "load_tensors", "write_atomic", "read_text",
+__all__ = ["json_float", "to_jsonable", "dumps_json", "save_json", "load_json", "save_tensors", "load_tensors", "write_atomic", "read_text",
            "check_output_dir", "staged_dir", "umask"]
 
 # errno values raised while writing results that mean the location cannot take them (not a bug)
 _FULL_OR_READONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
+def json_float(x: float) -> float | None:
+    """The one convention for non-finite numbers in sensfind's JSON files: ``null`` (``None``). Exact
+    values (``inf`` for a threshold never reached) are kept in the tensors saved beside the JSON."""
+    return x if math.isfinite(x) else None
+
+
 def to_jsonable(obj):
-    """Tensors, tuples, paths and non-finite floats -> plain JSON values (inf -> "inf", nan -> "nan")."""
+    """Tensors, tuples, paths and dtypes -> plain JSON values; non-finite floats -> ``None`` (``json_float``)."""
     if isinstance(obj, torch.Tensor):
         return to_jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, float):
+        return json_float(obj)
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, torch.dtype):
@@ -85,8 +91,13 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
         raise ResultsWriteError(path, exc.strerror or str(exc)) from exc
 
 
+def dumps_json(obj) -> str:
+    """``obj`` as indented, strictly valid JSON text (``to_jsonable`` first)."""
+    return json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
+
+
 def save_json(path: str | Path, obj) -> None:
-    write_atomic(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    write_atomic(path, dumps_json(obj) + "\n")
 
 
 def _input_file(path: str | Path, what: str) -> Path:

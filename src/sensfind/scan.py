@@ -15,22 +15,21 @@ not grow with directions × steps × output width.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from .configs import Config, check_int
 from .blowup import check_tau, max_slope_index, threshold_index, threshold_value
 from .effects import get_effect
+from .geometry import Mode, check_directions, directions_from_targets, perturb  # noqa: F401  (directions_from_targets re-exported)
 from .subjects import Subject
 
 __all__ = [
     "ScanConfig",
     "Scan",
-    "check_directions",
-    "directions_from_targets",
-    "perturb",
     "scan",
     "step_grid",
     "scan_chunk_rows",
@@ -40,11 +39,9 @@ __all__ = [
 DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of outputs (and their effect temporaries) per chunk of a gradient-free scan
 _OUTPUT_COPIES = 4  # logits, log-softmax, its exp and the difference live at once while the effect is computed
 
-Mode = Literal["sphere", "straight"]
-
 
 @dataclass(frozen=True)
-class ScanConfig:
+class ScanConfig(Config):
     """How to scan.
 
     Attributes:
@@ -70,8 +67,7 @@ class ScanConfig:
             raise ValueError(f"mode must be 'sphere' or 'straight', got {self.mode!r}")
         if self.scale not in ("relative", "absolute"):
             raise ValueError(f"scale must be 'relative' or 'absolute', got {self.scale!r}")
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 2:
-            raise ValueError(f"steps must be an integer >= 2, got {self.steps!r}")
+        check_int("steps", self.steps, 2)
         get_effect(self.effect)
         check_tau(self.tau)
         lo, hi = self.range
@@ -104,84 +100,10 @@ class ScanConfig:
         """Label for the step axis of a figure."""
         return "angle θ (deg)" if self.mode == "sphere" else f"step α ({self.unit})"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def step_grid(config: ScanConfig, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
     lo, hi = config.range
     return torch.linspace(lo, hi, config.steps, dtype=dtype, device=device)
-
-
-def check_directions(directions: Tensor, d: int, base: Tensor | None = None, what: str = "direction") -> Tensor:
-    """Validate directions ``[R, d]`` (or ``[d]``): right width, finite, nonzero, and, when ``base`` is
-    given (sphere mode), not parallel to it. Returns them as ``[R, d]`` (not normalised)."""
-    if not isinstance(directions, Tensor):
-        raise TypeError(f"{what}s must be a torch.Tensor of shape [R, {d}], got {type(directions).__name__}")
-    if directions.is_complex() or not directions.is_floating_point():
-        raise TypeError(f"{what}s must be a real floating-point tensor, got dtype {directions.dtype}; "
-                        "convert with .float() (complex values have no meaning as activation directions)")
-    if directions.ndim == 1:
-        directions = directions[None]
-    if directions.ndim != 2 or directions.shape[1] != d:
-        raise ValueError(f"{what}s must have shape [R, {d}] (the site's width), got {tuple(directions.shape)}")
-    if directions.shape[0] == 0:
-        raise ValueError(f"no {what}s given: need at least one row")
-    with torch.no_grad():
-        finite = torch.isfinite(directions).all(dim=1)
-        if not finite.all():
-            i = int((~finite).nonzero()[0])
-            raise ValueError(f"{what} {i} contains NaN or inf values")
-        norms = directions.norm(dim=1)
-        if (norms == 0).any():
-            i = int((norms == 0).nonzero()[0])
-            raise ValueError(f"{what} {i} is the zero vector; directions must be nonzero")
-        if base is not None:
-            b = base / base.norm()
-            cos = (directions.to(b.dtype) @ b).abs() / norms.to(b.dtype)
-            par = (1 - cos**2).clamp(min=0).sqrt() < 1e-6
-            if par.any():
-                i = int(par.nonzero()[0])
-                raise ValueError(
-                    f"{what} {i} is parallel to the base activation (|cos| = {float(cos[i]):.8f}); in sphere "
-                    "mode only the part orthogonal to the base moves the activation, and it is zero"
-                )
-    return directions
-
-
-def directions_from_targets(base: Tensor, targets: Tensor) -> Tensor:
-    """Unit directions ``(x1 - x0)/|x1 - x0|`` from the base towards target activations ``[R, d]``."""
-    targets = check_directions(targets, base.shape[0], what="target")
-    diff = targets.to(base.dtype) - base
-    norms = diff.norm(dim=1)
-    if (norms == 0).any():
-        i = int((norms == 0).nonzero()[0])
-        raise ValueError(f"target {i} equals the base activation; its direction is undefined")
-    return diff / norms[:, None]
-
-
-def perturb(base: Tensor, directions: Tensor, steps: Tensor, mode: Mode = "sphere", scale: str = "relative") -> Tensor:
-    """Perturbed activations ``[R, K, d]`` for directions ``[R, d]`` and steps ``[K]`` or ``[R, K]``.
-
-    Sphere mode: steps in degrees. Straight mode: steps are α (times |x0| when ``scale='relative'``).
-    """
-    steps = steps.to(base.dtype)
-    if steps.ndim == 1:
-        steps = steps.expand(directions.shape[0], -1)
-    norm = base.norm()
-    if mode == "sphere":
-        xhat = base / norm
-        u = directions.to(base.dtype)
-        t = u - (u @ xhat)[:, None] * xhat  # part orthogonal to the base  [R, d]
-        that = t / t.norm(dim=1, keepdim=True)
-        theta = torch.deg2rad(steps)[..., None]  # [R, K, 1]
-        return norm * (theta.cos() * xhat + theta.sin() * that[:, None, :])
-    if mode == "straight":
-        u = directions.to(base.dtype)
-        u = u / u.norm(dim=1, keepdim=True)
-        size = norm if scale == "relative" else 1.0
-        return base + size * steps[..., None] * u[:, None, :]
-    raise ValueError(f"mode must be 'sphere' or 'straight', got {mode!r}")
 
 
 @dataclass

@@ -82,21 +82,21 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .configs import Config, is_int, is_number
 from .effects import kl
-from .optima import PARALLEL_TOL, effective_directions
+from .geometry import PARALLEL_TOL, project_out, reject
 from .subjects import check_acts, check_base
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ToyConfig", "ToyModel", "ToySample", "ToySubject", "feature_cosines", "project_out"]
+__all__ = ["ToyConfig", "ToyModel", "ToySample", "ToySubject", "feature_cosines"]
 
 FeatureInit = Literal["spread", "random"]
 
@@ -107,16 +107,8 @@ _MAX_DRAWS_PER_SAMPLE = 1000  # clean sampling gives up below a 0.1% clean rate
 _MIN_REFILL = 64
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 @dataclass(frozen=True)
-class ToyConfig:
+class ToyConfig(Config):
     """A toy model of features in superposition read off by steep thresholds.
 
     Attributes:
@@ -152,49 +144,46 @@ class ToyConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not _is_int(self.d) or self.d < 2:
+        if not is_int(self.d) or self.d < 2:
             raise ValueError(f"d must be an integer >= 2, got {self.d!r}")
-        if not _is_int(self.n_features) or self.n_features <= self.d:
+        if not is_int(self.n_features) or self.n_features <= self.d:
             raise ValueError(
                 f"n_features must be an integer > d = {self.d} (features in superposition), got {self.n_features!r}"
             )
-        if not _is_int(self.k_active) or not 1 <= self.k_active < self.n_features:
+        if not is_int(self.k_active) or not 1 <= self.k_active < self.n_features:
             raise ValueError(
                 f"k_active must be an integer in [1, n_features - 1 = {self.n_features - 1}], got {self.k_active!r}"
             )
         mag = self.magnitude
-        if not isinstance(mag, (tuple, list)) or len(mag) != 2 or not all(_is_real(m) for m in mag):
+        if not isinstance(mag, (tuple, list)) or len(mag) != 2 or not all(is_number(m) for m in mag):
             raise ValueError(f"magnitude must be a pair (lo, hi) of finite numbers, got {mag!r}")
         lo, hi = float(mag[0]), float(mag[1])
         if not 0 < lo <= hi:
             raise ValueError(f"magnitude must satisfy 0 < lo <= hi, got {mag!r}")
         object.__setattr__(self, "magnitude", (lo, hi))
-        if not _is_real(self.noise) or self.noise < 0:
+        if not is_number(self.noise) or self.noise < 0:
             raise ValueError(f"noise must be a finite number >= 0, got {self.noise!r}")
-        if not _is_real(self.threshold) or not 0 < self.threshold < lo:
+        if not is_number(self.threshold) or not 0 < self.threshold < lo:
             raise ValueError(
                 f"threshold must be a finite number in (0, lo = {lo}) so that an active feature reads above it, "
                 f"got {self.threshold!r}"
             )
-        if not _is_real(self.sharpness) or self.sharpness <= 0:
+        if not is_number(self.sharpness) or self.sharpness <= 0:
             raise ValueError(f"sharpness must be a finite number > 0, got {self.sharpness!r}")
-        if not _is_int(self.n_out) or self.n_out < 2:
+        if not is_int(self.n_out) or self.n_out < 2:
             raise ValueError(f"n_out must be an integer >= 2, got {self.n_out!r}")
-        if not _is_real(self.vote_fraction) or not 0 < self.vote_fraction < 1:
+        if not is_number(self.vote_fraction) or not 0 < self.vote_fraction < 1:
             raise ValueError(f"vote_fraction must be a number in (0, 1), got {self.vote_fraction!r}")
-        if not _is_real(self.output_scale) or self.output_scale <= 0:
+        if not is_number(self.output_scale) or self.output_scale <= 0:
             raise ValueError(f"output_scale must be a finite number > 0, got {self.output_scale!r}")
         if self.feature_init not in ("spread", "random"):
             raise ValueError(f"feature_init must be 'spread' or 'random', got {self.feature_init!r}")
-        if not _is_real(self.margin) or not 0 <= self.margin < self.threshold:
+        if not is_number(self.margin) or not 0 <= self.margin < self.threshold:
             raise ValueError(
                 f"margin must be a finite number in [0, threshold = {self.threshold}), got {self.margin!r}"
             )
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _derived_seed(*keys: int) -> int:
@@ -207,7 +196,7 @@ def _generator(seed: int | torch.Generator | None, default: int) -> torch.Genera
         return seed
     if seed is None:
         seed = default
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, a torch.Generator or None, got {seed!r}")
     return torch.Generator().manual_seed(int(seed))
 
@@ -316,7 +305,7 @@ class ToyModel:
         it), so that the planted active set is exactly the set of features that are on, with room to
         spare. It raises ``ValueError`` when interference makes clean inputs too rare.
         """
-        if not _is_int(n) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"number of samples must be an integer >= 1, got {n!r}")
         g = _generator(seed, _derived_seed(self.config.seed, 2))
         acts, active = self._draw(n, g)
@@ -366,7 +355,7 @@ class ToyModel:
 
     def input(self, index: int) -> ToySample:
         """The ``index``-th input of the model's fixed stream (clean; ``acts [1, d]``, ``active [1, k]``)."""
-        if not _is_int(index) or index < 0:
+        if not is_int(index) or index < 0:
             raise ValueError(f"input index must be an integer >= 0, got {index!r}")
         return self.sample(1, seed=_derived_seed(self.config.seed, 3, index))
 
@@ -382,7 +371,7 @@ class ToyModel:
                 raise ValueError(f"activation must have shape [{self.d}], got {tuple(x.shape)}")
             active = self.on(base[None])[0].nonzero()[:, 0]
             return ToySubject(self, base, active)
-        if _is_int(x):
+        if is_int(x):
             sample = self.input(int(x))
             return ToySubject(self, sample.acts[0], sample.active[0])
         raise TypeError(f"expected an input index (int) or an activation tensor [d], got {type(x).__name__}")
@@ -469,7 +458,7 @@ class ToySubject:
 
         Rows equal to the base (possible when ``seed`` reproduces this input's stream) are redrawn.
         """
-        if not _is_int(n) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"number of other inputs must be an integer >= 1, got {n!r}")
         g = _generator(seed, _derived_seed(self.model.config.seed, 4))
         rows = []
@@ -482,30 +471,6 @@ class ToySubject:
         return f"ToySubject(active={self.active.tolist()}, |base|={float(self.base.norm()):.3f}, model={self.model!r})"
 
 
-def project_out(directions: Tensor, base: Tensor) -> Tensor:
-    """Unit rows of the part of ``directions`` ``[N, d]`` orthogonal to ``base`` ``[d]``: ``[N, d]``.
-
-    This is all that a sphere-mode scan sees of a direction. Raises ``ValueError`` for a row
-    (numerically) parallel to the base.
-    """
-    if directions.ndim == 1:
-        directions = directions[None]
-    if directions.ndim != 2 or base.ndim != 1 or directions.shape[1] != base.shape[0]:
-        raise ValueError(
-            f"need directions [N, d] and base [d] of the same width, "
-            f"got {tuple(directions.shape)} and {tuple(base.shape)}"
-        )
-    return effective_directions(directions, base.to(directions.dtype), "sphere")
-
-
-def _orthogonal_part(x: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
-    """Part of rows ``[N, d]`` orthogonal to ``base``, and its norm relative to the row's norm ``[N]``."""
-    b = base.to(x.dtype)
-    b = b / b.norm()
-    t = x - (x @ b)[:, None] * b
-    return t, t.norm(dim=1) / x.norm(dim=1)
-
-
 def feature_cosines(directions: Tensor, features: Tensor, base: Tensor) -> Tensor:
     """Cosines ``[N, n]`` between directions ``[N, d]`` and features ``[n, d]``, base projected out of both.
 
@@ -515,7 +480,9 @@ def feature_cosines(directions: Tensor, features: Tensor, base: Tensor) -> Tenso
     dirs = project_out(directions, base)
     if features.ndim != 2 or features.shape[1] != base.shape[0]:
         raise ValueError(f"features must have shape [n, {base.shape[0]}], got {tuple(features.shape)}")
-    t, rel = _orthogonal_part(features.to(dirs.dtype), base)
+    x = features.to(dirs.dtype)
+    t = reject(x, base)
+    rel = t.norm(dim=1) / x.norm(dim=1)  # size of the orthogonal part relative to the feature's norm
     keep = rel >= PARALLEL_TOL
     t = torch.where(keep[:, None], t, torch.zeros_like(t))
     norms = torch.where(keep, t.norm(dim=1), torch.ones_like(rel))

@@ -1,0 +1,95 @@
+"""Spec strings, parsed in one place: ``KIND`` or ``KIND:VALUE`` naming a dictionary or a direction source.
+
+The command line, the tuner and the experiments all name their inputs this way:
+
+* dictionaries: ``pretrained:RELEASE[/SAE_ID]`` (the HuggingFace hub), ``disk:PATH`` (a ``Dictionary.save``
+  directory or one in SAELens format), ``train:D_SAE`` (trained on local activations); the experiments
+  also take ``corpus``, ``auto`` and ``none``;
+* direction sources: ``random:N``, ``file:PATH``, ``targets:PATH|builtin``.
+
+Models are named by ``sensfind.load_model`` (``random:ARCH``, ``gguf:PATH``, ``smollm2-135m``, a hub name),
+plus ``toy`` where a command accepts the ground-truth toy.
+
+``parse_spec`` checks the kind against a table of allowed kinds (kind -> what its value is) and says
+what is allowed when it is not; the loaders for the kinds that mean the same everywhere live here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+__all__ = ["DICTIONARY_KINDS", "DIRECTION_KINDS", "DEFAULT_SAE_RELEASE", "Spec", "check_dictionary_dir", "dictionary_width",
+           "load_dictionary_dir", "load_dictionary_spec", "parse_spec", "spec_alternatives"]
+
+# kind -> what follows the colon ("" for a bare kind)
+DICTIONARY_KINDS: Mapping[str, str] = {"pretrained": "RELEASE[/SAE_ID]", "disk": "PATH", "train": "D_SAE"}
+DIRECTION_KINDS: Mapping[str, str] = {"random": "N", "file": "PATH", "targets": "PATH|builtin"}
+DEFAULT_SAE_RELEASE = "gpt2-small-res-jb"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed spec string: ``kind`` and the ``value`` after the colon (``""`` if none)."""
+
+    kind: str
+    value: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}" if self.value else self.kind
+
+
+def spec_alternatives(kinds: Mapping[str, str]) -> str:
+    """``a:X, b:Y or c``: the allowed spellings, for messages and help texts."""
+    names = [f"{k}:{v}" if v else k for k, v in kinds.items()]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def parse_spec(text: str, kinds: Mapping[str, str], what: str) -> Spec:
+    """``text`` as a ``Spec`` whose kind is one of ``kinds``; ``ValueError`` saying what ``what`` (e.g. a
+    flag name) must be otherwise."""
+    kind, _, value = str(text).partition(":")
+    if kind not in kinds:
+        raise ValueError(f"{what} must be {spec_alternatives(kinds)}, got {text!r}")
+    return Spec(kind, value)
+
+
+def dictionary_width(spec: Spec, what: str = "--dictionary") -> int | None:
+    """The width of a ``train:D_SAE`` spec (``None`` when not given); ``ValueError`` if it is no integer >= 1."""
+    if not spec.value:
+        return None
+    if not spec.value.isdigit() or int(spec.value) < 1:
+        raise ValueError(f"{what} train:D_SAE needs an integer width >= 1, got {spec.value!r}")
+    return int(spec.value)
+
+
+def check_dictionary_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise ValueError(f"SAE directory {str(path)!r} does not exist" if not p.exists()
+                         else f"SAE directory {str(path)!r} is not a directory")
+    return p
+
+
+def load_dictionary_dir(path: str | Path):
+    """A dictionary from a directory: written by ``Dictionary.save`` or in SAELens format."""
+    from .dictionary import Dictionary, load_from_disk
+
+    p = Path(path)
+    if (p / "dictionary.json").is_file():
+        return Dictionary.load(p)
+    return load_from_disk(p)
+
+
+def load_dictionary_spec(spec: Spec, hook: str | None = None):
+    """The dictionary of a ``pretrained:`` or ``disk:`` spec. ``pretrained:`` defaults to the
+    ``gpt2-small-res-jb`` release and to ``hook`` as the SAE id. Other kinds need the caller's activations."""
+    if spec.kind == "pretrained":
+        from .dictionary import load_pretrained
+
+        release, _, sae_id = spec.value.partition("/")
+        return load_pretrained(release or DEFAULT_SAE_RELEASE, sae_id or hook or "blocks.1.hook_resid_pre")
+    if spec.kind == "disk":
+        return load_dictionary_dir(check_dictionary_dir(spec.value))
+    raise ValueError(f"a {spec.kind!r} dictionary is built by the caller, not loaded from a spec")

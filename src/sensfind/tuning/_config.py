@@ -1,0 +1,121 @@
+"""Settings of a tuning run (``TuneConfig``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+
+from ..configs import Config, check_int, is_number
+from ._space import SearchSpace
+from ._targets import _METRICS, Metric
+
+
+@dataclass(frozen=True)
+class TuneConfig(Config):
+    """Settings of a tuning run (one worker). The CLI flags map onto these one-to-one.
+
+    Study:
+        study_name: workers with the same storage and name join one study.
+        storage: database URL or SQLite file path (``None``: ``<out>/study.db``; ``memory``: in-process).
+        n_trials: trials this worker runs (``None``: until ``timeout`` or ``max_trials``).
+        max_trials: stop once the study holds this many finished trials, whoever ran them.
+        timeout: seconds after which this worker starts no new trial.
+        metric: ``reached`` | ``distinct`` (toy), ``sae`` (transformer with an SAE) or ``sensitive`` (any).
+        multi_objective: maximise the metric and minimise points (Pareto front) instead of the metric alone.
+        sampler: ``tpe`` (multivariate TPE) or ``random``; sampler_seed seeds it (None: random).
+        pruner: ``auto`` (median for single-objective, none for multi-objective), ``median`` or ``none``.
+        enqueue_defaults: make ``DiscoverConfig()`` (if inside the space) the first trial of a new study.
+    Failure handling:
+        heartbeat_interval: seconds between a running trial's heartbeats (RDB storages).
+        grace_period: seconds without a heartbeat after which a trial is failed (None: 3 x interval).
+        retries: how many times a trial failed that way is re-queued.
+    Subjects:
+        model: ``toy``, or a model name for ``sensfind.load_model`` (e.g. ``random:tiny``, ``gpt2``).
+        subjects: toy seeds (``--model toy``), or prompt indices into ``prompts``.
+        toy_input: which input of each toy model's stream is the base.
+        sae: dictionary directory (``Dictionary.save`` or SAELens format) for metric ``sae``.
+        prompts, hook, position: site of transformer subjects.
+        p_value: significance level of a dictionary match for metric ``sae``.
+    """
+
+    study_name: str = "sensfind-tune"
+    storage: str | None = None
+    n_trials: int | None = 20
+    max_trials: int | None = None
+    timeout: float | None = None
+    metric: Metric = "reached"
+    multi_objective: bool = False
+    sampler: Literal["tpe", "random"] = "tpe"
+    sampler_seed: int | None = None
+    pruner: Literal["auto", "median", "none"] = "auto"
+    enqueue_defaults: bool = True
+    heartbeat_interval: int = 10
+    grace_period: int | None = None
+    retries: int = 1
+    model: str = "toy"
+    subjects: tuple[int, ...] = (0, 1, 2)
+    toy_input: int = 0
+    sae: str | None = None
+    prompts: str = "builtin"
+    hook: str = "blocks.1.hook_resid_pre"
+    position: int = -1
+    p_value: float = 0.01
+
+    def __post_init__(self):
+        def count(name, minimum, optional=True):
+            check_int(name, getattr(self, name), minimum, optional)
+
+        if not isinstance(self.study_name, str) or not self.study_name.strip():
+            raise ValueError(f"study_name must be a non-empty string, got {self.study_name!r}")
+        count("n_trials", 0)
+        count("max_trials", 1)
+        count("sampler_seed", 0)
+        count("heartbeat_interval", 1, optional=False)
+        count("grace_period", 1)
+        count("retries", 0, optional=False)
+        count("toy_input", 0, optional=False)
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})")
+        if self.timeout is not None and (not is_number(self.timeout) or self.timeout <= 0):
+            raise ValueError(f"timeout must be a number of seconds > 0 or None, got {self.timeout!r}")
+        if self.n_trials is None and self.timeout is None and self.max_trials is None:
+            raise ValueError("n_trials, max_trials and timeout are all None; the worker would never stop")
+        if self.metric not in _METRICS:
+            raise ValueError(f"metric must be one of {list(_METRICS)}, got {self.metric!r}")
+        if self.sampler not in ("tpe", "random"):
+            raise ValueError(f"sampler must be 'tpe' or 'random', got {self.sampler!r}")
+        if self.pruner not in ("auto", "median", "none"):
+            raise ValueError(f"pruner must be 'auto', 'median' or 'none', got {self.pruner!r}")
+        if self.pruner == "median" and self.multi_objective:
+            raise ValueError("Optuna does not support pruning in multi-objective studies; use pruner 'auto' or 'none'")
+        object.__setattr__(self, "subjects", tuple(self.subjects))
+        if not self.subjects or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.subjects):
+            raise ValueError(f"subjects must be a non-empty list of integers >= 0, got {list(self.subjects)}")
+        if self.model == "toy" and self.metric == "sae":
+            raise ValueError("metric 'sae' needs a transformer model and --sae; on the toy use 'reached', "
+                             "'distinct' or 'sensitive'")
+        if self.model != "toy" and self.metric != "sensitive" and (self.metric != "sae" or self.sae is None):
+            raise ValueError(f"model {self.model!r} has no planted features: use metric 'sensitive', "
+                             "or metric 'sae' with --sae DIR")
+        if not is_number(self.p_value) or not 0 < self.p_value < 1:
+            raise ValueError(f"p_value must be in (0, 1), got {self.p_value!r}")
+
+    @property
+    def pruning(self) -> bool:
+        return self.pruner == "median" or (self.pruner == "auto" and not self.multi_objective)
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize", "minimize"] if self.multi_objective else ["maximize"]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [self.metric, "points"] if self.multi_objective else [self.metric]
+
+    def study_settings(self, space: SearchSpace) -> dict:
+        """What every worker of one study must agree on (stored in the study's user attributes)."""
+        keys = ("metric", "multi_objective", "model", "subjects", "toy_input", "sae", "prompts", "hook",
+                "position", "p_value")
+        return json.loads(json.dumps({k: getattr(self, k) for k in keys} | {"space": space.to_dict()}))

@@ -1,0 +1,21 @@
+"""The package surface: what `import sensfind` loads and exports."""
+
+import subprocess
+import sys
+
+import sensfind as sf
+
+
+def test_import_does_not_load_optuna_or_sae_lens():
+    code = "import sys, sensfind; print('optuna' in sys.modules, 'sae_lens' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_every_exported_name_resolves():
+    for name in sf.__all__:
+        assert getattr(sf, name) is not None, name
+    from sensfind.tuning import TuneConfig, tune
+
+    assert sf.tune is tune and sf.TuneConfig is TuneConfig
+    assert "tune" in dir(sf)
