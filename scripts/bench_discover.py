@@ -56,7 +56,7 @@ def bench_gpt2(restarts: int, steps: int, iterations: int, repeats: int, arch: s
         probe = sf.scan(subject, sf.baselines.isotropic(16, subject.d, seed=1), sf.ScanConfig(steps=2, stop=90.0))
     tau = 0.5 * float(probe.effects[:, -1].median())
     cfg = sf.DiscoverConfig(restarts=restarts, scan_steps=steps, iterations=iterations, tau=tau,
-                            temperature=tau / 10, tol=0.0, final_steps=steps)
+                            temperature=tau / 10, tol=0.0, final_steps=steps, init="isotropic")  # iterations only
     scan_cfg = cfg.scan_config
     u = sf.baselines.isotropic(restarts, subject.d, seed=2)
 

@@ -404,4 +404,4 @@ def test_sensitive_transformer_targets_take_corpus_prompts():
     windows = load_prompts("corpus:5", model)
     assert torch.equal(targets[1].subject.base, sf.TransformerSubject(model, windows[2], hook="blocks.1.hook_resid_pre").base)
     cfg = DiscoverConfig(restarts=2, iterations=2, scan_steps=4, final_steps=9, rounds=1)
-    assert targets[0].evaluate(tn.discover(targets[0].subject, cfg), cfg) >= 0
+    assert targets[0].evaluate(sf.discover(targets[0].subject, cfg), cfg) >= 0
