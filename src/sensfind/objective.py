@@ -67,13 +67,15 @@ def flushed_subnormals():
 NEGLIGIBLE_GRADIENT = 1e-12
 
 
-def _drop_negligible(grad: Tensor) -> Tensor:
+def _drop_negligible(grad: Tensor | None) -> Tensor | None:
     """Zero the entries of ``d objective / d effects`` ``[R, K]`` below ``NEGLIGIBLE_GRADIENT`` times their
     row's largest. Points far past a restart's crossing get ``exp(-(D - τ)/T)``-small weights; through
     the KL's backward they fill whole rows of the unembedding's input gradient with subnormal floats,
     which x86 CPUs multiply hundreds of times slower than normal ones. Flushing them
     (:func:`flushed_subnormals`) only reaches the calling thread, not the BLAS worker threads, so the
     weights are dropped at the source; they change no restart's step by more than that fraction."""
+    if grad is None:
+        return None
     scale = grad.abs().amax(dim=-1, keepdim=True)
     return torch.where(grad.abs() >= NEGLIGIBLE_GRADIENT * scale, grad, torch.zeros_like(grad))
 
