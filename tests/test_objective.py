@@ -36,3 +36,40 @@ def test_discover_runs_with_subnormals_flushed():
     sf.discover(subject, sf.DiscoverConfig(restarts=2, iterations=2, scan_steps=4, final_steps=8, effect="l2", tau=1.0))
     assert seen and all(seen)
     assert not _subnormals_flushed()
+
+
+def test_negligible_gradient_weights_are_dropped_at_the_source():
+    """Entries of d objective / d effects below 1e-12 of their row's largest become exactly 0 (subnormal
+    weights would slow the KL backward's matrix products); the rest pass unchanged."""
+    from sensfind.objective import NEGLIGIBLE_GRADIENT, _drop_negligible
+
+    g = torch.tensor([[1.0, 1e-3, 1e-13, 1e-40, -2.0], [1e-20, 1e-25, 0.0, 1e-33, -1e-20]])
+    out = _drop_negligible(g)
+    assert torch.equal(out[0], torch.tensor([1.0, 1e-3, 0.0, 0.0, -2.0]))
+    # per row: a restart whose weights are all small keeps its direction
+    assert torch.equal(out[1], torch.tensor([1e-20, 1e-25, 0.0, 0.0, -1e-20]))
+    assert NEGLIGIBLE_GRADIENT == 1e-12
+
+
+def test_objective_gradient_skips_points_far_past_the_crossing():
+    """On a subject whose effect explodes past a known angle, the hooked objective's input gradient
+    equals the plain soft blowup's to 1e-10 relative (what it drops is negligible) and is finite."""
+    base = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+
+    class Steep:
+        def __init__(self):
+            self.base = base
+
+        def run(self, acts):
+            return (acts ** 2 * torch.tensor([0.0, 400.0, 40.0, 4.0], dtype=acts.dtype)).sum(-1, keepdim=True)
+
+    subject = Steep()
+    cfg = sf.ScanConfig(mode="sphere", steps=24, stop=180.0, tau=0.5, effect="l2")
+    dirs = torch.tensor([[0.0, 1.0, 0.5, 0.0], [0.0, 0.2, 1.0, 0.3]], dtype=torch.float64, requires_grad=True)
+    value = sf.sensitivity_objective(subject, dirs, cfg, temperature=0.05)
+    (hooked,) = torch.autograd.grad(value.soft.sum(), dirs)
+    result = sf.scan(subject, dirs, cfg)
+    plain = sf.soft_blowup(result.effects, result.steps.to(result.effects.dtype), cfg.tau, 0.05)
+    (expected,) = torch.autograd.grad(plain.sum(), dirs)
+    assert torch.isfinite(hooked).all() and hooked.abs().max() > 0
+    assert (hooked - expected).abs().max() <= 1e-10 * expected.abs().max()

@@ -49,8 +49,10 @@ def flushed_subnormals():
     At scan points far past the threshold the soft blowup's gradient is ``exp(-(D - τ)/T)``-small;
     through the KL's backward such rows fill the unembedding's input gradient with subnormal numbers,
     which x86 CPUs multiply many times slower than normal ones (discovery on SmolLM2: 1.7× the points
-    per second with them flushed, same machine and run). Values that small do not move the optimiser.
-    Also a decorator (``@flushed_subnormals()``).
+    per second with them flushed, same machine and run, one thread). Values that small do not move the
+    optimiser. The setting is per thread: BLAS worker threads keep theirs, which is why the objective
+    also drops negligible gradient weights at the source (:func:`_drop_negligible`). Also a decorator
+    (``@flushed_subnormals()``).
     """
     was = _subnormals_flushed()
     torch.set_flush_denormal(True)
@@ -61,11 +63,30 @@ def flushed_subnormals():
             torch.set_flush_denormal(False)
 
 
+# per-point gradient weights below this fraction of their restart's largest are dropped (see below)
+NEGLIGIBLE_GRADIENT = 1e-12
+
+
+def _drop_negligible(grad: Tensor | None) -> Tensor | None:
+    """Zero the entries of ``d objective / d effects`` ``[R, K]`` below ``NEGLIGIBLE_GRADIENT`` times their
+    row's largest. Points far past a restart's crossing get ``exp(-(D - τ)/T)``-small weights; through
+    the KL's backward they fill whole rows of the unembedding's input gradient with subnormal floats,
+    which x86 CPUs multiply hundreds of times slower than normal ones. Flushing them
+    (:func:`flushed_subnormals`) only reaches the calling thread, not the BLAS worker threads, so the
+    weights are dropped at the source; they change no restart's step by more than that fraction."""
+    if grad is None:
+        return None
+    scale = grad.abs().amax(dim=-1, keepdim=True)
+    return torch.where(grad.abs() >= NEGLIGIBLE_GRADIENT * scale, grad, torch.zeros_like(grad))
+
+
 def sensitivity_objective(
     subject: Subject, directions: Tensor, config: ScanConfig, temperature: float, steps: Tensor | None = None
 ) -> ObjectiveValue:
     """Soft blowup distance of each direction ``[R, d]`` under ``config`` (lower = more sensitive)."""
     result = scan(subject, directions, config, steps=steps)
+    if result.effects.requires_grad:
+        result.effects.register_hook(_drop_negligible)
     steps_used = result.steps.to(result.effects.dtype)
     return ObjectiveValue(soft_blowup(result.effects, steps_used, config.tau, temperature), result)
 
