@@ -405,3 +405,17 @@ def test_sensitive_transformer_targets_take_corpus_prompts():
     assert torch.equal(targets[1].subject.base, sf.TransformerSubject(model, windows[2], hook="blocks.1.hook_resid_pre").base)
     cfg = DiscoverConfig(restarts=2, iterations=2, scan_steps=4, final_steps=9, rounds=1)
     assert targets[0].evaluate(sf.discover(targets[0].subject, cfg), cfg) >= 0
+
+
+def test_device_is_a_tune_setting_checked_before_any_work(tmp_path, capsys):
+    """--device reaches the transformer subjects' loader; an unknown one is one line and exit 2, nothing written."""
+    import sensfind.tuning as tn
+
+    assert tn.TuneConfig(model="random:tiny", metric="sensitive", device="cpu").device == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        tn.TuneConfig(model="random:tiny", metric="sensitive", device="tpu")
+    out = tmp_path / "tune-out"
+    code = tn.main(["--model", "random:tiny", "--metric", "sensitive", "--device", "tpu", "--out", str(out)])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown device 'tpu'" in err[0]

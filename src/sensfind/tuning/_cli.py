@@ -67,6 +67,8 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompts", default=d.prompts, help="prompt file for transformer subjects (default builtin)")
     g.add_argument("--hook", default=d.hook)
     g.add_argument("--position", type=int, default=d.position)
+    g.add_argument("--device", default=d.device, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N. "
+                   "Default: auto")
     g.add_argument("--p-value", type=float, default=d.p_value)
 
 

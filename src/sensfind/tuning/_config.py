@@ -37,6 +37,7 @@ class TuneConfig(Config):
         toy_input: which input of each toy model's stream is the base.
         sae: dictionary directory (``Dictionary.save`` or SAELens format) for metric ``sae``.
         prompts, hook, position: site of transformer subjects.
+        device: where transformer subjects run: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
         p_value: significance level of a dictionary match for metric ``sae``.
     """
 
@@ -61,6 +62,7 @@ class TuneConfig(Config):
     prompts: str = "builtin"
     hook: str = "blocks.1.hook_resid_pre"
     position: int = -1
+    device: str = "auto"
     p_value: float = 0.01
 
     def __post_init__(self):
@@ -90,6 +92,9 @@ class TuneConfig(Config):
             raise ValueError(f"pruner must be 'auto', 'median' or 'none', got {self.pruner!r}")
         if self.pruner == "median" and self.multi_objective:
             raise ValueError("Optuna does not support pruning in multi-objective studies; use pruner 'auto' or 'none'")
+        from ..models import resolve_device
+
+        resolve_device(self.device)  # an unknown or unavailable device fails here, before any work
         object.__setattr__(self, "subjects", tuple(self.subjects))
         if not self.subjects or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.subjects):
             raise ValueError(f"subjects must be a non-empty list of integers >= 0, got {list(self.subjects)}")

@@ -141,4 +141,4 @@ def _targets(config: TuneConfig) -> list[Target]:
     if config.model == "toy":
         return toy_targets(config.subjects, config.metric, config.toy_input)
     return transformer_targets(config.model, config.sae, config.subjects, config.prompts, config.hook,
-                               config.position, config.p_value, metric=config.metric)
+                               config.position, config.p_value, metric=config.metric, device=config.device)

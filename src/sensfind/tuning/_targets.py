@@ -93,7 +93,7 @@ def toy_targets(seeds: Sequence[int], metric: Metric = "reached", input_index: i
 def transformer_targets(
     model_name: str, sae: str | None, prompt_indices: Sequence[int], prompts: str = "builtin",
     hook: str = "blocks.1.hook_resid_pre", position: int = -1, p_value: float = 0.01, seed: int = 0,
-    metric: Metric = "sae",
+    metric: Metric = "sae", device: str = "auto",
 ) -> list[Target]:
     """Transformer subjects (one per prompt index) scored by metric ``sae``: the fraction of distinct
     optima whose best match in the SAE dictionary at ``sae`` (a ``Dictionary.save`` or SAELens
@@ -104,7 +104,7 @@ def transformer_targets(
     from ..prompts import load_prompts, prompt_activations
     from ..subjects import TransformerSubject
 
-    model = load_model(model_name, seed=seed)
+    model = load_model(model_name, seed=seed, device=device)
     texts = load_prompts(prompts, model)  # corpus:N windows need the tokenizer
     for i in prompt_indices:
         if not 0 <= i < len(texts):
