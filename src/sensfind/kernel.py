@@ -19,9 +19,13 @@ One implementation covers the block families TransformerLens builds for GPT-2- a
 - MLP: plain (``act(x W_in + b_in) W_out``) or gated (``(act(x W_gate) * x W_in + b_in) W_out``) with
   one fused ``[d, 2·d_mlp]`` gate/up projection.
 
-Each block has one fused ``[d, (H + 2·H_kv)·d_head]`` query/key/value projection. Low-precision models
-(bfloat16, float16) multiply in their own dtype but keep the residual stream, norms and softmax in
-float32.
+Each block has one fused ``[d, (H + 2·H_kv)·d_head]`` query/key/value projection with the norm's weight
+(and LayerNorm's bias) folded in, and the MLP's gate and up projections likewise. When a call runs one
+position (the perturbed token is the last, the common case) after a short prefix, the attention is
+folded further (see ``_Layer``): per call it is three matrix products, the new key's scores, one
+softmax over ``P0 + 1`` keys and the new value. On SmolLM2 that took the points/s of a scan step from
+0.72 to 0.94 of random GPT-2's on the same machine and run. Low-precision models (bfloat16, float16)
+multiply in their own dtype but keep the residual stream, norms and softmax in float32.
 
 :class:`CompactStack` runs the positions from the perturbed one onwards, ``[B, T, d]``, and returns one
 position's output. Hook points are not called, so it must only run while the model has no hooks
