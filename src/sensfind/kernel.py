@@ -23,8 +23,8 @@ Each block has one fused ``[d, (H + 2·H_kv)·d_head]`` query/key/value projecti
 (and LayerNorm's bias) folded in, and the MLP's gate and up projections likewise. When a call runs one
 position (the perturbed token is the last, the common case) after a short prefix, the attention is
 folded further (see ``_Layer``): per call it is three matrix products, the new key's scores, one
-softmax over ``P0 + 1`` keys and the new value. On SmolLM2 that took the points/s of a scan step from
-0.72 to 0.94 of random GPT-2's on the same machine and run. Low-precision models (bfloat16, float16)
+softmax over ``P0 + 1`` keys and the new value (about 10% more points/s on SmolLM2 than the unfolded
+layer, same process and machine; see the README's benchmarks). Low-precision models (bfloat16, float16)
 multiply in their own dtype but keep the residual stream, norms and softmax in float32.
 
 :class:`CompactStack` runs the positions from the perturbed one onwards, ``[B, T, d]``, and returns one
