@@ -120,8 +120,8 @@ def bench_toy(seeds: list[int], budgets: list[int], toy: dict, reference: bool) 
 
 
 def bench_smollm2(budget: int, prompt_index: int = 0) -> dict:
-    from sensfind.prompts import load_prompts, site_activations
-    from sensfind.scan import directions_from_targets
+    from sensfind.prompts import load_prompts, prompt_activations
+    from sensfind.scan import real_other_thresholds
 
     try:
         model = sf.load_model("smollm2-135m")
@@ -130,16 +130,13 @@ def bench_smollm2(budget: int, prompt_index: int = 0) -> dict:
     hook = "blocks.1.hook_resid_pre"
     prompts = load_prompts("builtin", model)
     subject = sf.TransformerSubject(model, prompts[prompt_index], hook=hook)
-    acts = site_activations(model, prompts, hook)
-    keep = (acts - subject.base).norm(dim=1) > 1e-6 * subject.base.norm()
-    keep[prompt_index] = False
+    acts = prompt_activations(model, prompts, hook)
+    others = torch.cat([acts[:prompt_index], acts[prompt_index + 1 :]])
     cfg = sf.DiscoverConfig(max_points=budget)
     t0 = time.perf_counter()
     found = sf.discover(subject, cfg)
     seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        real = sf.scan(subject, directions_from_targets(subject.base, acts[keep]), cfg.final_scan_config).threshold
-    median = float(real.median())
+    median = float(real_other_thresholds(subject, others, cfg.final_scan_config).median())
     apart = sf.distinct_sensitive(found.directions, found.blowup_deg, math.inf)
     before = sf.distinct_sensitive(found.directions, found.blowup_deg, median)
     return {"prompt": prompts[prompt_index], "hook": hook, "budget": budget, "points": found.points_evaluated,

@@ -19,12 +19,12 @@ import math
 import sys
 from pathlib import Path
 
-import torch
 
 import sensfind as sf
+from sensfind.errors import error_boundary
 from sensfind.optimize import DiscoverConfig
 from sensfind.prompts import load_prompts, prompt_activations
-from sensfind.geometry import directions_from_targets
+from sensfind.scan import real_other_thresholds
 
 
 def score(run: Path, prompts: str, max_cos: float = 0.5) -> dict:
@@ -36,13 +36,11 @@ def score(run: Path, prompts: str, max_cos: float = 0.5) -> dict:
     position = -1 if site.get("position") is None else site["position"]
     subject = sf.TransformerSubject(model, prompt, hook=site["hook"], position=position)
     targets = prompt_activations(model, load_prompts(prompts, model), site["hook"], position)
-    same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
-    with torch.no_grad():
-        real = sf.scan(subject, directions_from_targets(subject.base, targets[~same]), dconf.final_scan_config).threshold
+    real = real_other_thresholds(subject, targets, dconf.final_scan_config)
     median = float(real.median())
     apart = sf.distinct_sensitive(found.directions, found.blowup_deg, math.inf, max_cos)
     before = sf.distinct_sensitive(found.directions, found.blowup_deg, median, max_cos)
-    return {"run": str(run), "prompts": prompts, "real_other": int((~same).sum()), "real_other_median": median,
+    return {"run": str(run), "prompts": prompts, "real_other": int(real.numel()), "real_other_median": median,
             "points": found.points_evaluated, "rounds": found.rounds_run, "stop_reason": found.stop_reason,
             "optima": len(found), f"distinct_at_cos_{max_cos}": len(apart),
             f"distinct_at_cos_{max_cos}_before_real_other_median": len(before),
@@ -61,6 +59,10 @@ def main(argv=None) -> int:
     if not (args.run / "config.json").is_file():
         print(f"score_discovery: {args.run} is not a discover results directory (no config.json)", file=sys.stderr)
         return 2
+    return error_boundary(lambda: _report(args))
+
+
+def _report(args) -> int:
     result = score(args.run, args.prompts, args.max_cos)
     text = json.dumps(result)
     print(text)

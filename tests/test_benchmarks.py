@@ -67,6 +67,10 @@ def test_score_discovery_counts_distinct_sensitive_optima(tmp_path):
     assert out["distinct_at_cos_0.5_before_real_other_median"] == len(expected)
     assert out["distinct_at_cos_0.5"] == len(sf.distinct_sensitive(found.directions, found.blowup_deg, math.inf))
     assert torch.isfinite(found.blowup_deg).any()
+    # bad real-other prompts: one line naming the value, exit 2
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "score_discovery.py"), str(run), "--prompts", "corpus:x"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "corpus:x" in res.stderr and "Traceback" not in res.stderr
     # not a discover directory: one line, exit 2
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "score_discovery.py"), str(tmp_path)],
                          capture_output=True, text=True, timeout=60)

@@ -159,3 +159,18 @@ def test_gradient_free_scan_in_chunks_equals_one_batch():
         chunked = sf.scan(subject, dirs, sf.ScanConfig(steps=91), max_memory=91 * 4096 * 4 * 4 * 3).effects
     whole = sf.scan(subject, dirs.requires_grad_(True), sf.ScanConfig(steps=91)).effects.detach()
     torch.testing.assert_close(chunked, whole)
+
+
+def test_real_other_thresholds_drop_targets_equal_to_the_base():
+    base = torch.tensor([1.0, 0.0, 0.0])
+    subject = sf.FunctionSubject(base, lambda acts: acts * torch.tensor([1.0, 5.0, 1.0]))
+    cfg = sf.ScanConfig(mode="sphere", steps=19, stop=90.0, tau=0.5, effect="l2")
+    targets = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # the middle one is the base
+    from sensfind.scan import real_other_thresholds
+
+    t = real_other_thresholds(subject, targets, cfg)
+    assert t.shape == (2,)
+    # the direction along the amplified coordinate blows up earlier
+    assert t[0] < t[1]
+    with pytest.raises(ValueError, match="all 1 real-other targets equal the base"):
+        real_other_thresholds(subject, base[None], cfg)

@@ -33,6 +33,7 @@ __all__ = [
     "scan",
     "step_grid",
     "scan_chunk_rows",
+    "real_other_thresholds",
     "DEFAULT_MAX_MEMORY",
 ]
 
@@ -194,6 +195,17 @@ def scan(
         del acts, out
     effects = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     return Scan(config=config, steps=steps.detach(), effects=effects)
+
+
+@torch.no_grad()
+def real_other_thresholds(subject: Subject, targets: Tensor, config: ScanConfig) -> Tensor:
+    """Threshold values ``[M']`` of the directions from the subject's base towards ``targets`` ``[M, d]``
+    (activations of other inputs at the site), scanned with ``config``. Targets equal to the base (the
+    subject's own input among them) are dropped; at least one other must remain."""
+    same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
+    if same.all():
+        raise ValueError(f"all {targets.shape[0]} real-other targets equal the base activation; give other inputs")
+    return scan(subject, directions_from_targets(subject.base, targets[~same]), config).threshold
 
 
 def base_output(subject: Subject) -> Tensor:

@@ -50,17 +50,15 @@ def sensitive_target(name: str, subject: Subject, others: Tensor) -> Target:
     """A target scored by metric ``sensitive``: distinct optima that blow up before the median of the
     real-other directions towards ``others`` ``[M, d]`` (activations of other inputs at the site), per
     100k scan points. The median is measured with each trial's final scan settings (cached)."""
-    from ..geometry import directions_from_targets
+    from ..scan import real_other_thresholds
 
-    directions = directions_from_targets(subject.base, others)
     medians: dict[str, float] = {}
 
     def final(found: Discovery, config: DiscoverConfig) -> float:
         scan_cfg = config.final_scan_config
         key = json.dumps(scan_cfg.to_dict(), sort_keys=True)
         if key not in medians:
-            with torch.no_grad():
-                medians[key] = float(scan(subject, directions, scan_cfg).threshold.median())
+            medians[key] = float(real_other_thresholds(subject, others, scan_cfg).median())
         kept = distinct_sensitive(found.directions, found.blowup_deg, medians[key], _MAX_COS)
         return len(kept) * 1e5 / max(found.points_evaluated, 1)
 
