@@ -342,7 +342,7 @@ def cmd_discover(args) -> int:
                                             "random_baseline": args.random_baseline})
         found = discover(subject, config, init_directions=init, activations=others, progress=not args.quiet,
                          checkpoint=tmp / "checkpoint.pt", checkpoint_every=args.checkpoint_every, resume=resuming)
-        found.save(tmp)
+        found.save(tmp, overwrite=True)  # beside the run's config.json and checkpoint
         plot_history(tmp / "objective.png", found.history)
         with torch.no_grad():
             final_cfg = config.final_scan_config
@@ -447,7 +447,7 @@ def cmd_compare(args) -> int:
         result.save(tmp)
         save_json(tmp / "config.json", {"command": "compare", "site": discovery_site(args), "compare": config.to_dict(),
                                         "dictionary": args.dictionary, "run": args.run, "directions": args.directions})
-        write_compare_report(tmp, subject, directions, result, f"sensfind compare: {args.model} vs {dictionary.source}")
+        write_compare_report(tmp, result, f"sensfind compare: {args.model} vs {dictionary.source}")
     s = result.summary()
     print(f"{len(directions)} directions vs {dictionary.n_latents} latents: "
           f"{s['matches_isotropic']['fraction_significant']:.0%} match a latent at p < {config.alpha}; "

@@ -29,9 +29,11 @@ from .baselines import isotropic
 from .configs import Config, check_int
 from .dictionary import Dictionary, check_compatible, from_tensors
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
+from .blowup import threshold_value
 from .geometry import directions_from_targets, effective_directions, tangent_rotations
 from .optimize import DiscoverConfig, Refinement, refine
-from .runio import save_json, save_tensors
+from .optima import Discovery
+from .runio import Result, load_json, load_tensors, save_json, save_tensors
 from .scan import ScanConfig, scan
 from .subjects import Subject
 
@@ -114,6 +116,8 @@ class DictionarySensitivity:
     random_blowup: Tensor  # [R] isotropic random directions
     real_other_blowup: Tensor  # [M] real-other directions (empty without others)
     groups: dict = field(default_factory=dict)  # why each latent was chosen: name -> list of ids
+    effects: Tensor | None = None  # [L, K] effect curves of the signed rows
+    random_effects: Tensor | None = None  # [R, K] effect curves of the random directions
 
     def summary(self) -> dict:
         def med(x):
@@ -183,25 +187,39 @@ def dictionary_sensitivity(
     ids = sorted({i for v in groups.values() for i in v})
     cfg = config.scan_config
     latents = torch.tensor(ids, dtype=torch.long)
-    rand = scan(subject, isotropic(64, base.shape[0], seed=config.seed + 2, dtype=base.dtype), cfg).threshold
+    rand_scan = scan(subject, isotropic(64, base.shape[0], seed=config.seed + 2, dtype=base.dtype), cfg)
+    rand = rand_scan.threshold
     real = torch.empty(0, dtype=torch.float64)
     if others is not None and len(others):
         real = scan(subject, directions_from_targets(base, others.to(base.dtype)), cfg).threshold
     if not ids:
         empty = torch.empty(0, dtype=torch.float64)
         return DictionarySensitivity(latents, latents.clone(), empty, torch.empty(0, config.probes, dtype=torch.float64),
-                                     torch.empty(0, dtype=torch.bool), rand, real, groups)
+                                     torch.empty(0, dtype=torch.bool), rand, real, groups,
+                                     torch.empty(0, cfg.steps, dtype=base.dtype), rand_scan.effects)
     rows = effective_directions(dictionary.decoder[latents].to(base.dtype), base, "sphere")
-    signed, sign, blowup, _ = signed_rows(subject, rows, cfg)
+    signed, sign, blowup, effects = signed_rows(subject, rows, cfg)
     rot = tangent_rotations(signed, base, config.probes, config.probe_deg, config.seed + 3)
     probe = scan(subject, rot.reshape(-1, rot.shape[-1]), cfg).threshold.view(len(ids), config.probes)
     local = (probe >= blowup[:, None]).all(dim=1) & torch.isfinite(blowup)
-    return DictionarySensitivity(latents, sign, blowup, probe, local, rand, real, groups)
+    return DictionarySensitivity(latents, sign, blowup, probe, local, rand, real, groups, effects, rand_scan.effects)
 
 
 @dataclass
-class Comparison:
-    """Everything ``compare`` measured; ``save`` writes JSON + safetensors beside each other."""
+class Comparison(Result):
+    """Everything ``compare`` measured.
+
+    ``steps [K]`` and ``optima_effects [N, K]`` are the effect curves of the compared directions on the
+    fine scan (the signed rows' and random directions' curves are in ``sensitivity``), so that a report
+    needs no scan. ``dictionary`` is None for a loaded comparison unless one is passed to ``load``.
+
+    ``save(directory)`` writes ``comparison.json``, ``comparison.safetensors``, ``curves.safetensors``,
+    ``groups.json``, ``dictionary.json``, ``config.json`` and the subdirectories ``matches_<null>``,
+    ``real_other`` and ``refinement``; ``Comparison.load(directory)`` reads them back.
+    """
+
+    MARKER = "comparison.safetensors"
+    WHAT = "comparison results"
 
     config: CompareConfig
     matches: dict  # null kind -> Matches
@@ -210,11 +228,20 @@ class Comparison:
     refinement: Refinement | None
     refined_latents: Tensor | None  # [L] latent ids refined (signed by `refined_sign`)
     refined_sign: Tensor | None
-    dictionary: Dictionary
+    dictionary: Dictionary | None
+    steps: Tensor | None = None  # [K] angles (deg) of the fine scan
+    optima_effects: Tensor | None = None  # [N, K]
 
     def significant(self, kind: str = "isotropic") -> Tensor:
         """[N] bool: the best match of each direction beats the ``kind`` null at level ``alpha``."""
         return self.matches[kind].p_value[:, 0] < self.config.alpha
+
+    @property
+    def optima_blowup(self) -> Tensor | None:
+        """[N] threshold angles of the compared directions (inf if not reached); None without curves."""
+        if self.optima_effects is None:
+            return None
+        return threshold_value(self.optima_effects, self.steps, self.config.tau)
 
     def summary(self) -> dict:
         out = {"config": self.config.to_dict()}
@@ -232,9 +259,10 @@ class Comparison:
                                  **self.refinement.to_dict()}
         return out
 
-    def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def config_dict(self) -> dict:
+        return self.config.to_dict()
+
+    def _write(self, directory: Path) -> None:
         save_json(directory / "comparison.json", self.summary())
         for kind, m in self.matches.items():
             m.save(directory / f"matches_{kind}")
@@ -247,7 +275,67 @@ class Comparison:
         if self.refinement is not None:
             tensors.update(refine_start=self.refinement.start, refine_end=self.refinement.end)
         save_tensors(directory / "comparison.safetensors", tensors)
-        return directory
+        curves = {"steps": self.steps, "optima": self.optima_effects, "rows": s.effects, "random": s.random_effects}
+        save_tensors(directory / "curves.safetensors", {k: v for k, v in curves.items() if v is not None})
+        save_json(directory / "groups.json", s.groups)
+        d = self.dictionary
+        save_json(directory / "dictionary.json", None if d is None else
+                  {"source": d.source, "hook_name": d.hook_name, "n_latents": d.n_latents, "d": d.decoder.shape[1]})
+        if self.refinement is not None:
+            _RefinementFiles(self.refinement, self.refined_latents, self.refined_sign).save(directory / "refinement")
+
+    @classmethod
+    def load(cls, directory: str | Path, dictionary: Dictionary | None = None) -> "Comparison":
+        """Read a saved comparison; ``dictionary`` (not saved: it can be large) is attached as given."""
+        out = super().load(directory)
+        out.dictionary = dictionary
+        return out
+
+    @classmethod
+    def _read(cls, directory: Path) -> "Comparison":
+        meta = load_json(directory / "comparison.json")
+        t = load_tensors(directory / "comparison.safetensors")
+        curves = load_tensors(directory / "curves.safetensors") if (directory / "curves.safetensors").is_file() else {}
+        groups = load_json(directory / "groups.json") if (directory / "groups.json").is_file() else {}
+        kinds = [k.removeprefix("matches_") for k in meta if k.startswith("matches_")]
+        matches = {k: Matches.load(directory / f"matches_{k}") for k in kinds}
+        real_other = RealOtherMatches.load(directory / "real_other") if (directory / "real_other").is_dir() else None
+        sens = DictionarySensitivity(t["latents"], t["sign"], t["blowup"], t["probe_blowup"], t["local_optimum"].bool(),
+                                     t["random_blowup"], t["real_other_blowup"], groups, curves.get("rows"),
+                                     curves.get("random"))
+        refinement = refined_latents = refined_sign = None
+        if (directory / "refinement").is_dir():
+            r = _RefinementFiles.load(directory / "refinement")
+            refinement, refined_latents, refined_sign = r.refinement, r.latents, r.sign
+        return cls(CompareConfig.from_dict(meta["config"]), matches, real_other, sens, refinement, refined_latents,
+                   refined_sign, None, curves.get("steps"), curves.get("optima"))
+
+
+@dataclass
+class _RefinementFiles(Result):
+    """A ``Refinement`` with the latents it started from, saved as ``refinement.safetensors`` beside its
+    discovery's files."""
+
+    MARKER = "refinement.safetensors"
+    WHAT = "refinement results"
+
+    refinement: Refinement
+    latents: Tensor
+    sign: Tensor
+
+    def _write(self, directory: Path) -> None:
+        r = self.refinement
+        save_tensors(directory / "refinement.safetensors",
+                     {"start": r.start, "end": r.end, "cos_start_end": r.cos_start_end, "blowup_start": r.blowup_start,
+                      "blowup_end": r.blowup_end, "latents": self.latents, "sign": self.sign})
+        r.discovery._write(directory)
+
+    @classmethod
+    def _read(cls, directory: Path) -> "_RefinementFiles":
+        t = load_tensors(directory / "refinement.safetensors")
+        r = Refinement(t["start"], t["end"], t["cos_start_end"], t["blowup_start"], t["blowup_end"],
+                       Discovery.load(directory))
+        return cls(r, t["latents"], t["sign"])
 
 
 def compare(
@@ -288,6 +376,8 @@ def compare(
     # urls name the original latents
     groups = latents_to_probe(subject, dictionary, matches["isotropic"].latents[:, 0], config)
     sensitivity = dictionary_sensitivity(subject, dictionary, groups, others, config)
+    with torch.no_grad():
+        curves = scan(subject, dirs, config.scan_config)  # for reports: no scan after compare
     refinement = refined_latents = refined_sign = None
     if config.refine_iterations > 0 and sensitivity.latents.numel():
         rows = effective_directions(dictionary.decoder[sensitivity.latents].to(base.dtype), base, "sphere")
@@ -296,4 +386,5 @@ def compare(
         dc = replace(dc, iterations=config.refine_iterations, tau=config.tau, effect=config.effect, seed=config.seed)
         refinement = refine(subject, starts, dc)
         refined_latents, refined_sign = sensitivity.latents, sensitivity.sign
-    return Comparison(config, matches, real_other, sensitivity, refinement, refined_latents, refined_sign, dictionary)
+    return Comparison(config, matches, real_other, sensitivity, refinement, refined_latents, refined_sign, dictionary,
+                      curves.steps, curves.effects)

@@ -139,7 +139,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), cache_dir: str 
         save_json(tmp / "summary.json", summary)
         save_json(tmp / "config.json", {"command": "demo", "demo": config.to_dict(), "toy": toy.config.to_dict(),
                                         "discover": dconf.to_dict()})
-        write_demo_report(tmp, subject=subject, found=found, comparison=comp, summary=summary, sae_rec=sae_rec)
+        write_demo_report(tmp, found=found, comparison=comp, summary=summary)
     return summary
 
 

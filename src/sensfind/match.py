@@ -34,7 +34,7 @@ from .baselines import cov_stats
 from .dictionary import Dictionary
 from .configs import Config, check_int
 from .geometry import check_directions, directions_from_targets
-from .runio import dumps_json, json_float, load_json, load_tensors, save_json, save_tensors, to_jsonable
+from .runio import Result, dumps_json, json_float, load_json, load_tensors, save_json, save_tensors, to_jsonable
 
 __all__ = [
     "Matches",
@@ -167,7 +167,7 @@ def _quantiles(null: Tensor) -> dict:
 
 
 @dataclass(frozen=True, eq=False)
-class Matches:
+class Matches(Result):
     """Top-``k`` dictionary matches of ``N`` directions, with a null.
 
     Attributes:
@@ -179,7 +179,12 @@ class Matches:
         null: the null that was drawn.
         source, hook_name: the dictionary's.
         urls: ``N`` lists of ``k`` Neuronpedia links (None where there is no page).
+
+    ``save(directory)`` writes ``matches.json`` (readable) and ``matches.safetensors`` (the tensors).
     """
+
+    MARKER = "matches.safetensors"
+    WHAT = "dictionary matches"
 
     cos: Tensor
     latents: Tensor
@@ -228,18 +233,13 @@ class Matches:
     def to_json(self) -> str:
         return dumps_json(self.to_dict())
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``matches.json`` (readable) and ``matches.safetensors`` (the tensors)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+    def _write(self, path: Path) -> None:
         save_json(path / "matches.json", self.to_dict())
         tensors = dict(cos=self.cos, latents=self.latents, p_value=self.p_value, z=self.z, null_best=self.null_best)
         save_tensors(path / "matches.safetensors", tensors)
-        return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Matches:
-        path = Path(path)
+    def _read(cls, path: Path) -> Matches:
         meta = load_json(path / "matches.json")
         t = load_tensors(path / "matches.safetensors")
         urls = [[m["url"] for m in row] for row in meta["matches"]]
@@ -289,7 +289,7 @@ def match_directions(
 
 
 @dataclass(frozen=True, eq=False)
-class RealOtherMatches:
+class RealOtherMatches(Result):
     """How ``N`` directions relate to ``M`` real-other directions, with nulls.
 
     Attributes:
@@ -303,7 +303,12 @@ class RealOtherMatches:
         rank: dimension of the span.
         null_best, null_span: ``[n_null]`` the same statistics for the null directions.
         null: the null that was drawn.
+
+    ``save(directory)`` writes ``real_other.json`` (readable) and ``real_other.safetensors`` (the tensors).
     """
+
+    MARKER = "real_other.safetensors"
+    WHAT = "real-other matches"
 
     cos: Tensor
     best: Tensor
@@ -346,17 +351,12 @@ class RealOtherMatches:
     def to_json(self) -> str:
         return dumps_json(self.to_dict())
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``real_other.json`` (readable) and ``real_other.safetensors`` (the tensors)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+    def _write(self, path: Path) -> None:
         save_json(path / "real_other.json", self.to_dict())
         save_tensors(path / "real_other.safetensors", {n: getattr(self, n) for n in self.TENSORS})
-        return path
 
     @classmethod
-    def load(cls, path: str | Path) -> RealOtherMatches:
-        path = Path(path)
+    def _read(cls, path: Path) -> RealOtherMatches:
         meta = load_json(path / "real_other.json")
         t = load_tensors(path / "real_other.safetensors")
         return cls(rank=meta["rank"], null=NullConfig.from_dict(meta["null"]), **{n: t[n] for n in cls.TENSORS})

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .runio import dumps_json, load_json, load_tensors, save_json, save_tensors
+from .runio import Result, dumps_json, load_json, load_tensors, save_json, save_tensors
 
 __all__ = ["Discovery", "cluster_directions", "distinct_sensitive"]
 
@@ -53,7 +53,7 @@ def distinct_sensitive(directions: Tensor, blowup: Tensor, reference: float, max
 
 
 @dataclass
-class Discovery:
+class Discovery(Result):
     """Distinct sensitivity optima found by ``sensfind.discover``.
 
     Attributes:
@@ -77,7 +77,13 @@ class Discovery:
         rounds_run: rounds completed.
         stop_reason: why discovery stopped: ``budget``, ``rounds``, ``no new optima`` or
             ``space exhausted`` (the found optima span all directions).
+
+    ``save(directory)`` writes ``discovery.json``, ``discovery.safetensors`` and ``config.json``;
+    ``Discovery.load(directory)`` reads them back.
     """
+
+    MARKER = "discovery.safetensors"
+    WHAT = "discovery results"
 
     directions: Tensor
     blowup_deg: Tensor
@@ -130,9 +136,10 @@ class Discovery:
             "history": self.history,
         }
 
-    def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def config_dict(self) -> dict | None:
+        return self.config or None
+
+    def _write(self, directory: Path) -> None:
         save_json(directory / "discovery.json", self._summary())
         save_tensors(
             directory / "discovery.safetensors",
@@ -145,13 +152,9 @@ class Discovery:
                 "init_directions": self.init_directions,
             },
         )
-        return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Discovery":
-        directory = Path(directory)
-        if not (directory / "discovery.safetensors").is_file():
-            raise ValueError(f"{str(directory)!r} holds no discovery results (discovery.safetensors missing)")
+    def _read(cls, directory: Path) -> "Discovery":
         meta = load_json(directory / "discovery.json")
         t = load_tensors(directory / "discovery.safetensors")
         return cls(

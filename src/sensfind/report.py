@@ -1,114 +1,125 @@
-"""Self-contained HTML reports: figures embedded as PNG data, a summary table, the best matches."""
+"""Self-contained HTML reports rendered from the Jinja2 templates in ``templates/`` (autoescape on).
+
+Reports are fed by result objects (``Comparison``, ``Discovery``, ``PromptAnalysis``, feature cards) and
+never run the model: every curve they plot is one the result already holds. Figures are embedded as PNG
+data; ``table`` and ``figure`` give escaped HTML pieces for pages assembled elsewhere.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
+from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+from markupsafe import Markup, escape
 
 from .plots import plot_before_after, plot_effect_curves, plot_histograms, plot_history
-from .scan import scan
 
-__all__ = ["card_view", "comparison_figures", "html_page", "render_report", "svg_curve", "write_compare_report",
-           "write_demo_report"]
+__all__ = ["Link", "card_view", "comparison_figures", "figure", "html_page", "render_report", "svg_curve", "table",
+           "write_compare_report", "write_demo_report", "write_model_demo_report"]
+
+CURVES_SHOWN = 32  # random directions and decoder rows drawn in a comparison's effect-curve figure
 
 
-def _fmt(v) -> str:
+@lru_cache(maxsize=1)
+def _env():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("sensfind", "templates"), autoescape=True)
+
+
+def _render(name: str, **values) -> str:
+    return _env().get_template(name).render(**values)
+
+
+class Link(NamedTuple):
+    """A table cell that links ``text`` to ``href``."""
+
+    text: str
+    href: str
+
+
+def _fmt(v):
+    if isinstance(v, (Link, Markup)):
+        return v
     if isinstance(v, float):
         return "not reached" if math.isinf(v) else f"{v:.3g}"
-    return html.escape(str(v))
+    return str(v)
 
 
-def table(rows: list[list], header: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if str(c).startswith('<a ') else _fmt(c)}</td>" for c in r) + "</tr>"
-                   for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def table(rows: list[list], header: list[str]) -> Markup:
+    """An HTML table; cells are escaped text (floats to 3 digits, inf as "not reached") or ``Link``s."""
+    return _env().get_template("_parts.html.j2").module.table(header, [[_fmt(c) for c in r] for r in rows])
 
 
-def figure(path: Path, caption: str) -> str:
+def figure(path: Path, caption: str) -> Markup:
+    """A PNG file embedded as data, with its caption."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}"/>'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return _env().get_template("_parts.html.j2").module.figure(data, caption)
 
 
-def html_page(title: str, sections: list[tuple[str, str]]) -> str:
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%}figcaption{font-size:90%;color:#555}")
-    body = "".join(f"<section><h2>{html.escape(h)}</h2>{content}</section>" for h, content in sections)
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+def html_page(title: str, sections: list[tuple[str, list]]) -> str:
+    """A page of ``(heading, parts)`` sections; parts are ``table``/``figure`` pieces (plain text is escaped)."""
+    return _render("page.html.j2", title=title, sections=[dict(heading=h, parts=p) for h, p in sections])
 
 
-def comparison_figures(directory: Path, subject, directions, comparison) -> list[tuple[Path, str]]:
-    """The figures every comparison report shows; returns (path, caption) pairs."""
+# ---------------------------------------------------------------------------------------------------
+# The comparison report (``sensfind compare``) and the toy demo's report
+
+
+def comparison_figures(directory: Path, comparison) -> list[tuple[Path, str]]:
+    """The figures every comparison report shows, drawn from the curves ``compare`` kept; (path, caption) pairs."""
     fig_dir = Path(directory) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     cfg = comparison.config.scan_config
-    out = []
     sens = comparison.sensitivity
-    with torch.no_grad():
+    out = []
+    if comparison.steps is not None:
         groups = {}
-        from .baselines import isotropic
-
-        rand = scan(subject, isotropic(32, subject.base.shape[0], seed=99, dtype=subject.base.dtype), cfg)
-        groups["naive-random"] = (rand.steps, rand.effects)
-        if sens.latents.numel():
-            rows = comparison_rows(subject, comparison)
-            sae = scan(subject, rows[:32], cfg)
-            groups["SAE decoder rows (signed)"] = (sae.steps, sae.effects)
-        opt = scan(subject, directions.to(subject.base.dtype), cfg)
-        groups["discovered optima"] = (opt.steps, opt.effects)
-    p = plot_effect_curves(fig_dir / "effect_curves.png", groups, xlabel=cfg.axis_label, effect=cfg.effect, tau=cfg.tau,
-                           title="effect vs angle: optima, SAE rows and random directions")
-    out.append((p, "Effect (KL in nats) against slerp angle for discovered optima, signed SAE decoder rows and "
-                   "isotropic random directions; the dashed line is the threshold τ."))
+        if sens.random_effects is not None:
+            groups["naive-random"] = (comparison.steps, sens.random_effects[:CURVES_SHOWN])
+        if sens.effects is not None and sens.effects.numel():
+            groups["SAE decoder rows (signed)"] = (comparison.steps, sens.effects[:CURVES_SHOWN])
+        groups["discovered optima"] = (comparison.steps, comparison.optima_effects)
+        p = plot_effect_curves(fig_dir / "effect_curves.png", groups, xlabel=cfg.axis_label, effect=cfg.effect,
+                               tau=cfg.tau, title="effect vs angle: optima, SAE rows and random directions")
+        out.append((p, "Effect (KL in nats) against slerp angle for discovered optima, signed SAE decoder rows and "
+                       "isotropic random directions; the dashed line is the threshold τ."))
     m = comparison.matches["isotropic"]
     nulls = {f"null: best |cos| of {k} random directions": v.null_best for k, v in comparison.matches.items()}
     p = plot_histograms(fig_dir / "cos_vs_null.png", nulls, "best |cos| with any decoder row", "optima vs the null",
-              lines={"discovered optima": m.cos[:, 0].abs().tolist()})
+                        lines={"discovered optima": m.cos[:, 0].abs().tolist()})
     out.append((p, "Best |cosine| of each discovered optimum with the dictionary (dashed) against the same statistic "
                    "for random directions (histograms)."))
     th = {"SAE decoder rows": sens.blowup, "naive-random": sens.random_blowup}
     if sens.real_other_blowup.numel():
         th["real-other"] = sens.real_other_blowup
-    finite_opt = [float(x) for x in opt.threshold if math.isfinite(x)]  # the optima's scan from above
-    p = plot_histograms(fig_dir / "threshold_angles.png", th, "threshold angle (deg)", "how early each kind of direction blows up",
-              lines={"discovered optima": finite_opt})
+    opt = comparison.optima_blowup
+    finite_opt = [] if opt is None else [float(x) for x in opt if math.isfinite(x)]
+    p = plot_histograms(fig_dir / "threshold_angles.png", th, "threshold angle (deg)",
+                        "how early each kind of direction blows up", lines={"discovered optima": finite_opt})
     out.append((p, "Threshold angle (first angle with effect > τ) of SAE decoder rows, random and real-other "
                    "directions; discovered optima dashed."))
     return out
-
-
-def comparison_rows(subject, comparison):
-    """The scanned decoder rows with the base projected out and the sign that blows up earlier."""
-    from .geometry import effective_directions
-
-    sens = comparison.sensitivity
-    dec = comparison.dictionary.decoder
-    rows = effective_directions(dec[sens.latents].to(subject.base.dtype), subject.base, "sphere")
-    return rows * sens.sign[:, None].to(rows.dtype)
 
 
 def _match_rows(comparison, n: int = 20) -> list[list]:
     m = comparison.matches["isotropic"]
     rows = []
     for i in range(min(len(m), n)):
-        url = m.urls[i][0]
-        latent = f'<a href="{html.escape(url)}">{int(m.latents[i, 0])}</a>' if url else int(m.latents[i, 0])
-        rows.append([i, latent, float(m.cos[i, 0]), "excites" if m.cos[i, 0] >= 0 else "dampens",
-                     float(m.p_value[i, 0]), float(m.z[i, 0]) if math.isfinite(float(m.z[i, 0])) else "n/a"])
+        url, latent = m.urls[i][0], int(m.latents[i, 0])
+        z = float(m.z[i, 0])
+        rows.append([i, Link(str(latent), url) if url else latent, float(m.cos[i, 0]),
+                     "excites" if m.cos[i, 0] >= 0 else "dampens", float(m.p_value[i, 0]), z if math.isfinite(z) else "n/a"])
     return rows
 
 
-def write_compare_report(directory: Path, subject, directions, comparison, title: str, extra: list | None = None) -> Path:
-    directory = Path(directory)
-    figs = comparison_figures(directory, subject, directions, comparison)
+def _compare_sections(directory: Path, comparison, extra: list | None) -> list[tuple[str, list]]:
+    figs = comparison_figures(directory, comparison)
     s = comparison.summary()
     sens = s["dictionary_sensitivity"]
     summary_rows = [
@@ -122,25 +133,34 @@ def write_compare_report(directory: Path, subject, directions, comparison, title
         ["median threshold angle of random directions (deg)", sens["random_blowup_median"]],
         ["median threshold angle of real-other directions (deg)", sens["real_other_blowup_median"]],
     ]
-    sections = [("Summary", table(summary_rows + (extra or []), ["quantity", "value"]))]
-    sections.append(("Best dictionary match of each direction",
-                     table(_match_rows(comparison), ["direction", "latent", "cos", "effect", "p-value", "z"])))
+    sections = [("Summary", [table(summary_rows + (extra or []), ["quantity", "value"])]),
+                ("Best dictionary match of each direction",
+                 [table(_match_rows(comparison), ["direction", "latent", "cos", "effect", "p-value", "z"])])]
     if comparison.refinement is not None:
         r = comparison.refinement
         rows = [[int(l), int(sg), float(c), float(b0), float(b1)] for l, sg, c, b0, b1 in
                 zip(comparison.refined_latents, comparison.refined_sign, r.cos_start_end, r.blowup_start, r.blowup_end)]
         sections.append(("Refinement from decoder rows",
-                         table(rows[:40], ["latent", "sign", "cos(start, end)", "blowup start (deg)", "blowup end (deg)"])))
-    sections.append(("Figures", "".join(figure(p, c) for p, c in figs)))
-    page = directory / "report.html"
-    page.write_text(html_page(title, sections))
+                         [table(rows[:40], ["latent", "sign", "cos(start, end)", "blowup start (deg)", "blowup end (deg)"])]))
+    sections.append(("Figures", [figure(p, c) for p, c in figs]))
+    return sections
+
+
+def _write_page(directory: Path, title: str, sections: list) -> Path:
+    page = Path(directory) / "report.html"
+    page.write_text(html_page(title, sections), encoding="utf-8")
     return page
 
 
-def write_demo_report(directory: Path, subject, found, comparison, summary: dict, sae_rec) -> Path:
+def write_compare_report(directory: Path, comparison, title: str, extra: list | None = None) -> Path:
+    """``report.html`` (and ``figures/``) in ``directory`` for a ``Comparison``; ``extra``: more summary rows."""
+    return _write_page(directory, title, _compare_sections(Path(directory), comparison, extra))
+
+
+def write_demo_report(directory: Path, found, comparison, summary: dict) -> Path:
+    """The toy demo's report: the comparison report, the demo's summary rows, discovery and refinement figures."""
     directory = Path(directory)
     (directory / "figures").mkdir(exist_ok=True)
-    plot_history(directory / "figures" / "objective.png", found.history)
     extra = [
         ["SAE: mean best |cos| to planted features", summary["sae_mean_best_cos_to_planted"]],
         ["SAE: fraction of planted features learned (cos ≥ 0.9)", summary["sae_fraction_planted_learned"]],
@@ -150,70 +170,56 @@ def write_demo_report(directory: Path, subject, found, comparison, summary: dict
         ["optima whose planted feature the SAE learned", summary["optima_whose_feature_the_sae_learned"]],
         ["optima matching an SAE latent (cos ≥ 0.9, p < α)", summary["optima_matching_sae"]],
     ]
-    page = write_compare_report(directory, subject, found.directions, comparison,
-                                "sensfind demo: sensitivity optima on a toy model vs its SAE", extra)
-    text = page.read_text()
+    sections = _compare_sections(directory, comparison, extra)
+    p = plot_history(directory / "figures" / "objective.png", found.history)
+    figs = [figure(p, "Discovery objective per iteration (soft and hard blowup).")]
     ref = summary.get("refinement_cos_to_planted")
-    figs = [figure(directory / "figures" / "objective.png", "Discovery objective per iteration (soft and hard blowup).")]
     if ref:
         p = plot_before_after(directory / "figures" / "refinement.png", ref["before"], ref["after"],
                               "cos with nearest planted feature, before", "cos with nearest planted feature, after",
                               "refinement of SAE decoder rows")
         figs.append(figure(p, "Cosine with the nearest planted feature of each SAE decoder row before and after "
                               "refinement by discovery; points above the diagonal moved closer."))
-    text = text.replace("</body>", f"<section><h2>Discovery and refinement</h2>{''.join(figs)}</section></body>")
-    page.write_text(text)
-    return page
+    sections.append(("Discovery and refinement", figs))
+    return _write_page(directory, "sensfind demo: sensitivity optima on a toy model vs its SAE", sections)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Reports on real models: summary first, figures, feature cards, folded details (a Jinja2 template)
+# Reports on real models: summary first, figures, feature cards, folded details (templates/report.html.j2)
 
-def svg_curve(steps, curve, bands: dict, tau: float, width: int = 470, height: int = 150, threshold: float | None = None) -> str:
+
+def svg_curve(steps, curve, bands: dict, tau: float, width: int = 470, height: int = 150,
+              threshold: float | None = None) -> Markup:
     """An inline SVG of one effect curve (thick) over the median and 10-90% band of each ``bands[name] =
     (effects [R, K], colour)``; y is KL on a symmetric-log scale (linear below 0.1 nats), dashed: ``tau``."""
     x = [float(s) for s in steps]
-    pad_l, pad_r, pad_t, pad_b = 34, 8, 6, 20
-    w, h = width - pad_l - pad_r, height - pad_t - pad_b
+    left, right, top, bottom = 34, 8, 6, 20
+    w, h = width - left - right, height - top - bottom
     ymax = max([float(max(curve))] + [float(torch.as_tensor(e).max()) for e, _ in bands.values() if len(e)] + [2 * tau])
 
     def fy(v: float) -> float:
         t = lambda u: u / 0.1 if u <= 0.1 else 1 + math.log10(u / 0.1)  # noqa: E731
-        return pad_t + h - h * t(max(float(v), 0.0)) / t(ymax)
+        return top + h - h * t(max(float(v), 0.0)) / t(ymax)
 
     def fx(v: float) -> float:
-        return pad_l + w * (v - x[0]) / (x[-1] - x[0])
+        return left + w * (v - x[0]) / (x[-1] - x[0])
 
-    def line(ys) -> str:
-        return " ".join(f"{fx(a):.1f},{fy(b):.1f}" for a, b in zip(x, ys))
+    def line(xs, ys) -> str:
+        return " ".join(f"{fx(a):.1f},{fy(b):.1f}" for a, b in zip(xs, ys))
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" style="max-width:100%;height:auto;font:10px sans-serif">',
-             f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="#fcfcfc" stroke="#ccc"/>']
-    for e, colour in bands.values():
+    drawn = []
+    for name, (e, colour) in bands.items():
         e = torch.as_tensor(e, dtype=torch.float64)
-        if not e.numel():
-            continue
-        q = torch.quantile(e, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), dim=0).tolist()
-        poly = line(q[2]) + " " + " ".join(f"{fx(a):.1f},{fy(b):.1f}" for a, b in reversed(list(zip(x, q[0]))))
-        parts.append(f'<polygon points="{poly}" fill="{colour}" fill-opacity="0.18" stroke="none"/>')
-        parts.append(f'<polyline points="{line(q[1])}" fill="none" stroke="{colour}" stroke-width="1.3"/>')
-    parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{fy(tau):.1f}" y2="{fy(tau):.1f}" stroke="#000" '
-                 'stroke-dasharray="4,3" stroke-width="0.8"/>')
-    if threshold is not None and math.isfinite(threshold):
-        parts.append(f'<line x1="{fx(threshold):.1f}" x2="{fx(threshold):.1f}" y1="{pad_t}" y2="{pad_t + h}" '
-                     'stroke="#d0482b" stroke-width="0.8" stroke-dasharray="2,2"/>')
-    parts.append(f'<polyline points="{line(curve)}" fill="none" stroke="#d0482b" stroke-width="2.2"/>')
-    for tick in range(int(x[0]), int(x[-1]) + 1, 15):
-        parts.append(f'<text x="{fx(tick):.1f}" y="{height - 6}" text-anchor="middle">{tick}°</text>')
-    for v in (0.0, 0.1, 1.0, 10.0):
-        if v <= ymax:
-            parts.append(f'<text x="{pad_l - 3}" y="{fy(v) + 3:.1f}" text-anchor="end">{v:g}</text>')
-    names = list(bands)
-    legend = " · ".join(f'<tspan fill="{bands[n][1]}">{html.escape(n)}</tspan>' for n in names)
-    parts.append(f'<text x="{pad_l + 4}" y="{pad_t + 11}">{legend} · <tspan fill="#d0482b">this direction</tspan>'
-                 ' · KL (nats)</text></svg>')
-    return "".join(parts)
+        if e.numel():
+            q = torch.quantile(e, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), dim=0).tolist()
+            drawn.append(dict(name=name, colour=colour, median=line(x, q[1]),
+                              band=line(x, q[2]) + " " + line(reversed(x), reversed(q[0]))))
+    finite = threshold is not None and math.isfinite(threshold)
+    return Markup(_render(
+        "curve.svg.j2", width=width, height=height, left=left, top=top, w=w, h=h, bands=drawn, tau_y=f"{fy(tau):.1f}",
+        threshold_x=f"{fx(threshold):.1f}" if finite else None, curve=line(x, curve),
+        xticks=[(f"{fx(t):.1f}", t) for t in range(int(x[0]), int(x[-1]) + 1, 15)],
+        yticks=[(f"{fy(v) + 3:.1f}", f"{v:g}") for v in (0.0, 0.1, 1.0, 10.0) if v <= ymax]))
 
 
 def _line(text: str) -> str:
@@ -227,8 +233,7 @@ def _p(v) -> str:
 def card_view(card, steps, bands: dict, tau: float) -> dict:
     """Template fields of one ``cards.FeatureCard``."""
     css = {"optimum": "optimum", "SAE active": "active", "SAE inactive": "inactive"}.get(card.kind, "")
-    facts = [(k, f'<a href="{html.escape(v)}">{html.escape(v)}</a>' if k == "Neuronpedia" else html.escape(str(v)))
-             for k, v in card.facts]
+    facts = [(k, Markup('<a href="{0}">{0}</a>').format(v) if k == "Neuronpedia" else str(v)) for k, v in card.facts]
     thr = f"{card.threshold_deg:.1f}°" if math.isfinite(card.threshold_deg) else f"not reached by {float(steps[-1]):.0f}°"
     return dict(
         key=card.key, title=card.title, css=css, threshold=thr, facts=facts, angle=f"{card.angle:.0f}°",
@@ -249,14 +254,11 @@ def render_report(path: Path, title: str, subtitle: str, lead: str, summary_tabl
 
     ``summary_tables``/``details``: ``(title, html)`` pairs; ``figures``: ``(png path, caption)`` pairs
     (embedded); ``cards``: dicts from :func:`card_view`; ``lead`` and ``prompt_html`` are trusted HTML."""
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.PackageLoader("sensfind", "templates"), autoescape=True)
     figs = [dict(data=base64.b64encode(Path(p).read_bytes()).decode(), caption=c) for p, c in figures]
-    page = env.get_template("report.html.j2").render(
-        title=title, subtitle=subtitle, lead=lead, prompt_html=prompt_html, null_note=null_note,
-        summary_tables=[dict(title=t, html=h) for t, h in summary_tables], figures=figs, cards=cards,
-        details=[dict(title=t, html=h) for t, h in details])
+    page = _render("report.html.j2",
+                   title=title, subtitle=subtitle, lead=lead, prompt_html=prompt_html, null_note=null_note,
+                   summary_tables=[dict(title=t, html=h) for t, h in summary_tables], figures=figs, cards=cards,
+                   details=[dict(title=t, html=h) for t, h in details])
     path = Path(path)
     path.write_text(page, encoding="utf-8")
     return path
@@ -269,7 +271,7 @@ def _deg(v) -> str:
     return "not reached" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.1f}°"
 
 
-def threshold_table(analyses: list, kinds) -> str:
+def threshold_table(analyses: list, kinds) -> Markup:
     """Per kind: directions, reached within the scan, median threshold angle (pooled over ``analyses``)."""
     rows = []
     for kind in kinds:
@@ -300,8 +302,6 @@ def analysis_figures(directory: Path, analyses: list, kinds) -> list[tuple[Path,
     iso = torch.cat([a.matches["isotropic"].null_best for a in analyses])
     cov = torch.cat([a.matches["covariance"].null_best for a in analyses])
     best = torch.cat([a.matches["isotropic"].cos[:, 0].abs() for a in analyses]).tolist()
-    from .plots import plot_histograms
-
     out.append((plot_histograms(fig_dir / "cos_vs_null.png",
                                 {"isotropic null": iso, "covariance null (cov-random directions)": cov},
                                 "best |cos| with any SAE decoder row (base projected out)", "optima vs the nulls",
@@ -311,7 +311,7 @@ def analysis_figures(directory: Path, analyses: list, kinds) -> list[tuple[Path,
     return out
 
 
-def refinement_table(analyses: list) -> str | None:
+def refinement_table(analyses: list) -> Markup | None:
     rows = []
     for i, a in enumerate(analyses):
         r = a.refinement
@@ -327,41 +327,29 @@ def refinement_table(analyses: list) -> str | None:
     return table(rows, head)
 
 
-def demo_lead(summary: dict) -> str:
+def demo_lead(summary: dict) -> Markup:
+    """The summary paragraph of the demo on a real model (``templates/lead.html.j2``)."""
     s = summary["analysis"]
     k = s["kinds"]
-    n = summary["n_optima"]
-    alpha = summary["alpha"]
-    med = lambda kind: _deg(k[kind]["median_deg"]) if kind in k else "–"  # noqa: E731
     iso, cov = s["matches_isotropic"], s["matches_covariance"]
     best = max(iso["best_abs_cos"]) if iso["best_abs_cos"] else float("nan")
-    return (
-        f"Discovery found <b>{n} distinct optim{'um' if n == 1 else 'a'}</b> on this prompt. "
-        f"<b>{summary['optima_beating_real_other_median']} of {n}</b> blow up earlier than the median real-other "
-        f"direction (median threshold angle: optima {med('optima')}, real-other {med('real-other')}, cov-random "
-        f"{med('cov-random')}, isotropic {med('isotropic')}, active SAE latents {med('SAE active')}, inactive "
-        f"{med('SAE inactive')}). <b>{summary['optima_matching_sae_isotropic']} of {n}</b> match an SAE latent at "
-        f"p &lt; {alpha:g} against the isotropic null and <b>{summary['optima_matching_sae_covariance']} of {n}</b> "
-        f"against the covariance null (best |cos| of any optimum {best:.3f}; null medians {iso['null_best_median']:.3f} "
-        f"/ {cov['null_best_median']:.3f})."
-        + _sae_sentence(summary.get("sae"))
-    )
-
-
-def _sae_sentence(sae: dict | None) -> str:
-    if not sae or "quality" not in sae:
-        return ""
-    q = sae["quality"]
-    return (f" The SAE ({sae['d_sae']} latents) explains {q['explained_variance']:.1%} of the variance on held-out "
-            f"windows with L0 {q['l0']:.1f} and {q['dead_fraction']:.1%} dead latents; splicing in its reconstruction "
-            f"raises the next-token loss by {q['ce_increase_sae']:+.3f} nats (a random error of the same norm: "
-            f"{q['ce_increase_random']:+.3f}).")
+    sae = summary.get("sae")
+    q = sae.get("quality") if sae else None
+    sae_view = q and dict(d_sae=sae["d_sae"], explained=f"{q['explained_variance']:.1%}", l0=f"{q['l0']:.1f}",
+                          dead=f"{q['dead_fraction']:.1%}", ce=f"{q['ce_increase_sae']:+.3f}",
+                          ce_random=f"{q['ce_increase_random']:+.3f}")
+    return Markup(_render(
+        "lead.html.j2", n=summary["n_optima"], beating=summary["optima_beating_real_other_median"],
+        med={kind: _deg(k[kind]["median_deg"]) if kind in k else "–"
+             for kind in ("optima", "real-other", "cov-random", "isotropic", "SAE active", "SAE inactive")},
+        matching_iso=summary["optima_matching_sae_isotropic"], matching_cov=summary["optima_matching_sae_covariance"],
+        alpha=f"{summary['alpha']:g}", best=f"{best:.3f}", iso_median=f"{iso['null_best_median']:.3f}",
+        cov_median=f"{cov['null_best_median']:.3f}", sae=sae_view))
 
 
 def write_model_demo_report(directory: Path, analysis, cards: list, summary: dict) -> Path:
     """The demo's report on a real model: summary, figures, a card per optimum and latent, folded details."""
     from .analysis import KINDS
-    from .plots import plot_history
 
     directory = Path(directory)
     figs = analysis_figures(directory, [analysis], KINDS)
@@ -388,11 +376,10 @@ def write_model_demo_report(directory: Path, analysis, cards: list, summary: dic
     t = summary.get("timings") or analysis.timings
     details = [("Timings (s)", table([[k, float(v)] for k, v in t.items()], ["stage", "seconds"])),
                ("Matches of every optimum (top 5, both nulls)", _matches_table(analysis)),
-               ("Configuration", f"<pre>{html.escape(json.dumps(summary.get('config', {}), indent=1))}</pre>")]
+               ("Configuration", Markup("<pre>{}</pre>").format(json.dumps(summary.get("config", {}), indent=1)))]
     bands = _bands(analysis)
     views = [card_view(c, analysis.steps, bands, analysis.config.tau) for c in cards]
-    tokens = summary["prompt_tokens"]
-    text = summary.get("prompt_html") or html.escape(summary.get("prompt_text") or str(tokens))
+    text = summary.get("prompt_html") or escape(summary.get("prompt_text") or str(summary["prompt_tokens"]))
     return render_report(
         directory / "report.html", f"sensfind demo: sensitivity optima of {summary['model']} vs its SAE",
         f"site {summary['hook']}, last token of one corpus prompt; sphere mode; τ = {analysis.config.tau:g} nats of "
@@ -406,7 +393,7 @@ def _bands(analysis) -> dict:
             "real-other": (analysis.effects["real-other"].detach(), KIND_COLOURS["real-other"])}
 
 
-def _matches_table(analysis) -> str:
+def _matches_table(analysis) -> Markup:
     iso, cov = analysis.matches["isotropic"], analysis.matches["covariance"]
     rows = []
     for i in range(len(iso)):

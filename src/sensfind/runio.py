@@ -17,7 +17,7 @@ import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -27,7 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 from .errors import InputFileError, ResultsWriteError, SensfindError
 
 __all__ = ["json_float", "to_jsonable", "dumps_json", "save_json", "load_json", "save_tensors", "load_tensors", "write_atomic", "read_text",
-           "check_output_dir", "staged_dir", "umask"]
+           "check_output_dir", "staged_dir", "umask", "Result", "save_result"]
 
 # errno values raised while writing results that mean the location cannot take them (not a bug)
 _FULL_OR_READONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
@@ -254,3 +254,87 @@ def staged_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class Result:
+    """Base of the result types: ``save`` writes a directory whole or not at all, ``load`` reads it back.
+
+    A subclass names its ``MARKER`` file (present in every saved result of its type), writes its files in
+    ``_write(directory)`` and reads them back in ``_read(directory)``. ``config_dict()`` (None: the result
+    has no config) is written to ``config.json`` beside them. Non-finite numbers are ``null`` in the JSON
+    files (``json_float``); exact values belong in the ``.safetensors`` files.
+    """
+
+    MARKER: ClassVar[str] = ""
+    WHAT: ClassVar[str] = "results"
+
+    def _write(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _read(cls, directory: Path):
+        raise NotImplementedError
+
+    def config_dict(self) -> dict | None:
+        return None
+
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write into ``directory`` (see ``save_result``); returns it."""
+        return save_result(self, directory, overwrite)
+
+    @classmethod
+    def load(cls, directory: str | Path):
+        directory = Path(directory)
+        if not (directory / cls.MARKER).is_file():
+            raise InputFileError(f"{str(directory)!r} holds no {cls.WHAT} ({cls.MARKER} missing)")
+        return cls._read(directory)
+
+
+def _fill(result: Result, directory: Path) -> None:
+    result._write(directory)
+    config = result.config_dict()
+    if config and not (directory / "config.json").exists():
+        save_json(directory / "config.json", config)
+
+
+def save_result(result: Result, directory: str | Path, overwrite: bool = False) -> Path:
+    """Save ``result`` into ``directory``.
+
+    A missing or empty directory is written whole or not at all (``staged_dir``). A non-empty one is refused
+    unless ``overwrite``; then each of the result's files (and subdirectories) replaces the one of the same
+    name, other entries are left alone, and an existing ``config.json`` (the record of the run that made the
+    result) is kept.
+    """
+    out = Path(directory)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{str(out)!r} is not empty; save into a new or empty directory, or pass overwrite=True")
+        _merge(result, out)
+        return out
+    with staged_dir(out, overwrite=True) as tmp:
+        _fill(result, tmp)
+    return out
+
+
+def _merge(result: Result, out: Path) -> None:
+    stage = _make_stage(out, None)
+    try:
+        _fill(result, stage)
+        _normalize_permissions(stage)
+        for entry in sorted(stage.iterdir()):
+            target = out / entry.name
+            if entry.name == "config.json" and target.exists():
+                continue
+            if entry.is_dir() and target.is_dir():
+                old = out / f".{entry.name}.old-{secrets.token_hex(4)}"
+                os.rename(target, old)
+                os.rename(entry, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(entry, target)
+    except OSError as exc:
+        if isinstance(exc, SensfindError):
+            raise
+        raise ResultsWriteError(out, exc.strerror or str(exc)) from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

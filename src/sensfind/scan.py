@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -25,6 +26,7 @@ from .configs import Config, check_int
 from .blowup import check_tau, max_slope_index, threshold_index, threshold_value
 from .effects import get_effect
 from .geometry import Mode, check_directions, directions_from_targets, perturb  # noqa: F401  (directions_from_targets re-exported)
+from .runio import Result, load_json, load_tensors, save_json, save_tensors
 from .subjects import Subject
 
 __all__ = [
@@ -108,8 +110,14 @@ def step_grid(config: ScanConfig, dtype: torch.dtype = torch.float32, device=Non
 
 
 @dataclass
-class Scan:
-    """Effects of a scan: ``effects[r, k]`` at ``steps[k]`` (or ``steps[r, k]``) for direction ``r``."""
+class Scan(Result):
+    """Effects of a scan: ``effects[r, k]`` at ``steps[k]`` (or ``steps[r, k]``) for direction ``r``.
+
+    ``save(directory)`` writes ``scan.json`` (summary and thresholds), ``scan.safetensors`` (steps,
+    effects) and ``config.json``; ``Scan.load(directory)`` reads them back."""
+
+    MARKER = "scan.safetensors"
+    WHAT = "scan results"
 
     config: ScanConfig
     steps: Tensor  # [K] or [R, K]
@@ -148,6 +156,20 @@ class Scan:
         ms = self.max_slope.double()
         out.update(max_slope_mean=float(ms.mean()), max_slope_std=float(ms.std()) if ms.numel() > 1 else 0.0)
         return out
+
+    def config_dict(self) -> dict:
+        return self.config.to_dict()
+
+    def _write(self, directory: Path) -> None:
+        save_json(directory / "scan.json", {"config": self.config.to_dict(), "summary": self.summary(),
+                                            "threshold": self.threshold, "threshold_index": self.threshold_index})
+        save_tensors(directory / "scan.safetensors", {"steps": self.steps, "effects": self.effects})
+
+    @classmethod
+    def _read(cls, directory: Path) -> "Scan":
+        meta = load_json(directory / "scan.json")
+        t = load_tensors(directory / "scan.safetensors")
+        return cls(config=ScanConfig.from_dict(meta["config"]), steps=t["steps"], effects=t["effects"])
 
 
 def scan_chunk_rows(n_steps: int, n_out: int, itemsize: int, max_memory: int = DEFAULT_MAX_MEMORY) -> int:

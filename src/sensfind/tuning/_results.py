@@ -6,13 +6,13 @@ import csv
 import io
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..runio import save_json, write_atomic
+from ..runio import Result, load_json, save_json, save_result, write_atomic
 from ._config import TuneConfig
 from ._storage import _SETTINGS_ATTR, _display_url
 
@@ -20,7 +20,7 @@ log = logging.getLogger("sensfind.tuning")
 
 
 @dataclass
-class TuneResult:
+class TuneResult(Result):
     """A study's trials and best settings.
 
     Attributes:
@@ -33,7 +33,12 @@ class TuneResult:
             front), or None before any trial completed. ``sensfind discover --config`` accepts it.
         ran: trials this worker ran.
         config: this worker's ``TuneConfig``; settings: what the study's workers share (search space included).
+
+    ``TuneResult.load(directory)`` reads back what ``save`` wrote (``tune_result.json``).
     """
+
+    MARKER = "tune_result.json"
+    WHAT = "tuning results"
 
     study_name: str
     storage: str
@@ -97,11 +102,19 @@ class TuneResult:
             lines.append(f"best {self.metric} {b['quality']:.4g} (trial {b['number']}, {b['points']} points){front}")
         return "\n".join(lines)
 
-    def save(self, out: str | Path, study: optuna.Study | None = None) -> Path:
+    def save(self, out: str | Path, study: optuna.Study | None = None, overwrite: bool = False) -> Path:
         """Write ``best_config.json`` (flat ``DiscoverConfig`` fields), ``pareto.json`` (multi-objective),
-        ``trials.csv``, ``summary.md``, ``tune.json`` and, given the study, PNG plots into ``out``."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        ``trials.csv``, ``summary.md``, ``tune.json``, ``tune_result.json`` (everything, for ``load``) and
+        ``config.json`` into ``out`` (see ``runio.save_result``), then, given the study, PNG plots."""
+        out = save_result(self, out, overwrite)
+        if study is not None:
+            save_plots(study, out, self.metric)
+        return out
+
+    def config_dict(self) -> dict | None:
+        return self.config or None
+
+    def _write(self, out: Path) -> None:
         if self.best_config is not None:
             save_json(out / "best_config.json", self.best_config)
         if len(self.directions) > 1:
@@ -110,9 +123,11 @@ class TuneResult:
         write_atomic(out / "summary.md", f"# {self.study_name}\n\n{self.summary()}\n\n{self.table(None)}\n")
         save_json(out / "tune.json", {"config": self.config, "settings": self.settings, "summary": self.summary(),
                                       "counts": self.counts(), "best": self.best})
-        if study is not None:
-            save_plots(study, out, self.metric)
-        return out
+        save_json(out / "tune_result.json", {f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def _read(cls, out: Path) -> TuneResult:
+        return cls(**load_json(out / "tune_result.json", "tuning results"))
 
     def _csv(self) -> str:
         names = sorted({k for r in self.trials for k in r["params"]})

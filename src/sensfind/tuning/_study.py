@@ -109,7 +109,7 @@ def tune(
     where = type(storage).__name__ if storage is not None else storage_url(config.storage, out)
     result = TuneResult.from_study(study, config, where, ran=objective.ran)
     if out is not None:
-        result.save(out, study)
+        result.save(out, study, overwrite=True)  # out holds the study's storage; workers share it
     return result
 
 
