@@ -1,0 +1,264 @@
+"""Contract suites: every result type saves and loads back; every Subject implementation behaves alike."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import sensfind as sf
+from sensfind.runio import Result, dumps_json
+
+INF, NAN = math.inf, math.nan
+
+
+# -- results -----------------------------------------------------------------------------------------
+
+
+def assert_same(a, b, where="result"):
+    """Recursive equality: tensors equal in shape and dtype and allclose (inf and nan in the same places)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, (where, a, b)
+        if a.is_floating_point():
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf()), (where, a, b)
+            assert torch.allclose(a, b, equal_nan=True), (where, a, b)
+        else:
+            assert torch.equal(a, b), (where, a, b)
+    elif dataclasses.is_dataclass(a) and not isinstance(a, type):
+        assert type(a) is type(b), (where, type(a), type(b))
+        for f in dataclasses.fields(a):
+            if f.name != "dictionary":  # not saved (it can be large); load takes it as an argument
+                assert_same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), (where, list(a), list(b) if isinstance(b, dict) else b)
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), (where, a, b)
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), (where, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def _discovery():
+    g = torch.Generator().manual_seed(0)
+    return sf.Discovery(
+        directions=torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1),
+        blowup_deg=torch.tensor([12.5, 40.0, INF], dtype=torch.float64), counts=torch.tensor([3, 2, 1]),
+        members=[[0, 3, 4], [1, 5], [2]], restart_directions=torch.randn(6, 8, generator=g),
+        restart_blowup=torch.tensor([12.5, 40.0, INF, 13.0, 14.0, 41.0], dtype=torch.float64),
+        init_directions=torch.randn(6, 8, generator=g),
+        history=[{"iteration": 0, "objective": 1.5, "hard_median": 30.0}], config={"restarts": 6, "tau": 0.5},
+        points_evaluated=600, rounds_run=2, stop_reason="budget")
+
+
+def _scan():
+    from sensfind.scan import Scan, ScanConfig
+
+    effects = torch.tensor([[0.0, 0.2, 0.9, INF], [0.0, 0.1, 0.2, 0.3], [0.0, NAN, 0.6, 0.7]], dtype=torch.float64)
+    return Scan(ScanConfig(steps=4, tau=0.5), torch.tensor([0.0, 60.0, 120.0, 180.0], dtype=torch.float64), effects)
+
+
+def _real_scan():
+    from sensfind.scan import ScanConfig, scan
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    subject = sf.FunctionSubject(torch.randn(8, generator=g, dtype=torch.float64), lambda x: torch.tanh(x @ w))
+    return scan(subject, torch.randn(4, 8, generator=g, dtype=torch.float64), ScanConfig(steps=7, effect="l2", tau=3.0))
+
+
+def _matches():
+    from sensfind.dictionary import from_tensors
+    from sensfind.match import NullConfig, match_directions
+
+    g = torch.Generator().manual_seed(0)
+    dic = from_tensors(torch.randn(20, 8, generator=g))
+    return match_directions(torch.randn(2, 8, generator=g), dic, k=2, null=NullConfig(n_null=1))  # z: nan
+
+
+def _real_other():
+    from sensfind.match import NullConfig, match_real_other
+
+    g = torch.Generator().manual_seed(0)
+    return match_real_other(torch.randn(3, 8, generator=g), torch.randn(8, generator=g), torch.randn(5, 8, generator=g),
+                            NullConfig(n_null=20))
+
+
+@pytest.fixture(scope="module")
+def comparison():
+    from sensfind.compare import CompareConfig, compare
+    from sensfind.dictionary import from_tensors
+    from sensfind.toy import ToyConfig, ToyModel
+
+    toy = ToyModel(ToyConfig(seed=0))
+    subject = toy.subject(0)
+    dic = from_tensors(torch.cat([toy.features, torch.randn(8, toy.d, generator=torch.Generator().manual_seed(0))]))
+    cfg = CompareConfig(n_null=30, n_latents=3, probes=2, scan_steps=31, stop=30.0, refine_iterations=2)
+    return compare(subject, toy.features[:3].double(), dic, subject.real_others(16, seed=1), cfg)
+
+
+def _tune_result():
+    from sensfind.tuning import TuneResult
+
+    rows = [dict(number=0, state="COMPLETE", quality=0.75, points=1200, seconds=1.5, worker="w0", fail_reason=None,
+                 params={"lr": 0.05, "restarts": 8}),
+            dict(number=1, state="FAIL", quality=None, points=None, seconds=None, worker="w1", fail_reason="boom",
+                 params={"lr": 0.2})]
+    return TuneResult("study", "sqlite:///x.db", ["maximize"], "recovery", rows, [rows[0] | {"config": {"lr": 0.05}}],
+                      {"lr": 0.05}, ran=2, config={"metric": "recovery"}, settings={"space": {}})
+
+
+RESULTS = {"discovery": _discovery, "scan": _scan, "real-scan": _real_scan, "matches": _matches,
+           "real-other": _real_other, "comparison": None, "tune": _tune_result}
+
+
+@pytest.fixture(params=list(RESULTS))
+def result(request):
+    make = RESULTS[request.param]
+    return request.getfixturevalue("comparison") if make is None else make()
+
+
+def _summary(r):
+    if hasattr(r, "to_dict"):
+        return dumps_json(r.to_dict())
+    if hasattr(r, "_summary"):
+        return dumps_json(r._summary())
+    return dumps_json(r.summary())
+
+
+def test_result_round_trip(result, tmp_path):
+    assert isinstance(result, Result)
+    out = result.save(tmp_path / "r")
+    back = type(result).load(out)
+    assert_same(result, back)
+    assert _summary(back) == _summary(result)  # the JSON view (non-finite numbers as null) is unchanged too
+    if result.config_dict():
+        assert (out / "config.json").is_file()
+
+
+def test_non_finite_values_survive_the_round_trip(tmp_path):
+    d = sf.Discovery.load(_discovery().save(tmp_path / "d"))
+    assert math.isinf(float(d.blowup_deg[2])) and math.isinf(float(d.restart_blowup[2]))
+    s = type(_scan()).load(_scan().save(tmp_path / "s"))
+    assert math.isinf(float(s.effects[0, 3])) and math.isnan(float(s.effects[2, 1]))
+    m = type(_matches()).load(_matches().save(tmp_path / "m"))
+    assert m.z.isnan().all()
+
+
+def test_saving_into_a_non_empty_directory_is_refused(result, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty.*overwrite=True"):
+        result.save(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    (out / "config.json").write_text('{"command": "run"}')
+    result.save(out, overwrite=True)  # the result's files replace their namesakes; the rest is kept
+    assert (out / "notes.txt").read_text() == "mine" and (out / "config.json").read_text() == '{"command": "run"}'
+    assert_same(result, type(result).load(out))
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # no stage left behind
+
+
+def test_a_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    d = _discovery()
+
+    def broken(self, directory):
+        (directory / "discovery.json").write_text("{}")
+        raise RuntimeError("disk trouble")
+
+    monkeypatch.setattr(sf.Discovery, "_write", broken)
+    with pytest.raises(RuntimeError, match="disk trouble"):
+        d.save(tmp_path / "r")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loading_a_directory_without_the_result_names_what_is_missing(tmp_path):
+    from sensfind.compare import Comparison
+    from sensfind.errors import InputFileError
+
+    with pytest.raises(InputFileError, match="holds no comparison results .comparison.safetensors missing"):
+        Comparison.load(tmp_path)
+
+
+# -- subjects ----------------------------------------------------------------------------------------
+
+
+def _function_subject():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    return sf.FunctionSubject(torch.randn(8, generator=g, dtype=torch.float64), lambda x: torch.tanh(x @ w))
+
+
+def _transformer(request, fixture="tiny_model64", **kw):
+    return sf.TransformerSubject(request.getfixturevalue(fixture), [3, 14, 15, 92, 65], **kw)
+
+
+def _reference_path(request):
+    from sensfind.cli import _Runner
+
+    subject = _transformer(request)
+    return _Runner(subject, subject.run_reference)
+
+
+def _llama(request):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=48, d_vocab=128, n_ctx=32,
+                                  normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8,
+                                  n_key_value_heads=2, gated_mlp=True, act_fn="silu", final_rms=True, seed=0,
+                                  dtype=torch.float32, device="cpu")
+    return sf.TransformerSubject(HookedTransformer(cfg).eval(), [3, 14, 15, 92], hook="blocks.1.hook_resid_pre")
+
+
+def _toy(request):
+    from sensfind.toy import ToyConfig, ToyModel
+
+    return ToyModel(ToyConfig(seed=0)).subject(0)
+
+
+def _probe(request):
+    from sensfind.tuning._targets import _Probe
+
+    return _Probe(_function_subject())
+
+
+SUBJECTS = {
+    "function": lambda request: _function_subject(),
+    "transformer-gpt2-float64": _transformer,
+    "transformer-gpt2-float32": lambda request: _transformer(request, "tiny_model", position=2),
+    "transformer-reference-path": _reference_path,
+    "transformer-llama-float32": _llama,
+    "toy": _toy,
+    "tuning-probe": _probe,
+}
+
+
+@pytest.fixture(params=list(SUBJECTS))
+def subject(request):
+    return SUBJECTS[request.param](request)
+
+
+def test_subject_contract(subject):
+    base = subject.base
+    assert isinstance(base, torch.Tensor) and base.ndim == 1 and base.is_floating_point()
+    d = base.shape[0]
+    g = torch.Generator().manual_seed(0)
+    acts = (base + 0.3 * base.norm() / d**0.5 * torch.randn(3, d, generator=g, dtype=torch.float64).to(base.dtype))
+    acts.requires_grad_(True)
+    out = subject.run(acts)
+    assert out.ndim == 2 and out.shape[0] == 3 and out.shape[1] >= 1
+    assert out.dtype == base.dtype  # dtype kept
+    out.square().sum().backward()  # autograd flows to the input
+    assert acts.grad is not None and torch.isfinite(acts.grad).all() and acts.grad.abs().sum() > 0
+    with torch.no_grad():
+        alone = subject.run(base[None])
+        assert alone.shape == (1, out.shape[1])
+        tol = dict(rtol=1e-4, atol=1e-4) if base.dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+        together = subject.run(torch.cat([base[None], acts.detach()]))[:1]
+        assert torch.allclose(alone, together, **tol)  # rows run independently of their batch
+        if getattr(subject, "base_output", None) is not None:
+            assert torch.allclose(alone[0], subject.base_output.to(alone.dtype), **tol)
