@@ -4,7 +4,7 @@ whole or not at all.
 Every command writes its results through ``staged_dir``: a sibling temporary directory is filled and
 renamed into place only when complete; a previous complete run at the same place is kept until then.
 Files and directories get the ordinary permissions of the process's umask (others in a shared group
-can read results).
+can read results). Result objects derive from ``Result``: one ``save``/``load`` pair over the same rules.
 """
 
 from __future__ import annotations
