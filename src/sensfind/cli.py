@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import InputFileError, error_boundary
 from .flags import CLIError, add_config_args, config_from_args, flag_error, load_config_file
-from .jobs import RANDOM_BASELINE_SEED_OFFSET, incomplete_dir  # noqa: F401  (re-exported)
+from .jobs import incomplete_dir  # noqa: F401  (re-exported: tests and scripts find it here)
 from .site import DiscoverySiteConfig, SiteConfig
 
 __all__ = ["CLIError", "build_parser", "incomplete_dir", "main"]
