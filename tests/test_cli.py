@@ -210,3 +210,88 @@ def test_openwebtext_loader_really_fails_offline(monkeypatch):
     with pytest.raises(DatasetUnavailableError, match="could not stream 'Skylion007/openwebtext'"):
         openwebtext_windows(model, 4)
     assert time.time() - t0 < 60
+
+
+# -- flags generated from the configs ---------------------------------------------------------------
+
+
+def _help(command, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def _config_classes():
+    from sensfind.compare import CompareConfig
+    from sensfind.demo import ModelDemoConfig
+    from sensfind.optimize import DiscoverConfig
+    from sensfind.scan import ScanConfig
+    from sensfind.site import DiscoverySiteConfig, SiteConfig
+    from sensfind.tuning import TuneConfig
+
+    return {"scan": [(SiteConfig, ()), (ScanConfig, ())],
+            "discover": [(DiscoverySiteConfig, ()), (DiscoverConfig, ("seed",))],
+            "compare": [(DiscoverySiteConfig, ()), (CompareConfig, ("seed",))],
+            "tune": [(TuneConfig, ())],
+            "demo": [(ModelDemoConfig, ("sae", "prompt_length", "context_windows", "context_length", "n_others",
+                                        "analysis"))]}
+
+
+@pytest.mark.parametrize("command", ["scan", "discover", "compare", "tune", "demo"])
+def test_help_lists_every_config_field_with_its_doc_and_choices(command, capsys):
+    import dataclasses
+
+    from sensfind.configs import field_choices, field_docs
+
+    text = _help(command, capsys)
+    for cls, skip in _config_classes()[command]:
+        docs, choices = field_docs(cls), field_choices(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skip:  # the site's --seed seeds discover/compare; the demo's sizes come from --config
+                continue
+            assert f"--{f.name.replace('_', '-')} " in text, (cls.__name__, f.name)
+            assert f.name in docs, f"{cls.__name__}.{f.name} has no doc"
+            assert " ".join(docs[f.name].split()[:4]).replace("%%", "%") in text, (cls.__name__, f.name)
+            if f.name in choices:
+                assert f"one of {', '.join(map(str, choices[f.name]))};" in text, (cls.__name__, f.name)
+
+
+@pytest.mark.parametrize("command, key, extra", [
+    ("scan", "ScanConfig", TINY),
+    ("discover", "DiscoverConfig", ["--model", "toy", "--quiet"]),
+    ("compare", "CompareConfig", ["--model", "toy", "--directions", "d.safetensors"]),
+    ("tune", "TuneConfig", []),
+    ("demo", "ModelDemoConfig", ["--quick"]),
+    ("demo", "DemoConfig", ["--model", "toy", "--quick"]),
+])
+def test_config_file_with_an_unknown_key_is_one_line_for_every_command(command, key, extra, tmp_path, capsys,
+                                                                       monkeypatch):
+    from sensfind.baselines import save_directions
+
+    monkeypatch.chdir(tmp_path)
+    save_directions(tmp_path / "d.safetensors", torch.randn(2, 8))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"no_such_field": 3}))
+    out = tmp_path / "o"
+    assert main([command, *extra, "--config", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sensfind: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"unknown {key} field(s) ['no_such_field']; allowed: [" in err and str(cfg) in err
+    assert not out.exists()
+
+
+def test_bool_flags_take_a_value_or_none():
+    from sensfind.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["discover", "--adaptive", "false"]).adaptive == "false"
+    assert parse(["discover", "--no-abandon"]).abandon == "false"
+    assert parse(["discover", "--normalize"]).normalize == "true"
+    assert parse(["tune", "--multi-objective", "--no-enqueue-defaults"]).enqueue_defaults == "false"
+
+
+def test_site_flag_errors_name_the_flag(tmp_path, capsys):
+    assert main(["scan", "--model", "random:tiny", "--dtype", "float16", "--out", str(tmp_path / "o")]) == 2
+    assert "--dtype must be one of ['float32', 'bfloat16', 'float64'], got 'float16'" in capsys.readouterr().err
+    assert main(["scan", "--model", "toy", "--out", str(tmp_path / "o")]) == 2
+    assert "--model 'toy' is the ground-truth toy, for discover and compare only" in capsys.readouterr().err

@@ -198,7 +198,7 @@ def _transformer(request, fixture="tiny_model64", **kw):
 
 
 def _reference_path(request):
-    from sensfind.cli import _Runner
+    from sensfind.jobs import _Runner
 
     subject = _transformer(request)
     return _Runner(subject, subject.run_reference)

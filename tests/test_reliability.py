@@ -594,8 +594,9 @@ def test_15_genuine_bugs_keep_their_traceback(tmp_path, monkeypatch):
 ])
 def test_3_compare_dictionary_spec_is_checked_before_any_work(tmp_path, capsys, monkeypatch, directions_file,
                                                              spec, message):
-    cli = sys.modules["sensfind.cli"]
-    monkeypatch.setattr(cli, "build_discovery_subject", lambda args: pytest.fail("work started"))
+    from sensfind.site import DiscoverySiteConfig
+
+    monkeypatch.setattr(DiscoverySiteConfig, "build", lambda self: pytest.fail("work started"))
     assert main(["compare", "--model", "toy", "--directions", str(directions_file), "--dictionary", spec,
                  "--out", str(tmp_path / "o")]) == 2
     assert message in one_line_error(capsys)

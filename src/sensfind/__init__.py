@@ -18,6 +18,9 @@ from .optimize import DiscoverConfig, NonFiniteOutputError, Refinement, discover
 from .recovery import Recovery, recovery
 from .models import ModelUnavailableError, load_model, local_config
 from .scan import Scan, ScanConfig, scan, step_grid
+from .configs import EffectConfig, ObjectiveConfig
+from .jobs import run_compare, run_discover, run_scan
+from .site import DiscoverySiteConfig, SiteConfig
 from .landscape import Landscape, landscape, simplex_directions, simplex_grid
 from .synthetic import LatentStats, Synthetic, latent_stats, synthetic_baseline, synthetic_structured
 from .baselines import cov_random_targets, cov_stats, isotropic, load_directions
@@ -82,6 +85,13 @@ __all__ = [
     "ModelUnavailableError",
     "Scan",
     "ScanConfig",
+    "SiteConfig",
+    "DiscoverySiteConfig",
+    "EffectConfig",
+    "ObjectiveConfig",
+    "run_scan",
+    "run_discover",
+    "run_compare",
     "Subject",
     "TransformerSubject",
     "check_directions",

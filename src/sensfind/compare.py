@@ -20,13 +20,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .baselines import isotropic
-from .configs import Config, check_int
+from .configs import EffectConfig, check_int
 from .dictionary import Dictionary, check_compatible, from_tensors
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from .blowup import threshold_value
@@ -42,8 +42,8 @@ __all__ = ["CompareConfig", "Comparison", "DictionarySensitivity", "compare", "d
 
 
 @dataclass(frozen=True)
-class CompareConfig(Config):
-    """Settings of ``compare``.
+class CompareConfig(EffectConfig):
+    """Settings of ``compare`` (``effect`` and ``tau`` are :class:`~sensfind.configs.EffectConfig`'s).
 
     Attributes:
         k: dictionary matches reported per direction.
@@ -57,8 +57,6 @@ class CompareConfig(Config):
         probes, probe_deg: rotations of each row by ``probe_deg`` degrees in random directions used to
             test whether the row is a local optimum of the threshold angle.
         scan_steps, stop: the fine scan used for every threshold angle here (0..stop degrees).
-        tau: effect threshold of the threshold angle (nats for ``kl``).
-        effect: ``kl`` (next-token KL, nats), ``l2`` or ``cos`` (distance of output vectors).
         refine_iterations: discovery iterations when refining from decoder rows (0: no refinement).
         seed: seeds nulls, samples and probes.
     """
@@ -73,12 +71,11 @@ class CompareConfig(Config):
     probe_deg: float = 5.0
     scan_steps: int = 361
     stop: float = 90.0
-    tau: float = 0.5
-    effect: Literal["kl", "l2", "cos"] = "kl"
     refine_iterations: int = 40
     seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()  # effect, tau
         for name, lo in (("k", 1), ("n_null", 1), ("n_latents", 0), ("probes", 1), ("scan_steps", 2),
                          ("refine_iterations", 0)):
             check_int(name, getattr(self, name), lo)
@@ -90,7 +87,7 @@ class CompareConfig(Config):
         bad = [p for p in parts if p not in ("active", "matched", "sample")]
         if bad or not parts:
             raise ValueError(f"latents must be 'active', 'matched' or 'sample' joined by '+', got {self.latents!r}")
-        self.scan_config  # validates tau, stop, effect
+        self.scan_config  # validates stop
 
     @property
     def scan_config(self) -> ScanConfig:

@@ -29,6 +29,7 @@ from .prompts import load_corpus, resolve_cache_dir
 from .optimize import DiscoverConfig, discover
 from .recovery import recovery
 from .runio import save_json, staged_dir
+from .specs import parse_model_spec
 from .toy import ToyConfig, ToyModel
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,8 @@ class ModelDemoConfig(Config):
     """Sizes of the demo on a real model.
 
     Attributes:
-        model: a ``sensfind.load_model`` name (``smollm2-135m``, offline).
+        model: a ``sensfind.load_model`` name (``smollm2-135m``: offline, one corpus prompt, local SAE,
+            feature cards); on the command line ``toy`` runs the toy demo (``DemoConfig``, planted features).
         sae: the SAE (``corpus_sae.train_corpus_sae``: SAELens on corpus activations, massive ones
             excluded, cached); its ``hook`` is the site; the perturbed position is the prompt's last token.
         seed: which prompt, real-other prompts and context windows are drawn.
@@ -175,8 +177,7 @@ class ModelDemoConfig(Config):
     analysis: AnalysisConfig = AnalysisConfig()
 
     def __post_init__(self):
-        if not isinstance(self.model, str) or not self.model:
-            raise ValueError(f"model must be a sensfind.load_model name, got {self.model!r}")
+        parse_model_spec(self.model, "model", allow_toy=False)
         for name, lo in (("seed", 0), ("input", 0), ("prompt_length", 2), ("context_windows", 1), ("context_length", 2),
                          ("n_others", 1)):
             check_int(name, getattr(self, name), lo)

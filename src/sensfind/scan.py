@@ -14,7 +14,6 @@ not grow with directions × steps × output width.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,8 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .configs import Config, check_int
-from .blowup import check_tau, max_slope_index, threshold_index, threshold_value
+from .configs import ObjectiveConfig, check_int
+from .blowup import max_slope_index, threshold_index, threshold_value
 from .effects import get_effect
 from .geometry import Mode, check_directions, directions_from_targets, perturb  # noqa: F401  (directions_from_targets re-exported)
 from .runio import Result, load_json, load_tensors, save_json, save_tensors
@@ -44,25 +43,16 @@ _OUTPUT_COPIES = 4  # logits, log-softmax, its exp and the difference live at on
 
 
 @dataclass(frozen=True)
-class ScanConfig(Config):
-    """How to scan.
+class ScanConfig(ObjectiveConfig):
+    """How to scan (the objective's settings, ``effect``, ``tau``, ``mode``, ``start`` and ``stop``, are
+    :class:`~sensfind.configs.ObjectiveConfig`'s).
 
     Attributes:
-        mode: ``sphere`` (slerp, norm kept; steps are degrees) or ``straight`` (steps are α).
-        start, stop: first and last step. ``None`` means the mode's default: 0–180° for sphere,
-            0–1 for straight (relative), 0–50 for straight (absolute).
         steps: number of scan points, at least 2.
-        effect: ``kl`` (next-token KL, nats), ``l2`` or ``cos`` (distance of output vectors).
-        tau: threshold for the threshold step (same units as the effect).
         scale: straight mode only: ``relative`` (α·|x0|) or ``absolute`` (α).
     """
 
-    mode: Mode = "sphere"
-    start: float | None = None
-    stop: float | None = None
     steps: int = 91
-    effect: Literal["kl", "l2", "cos"] = "kl"
-    tau: float = 0.5
     scale: Literal["relative", "absolute"] = "relative"
 
     def __post_init__(self):
@@ -71,37 +61,7 @@ class ScanConfig(Config):
         if self.scale not in ("relative", "absolute"):
             raise ValueError(f"scale must be 'relative' or 'absolute', got {self.scale!r}")
         check_int("steps", self.steps, 2)
-        get_effect(self.effect)
-        check_tau(self.tau)
-        lo, hi = self.range
-        for name, v in (("start", lo), ("stop", hi)):
-            if not math.isfinite(v):
-                raise ValueError(f"{name} must be finite, got {v!r}")
-        if not lo < hi:
-            raise ValueError(f"start must be < stop, got start={lo} stop={hi}")
-        if lo < 0:
-            raise ValueError(f"start must be >= 0, got {lo}")
-        if self.mode == "sphere" and hi > 180:
-            raise ValueError(f"sphere-mode angles are in degrees within [0, 180], got stop={hi}")
-
-    @property
-    def range(self) -> tuple[float, float]:
-        if self.mode == "sphere":
-            default = (0.0, 180.0)
-        else:
-            default = (0.0, 1.0) if self.scale == "relative" else (0.0, 50.0)
-        lo = default[0] if self.start is None else float(self.start)
-        hi = default[1] if self.stop is None else float(self.stop)
-        return lo, hi
-
-    @property
-    def unit(self) -> str:
-        return "deg" if self.mode == "sphere" else ("alpha (x |x0|)" if self.scale == "relative" else "alpha")
-
-    @property
-    def axis_label(self) -> str:
-        """Label for the step axis of a figure."""
-        return "angle θ (deg)" if self.mode == "sphere" else f"step α ({self.unit})"
+        super().__post_init__()
 
 
 def step_grid(config: ScanConfig, dtype: torch.dtype = torch.float32, device=None) -> Tensor:

@@ -7,8 +7,9 @@ The command line, the tuner and the experiments all name their inputs this way:
   also take ``corpus``, ``auto`` and ``none``;
 * direction sources: ``random:N``, ``file:PATH``, ``targets:PATH|builtin``.
 
-Models are named by ``sensfind.load_model`` (``random:ARCH``, ``gguf:PATH``, ``smollm2-135m``, a hub name),
-plus ``toy`` where a command accepts the ground-truth toy.
+* models: ``random:ARCH`` (a local architecture with random weights), ``gguf:PATH``, ``smollm2-135m``, a
+  TransformerLens model name (the hub), and ``toy`` (the ground-truth toy) where a caller accepts it;
+  ``parse_model_spec`` classifies them and ``sensfind.load_model`` loads the transformers.
 
 ``parse_spec`` checks the kind against a table of allowed kinds (kind -> what its value is) and says
 what is allowed when it is not; the loaders for the kinds that mean the same everywhere live here too.
@@ -18,15 +19,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 
-__all__ = ["DICTIONARY_KINDS", "DIRECTION_KINDS", "DEFAULT_SAE_RELEASE", "Spec", "check_dictionary_dir", "dictionary_width",
-           "load_dictionary_dir", "load_dictionary_spec", "parse_spec", "spec_alternatives"]
+__all__ = ["DICTIONARY_KINDS", "DIRECTION_KINDS", "DEFAULT_SAE_RELEASE", "MODEL_ALTERNATIVES", "ModelSpec", "Spec",
+           "check_dictionary_dir", "dictionary_width", "load_dictionary_dir", "load_dictionary_spec", "parse_model_spec",
+           "parse_spec", "spec_alternatives"]
 
 # kind -> what follows the colon ("" for a bare kind)
 DICTIONARY_KINDS: Mapping[str, str] = {"pretrained": "RELEASE[/SAE_ID]", "disk": "PATH", "train": "D_SAE"}
 DIRECTION_KINDS: Mapping[str, str] = {"random": "N", "file": "PATH", "targets": "PATH|builtin"}
 DEFAULT_SAE_RELEASE = "gpt2-small-res-jb"
+TOY = "toy"
+SMOLLM2 = "smollm2-135m"
+TRANSFORMER_ALTERNATIVES = (f"random:ARCH (a local architecture with random weights), gguf:PATH, {SMOLLM2} "
+                            "or a TransformerLens model name such as gpt2")
+MODEL_ALTERNATIVES = f"{TOY}, {TRANSFORMER_ALTERNATIVES}"
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,50 @@ def parse_spec(text: str, kinds: Mapping[str, str], what: str) -> Spec:
     if kind not in kinds:
         raise ValueError(f"{what} must be {spec_alternatives(kinds)}, got {text!r}")
     return Spec(kind, value)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model name. ``kind``: ``toy``, ``random`` (``value`` is the architecture), ``gguf``
+    (``value`` is the file), ``smollm2`` or ``hub`` (``value`` is the TransformerLens name)."""
+
+    kind: Literal["toy", "random", "gguf", "smollm2", "hub"]
+    value: str = ""
+
+    @property
+    def is_toy(self) -> bool:
+        return self.kind == "toy"
+
+    def __str__(self) -> str:
+        return {"toy": TOY, "smollm2": SMOLLM2, "hub": self.value}.get(self.kind, f"{self.kind}:{self.value}")
+
+
+def parse_model_spec(text, what: str = "model", allow_toy: bool = True) -> ModelSpec:
+    """Classify a model name; ``ValueError`` naming the bad value and what is allowed. ``allow_toy=False``
+    refuses ``toy`` (callers that need a transformer)."""
+    from .models import LOCAL_ARCHITECTURES
+
+    allowed = MODEL_ALTERNATIVES if allow_toy else TRANSFORMER_ALTERNATIVES
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{what} must be {allowed}, got {text!r}")
+    if text == TOY:
+        if not allow_toy:
+            raise ValueError(f"{what} {TOY!r} is the ground-truth toy, for discover and compare only; this needs a "
+                             f"transformer: random:gpt2, random:tiny, {SMOLLM2} or a pretrained name such as gpt2")
+        return ModelSpec("toy")
+    if text.lower() == SMOLLM2:
+        return ModelSpec("smollm2")
+    kind, colon, value = text.partition(":")
+    if not colon:
+        return ModelSpec("hub", text)
+    if kind == "random":
+        if value not in LOCAL_ARCHITECTURES:
+            raise ValueError(f"unknown local architecture {value!r}; allowed: {sorted(LOCAL_ARCHITECTURES)} "
+                             f"({what} random:ARCH)")
+        return ModelSpec("random", value)
+    if kind == "gguf" and value:
+        return ModelSpec("gguf", value)
+    raise ValueError(f"{what} must be {allowed}, got {text!r}")
 
 
 def dictionary_width(spec: Spec, what: str = "--dictionary") -> int | None:

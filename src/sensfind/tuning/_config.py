@@ -8,6 +8,7 @@ from typing import Literal
 
 
 from ..configs import Config, check_int, is_number
+from ..specs import parse_model_spec
 from ._space import SearchSpace
 from ._targets import _METRICS, Metric
 
@@ -18,13 +19,18 @@ class TuneConfig(Config):
 
     Study:
         study_name: workers with the same storage and name join one study.
-        storage: database URL or SQLite file path (``None``: ``<out>/study.db``; ``memory``: in-process).
+        storage: database URL (``postgresql://user@host/db``, ``sqlite:///f.db``) or SQLite file path (``None``:
+            ``<out>/study.db``; ``memory``: in-process); ``optuna-dashboard <URL>`` opens it.
         n_trials: trials this worker runs (``None``: until ``timeout`` or ``max_trials``).
         max_trials: stop once the study holds this many finished trials, whoever ran them.
         timeout: seconds after which this worker starts no new trial.
-        metric: ``reached`` | ``distinct`` (toy), ``sae`` (transformer with an SAE) or ``sensitive`` (any).
+        metric: ``reached``: fraction of restarts on a planted feature (toy); ``distinct``: planted features
+            found (toy); ``sae``: fraction of optima matching an SAE latent with p < ``p_value``;
+            ``sensitive``: distinct optima (|cos| < 0.5) blowing up before the real-other median, per 100k
+            points (any model).
         multi_objective: maximise the metric and minimise points (Pareto front) instead of the metric alone.
-        sampler: ``tpe`` (multivariate TPE) or ``random``; sampler_seed seeds it (None: random).
+        sampler: ``tpe`` (multivariate TPE) or ``random``.
+        sampler_seed: seeds the sampler (None: random).
         pruner: ``auto`` (median for single-objective, none for multi-objective), ``median`` or ``none``.
         enqueue_defaults: make ``DiscoverConfig()`` (if inside the space) the first trial of a new study.
     Failure handling:
@@ -32,7 +38,8 @@ class TuneConfig(Config):
         grace_period: seconds without a heartbeat after which a trial is failed (None: 3 x interval).
         retries: how many times a trial failed that way is re-queued.
     Subjects:
-        model: ``toy``, or a model name for ``sensfind.load_model`` (e.g. ``random:tiny``, ``gpt2``).
+        model: ``toy`` (ground truth), or a model for an SAE-scored or sensitive run: a ``sensfind.load_model``
+            name (e.g. ``random:tiny`` with ``sae``, ``smollm2-135m``, ``gpt2``).
         subjects: toy seeds (``--model toy``), or prompt indices into ``prompts``.
         toy_input: which input of each toy model's stream is the base.
         sae: dictionary directory (``Dictionary.save`` or SAELens format) for metric ``sae``.
@@ -98,14 +105,20 @@ class TuneConfig(Config):
         object.__setattr__(self, "subjects", tuple(self.subjects))
         if not self.subjects or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.subjects):
             raise ValueError(f"subjects must be a non-empty list of integers >= 0, got {list(self.subjects)}")
-        if self.model == "toy" and self.metric == "sae":
+        parse_model_spec(self.model, "model")
+        if self.toy and self.metric == "sae":
             raise ValueError("metric 'sae' needs a transformer model and --sae; on the toy use 'reached', "
                              "'distinct' or 'sensitive'")
-        if self.model != "toy" and self.metric != "sensitive" and (self.metric != "sae" or self.sae is None):
+        if not self.toy and self.metric != "sensitive" and (self.metric != "sae" or self.sae is None):
             raise ValueError(f"model {self.model!r} has no planted features: use metric 'sensitive', "
                              "or metric 'sae' with --sae DIR")
         if not is_number(self.p_value) or not 0 < self.p_value < 1:
             raise ValueError(f"p_value must be in (0, 1), got {self.p_value!r}")
+
+    @property
+    def toy(self) -> bool:
+        """Whether the subjects are toy models (``model`` is ``toy``)."""
+        return parse_model_spec(self.model).is_toy
 
     @property
     def pruning(self) -> bool:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import optuna
 
-from ..configs import is_number
+from ..configs import ObjectiveConfig, field_choices, is_number
 from ..optimize import DiscoverConfig
 
 
@@ -159,8 +159,8 @@ _DEFAULT_SPACE = {
     "tau": {"type": "float", "low": 0.1, "high": 2.0, "log": True},
     "temperature": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
     "temperature_ratio": {"type": "float", "low": 0.05, "high": 1.0, "log": True},
-    "mode": {"type": "categorical", "choices": ["sphere", "straight"]},
-    "effect": {"type": "categorical", "choices": ["kl", "l2", "cos"]},
+    # the objective's categorical settings, with the choices ObjectiveConfig declares
+    **{name: {"type": "categorical", "choices": list(field_choices(ObjectiveConfig)[name])} for name in ("mode", "effect")},
     "scan_steps": {"type": "int", "low": 8, "high": 48},
     "stop_fraction": {"type": "float", "low": 0.25, "high": 1.0},
     "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},

@@ -138,7 +138,7 @@ def open_study(config: TuneConfig, space: SearchSpace | None = None, out: str | 
 
 
 def _targets(config: TuneConfig) -> list[Target]:
-    if config.model == "toy":
+    if config.toy:
         return toy_targets(config.subjects, config.metric, config.toy_input)
     return transformer_targets(config.model, config.sae, config.subjects, config.prompts, config.hook,
                                config.position, config.p_value, metric=config.metric, device=config.device)
