@@ -37,14 +37,15 @@ NAME = "landscape"
 class LandscapeConfig(Config):
     """The bases, grids and discovery of the landscape experiment.
 
-    tau: KL threshold (nats)
-    no_discover: skip the landscapes around discovered optima
-    n_bases: real bases (one real-other landscape each)
-    n_discover: bases that also get a landscape around their best discovered optimum
-    resolution: grid steps per simplex edge
-    angle_steps: coarse scan points over 0-180 deg (refined 16x around the crossing)
-    restarts: discovery restarts
-    iterations: discovery iterations
+    Attributes:
+        tau: KL threshold (nats)
+        no_discover: skip the landscapes around discovered optima
+        n_bases: real bases (one real-other landscape each)
+        n_discover: bases that also get a landscape around their best discovered optimum
+        resolution: grid steps per simplex edge
+        angle_steps: coarse scan points over 0-180 deg (refined 16x around the crossing)
+        restarts: discovery restarts
+        iterations: discovery iterations
     """
 
     tau: float = 0.5

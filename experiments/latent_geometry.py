@@ -37,12 +37,13 @@ NAME = "latent_geometry"
 class LatentGeometryConfig(Config):
     """Discovery and matching settings of the latent-geometry experiment.
 
-    tau: KL threshold of discovery (nats)
-    alpha: a match counts when its p-value is below this
-    n_bases: real bases to discover optima on
-    restarts: discovery restarts per base
-    iterations: discovery iterations
-    n_null: random directions in the matching null
+    Attributes:
+        tau: KL threshold of discovery (nats)
+        alpha: a match counts when its p-value is below this
+        n_bases: real bases to discover optima on
+        restarts: discovery restarts per base
+        iterations: discovery iterations
+        n_null: random directions in the matching null
     """
 
     tau: float = 0.5

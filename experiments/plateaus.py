@@ -1,10 +1,9 @@
 """Activation plateaus: do real activations sit on a plateau that random activations lack?
 
-Bases: real activations of the pool, covariance-matched Gaussian samples (cov-random), isotropic samples
-scaled to the real base's norm, and synthetic activations made of SAE latents. Every base is put in the
-context of the same real prompt and perturbed towards the same random directions, in sphere mode (slerp,
-KL; plateau = threshold angle, Heimersheim & Mendel) and straight mode (absolute steps; plateau = first
-step index above the threshold, LASR).
+Bases: real activations, cov-random and isotropic samples (scaled to the real norm) and synthetic
+activations made of SAE latents, each in the same real prompt's context and perturbed towards the same
+random directions; plateau = threshold angle of a sphere KL scan (Heimersheim & Mendel) and first step
+above the threshold of a straight scan (LASR).
 
 Claim tested: real bases plateau longer than random ones (and, per LASR, than synthetic ones).
 
@@ -25,7 +24,7 @@ import sensfind as sf
 from sensfind.baselines import cov_random_targets, isotropic
 from sensfind.configs import Config, check_int
 from sensfind.experiment import PUBLISHED, run_experiment, sized
-from sensfind.plots import plot_distributions, plot_effect_curves, plot_mean_curves
+from sensfind.plots import plot_distributions, plot_effect_curves
 from sensfind.pool import split_pool
 from sensfind.runio import save_json, save_tensors
 from sensfind.stats import describe, fmt, ks, table
@@ -37,10 +36,11 @@ NAME = "plateaus"
 class PlateausConfig(Config):
     """The bases and directions of the plateaus experiment.
 
-    directions: perturbation directions: towards cov-random targets, or isotropic
-    no_synthetic: skip the synthetic bases (no SAE needed)
-    n_bases: bases of each kind
-    n_dirs: random directions per base
+    Attributes:
+        directions: perturbation directions: towards cov-random targets, or isotropic
+        no_synthetic: skip the synthetic bases (no SAE needed)
+        n_bases: bases of each kind
+        n_dirs: random directions per base
     """
 
     directions: Literal["cov-random", "isotropic"] = "cov-random"
@@ -100,13 +100,7 @@ def body(cfg: PlateausConfig, site, run) -> str:
     save_tensors(run.path("results.safetensors"), tensors)
 
     title = f"{site.name}: bases perturbed towards {cfg.directions} directions"
-    straight_ylabel = ("KL(p0 || p) (nats)" if scans.straight.effect == "kl"
-                       else f"L2 distance at {scans.straight_output_hook}")
-    plot_mean_curves(run.path("effect_vs_angle.png"), {k: (ang, e) for k, e in eff_sph.items()},
-                     "angle θ (deg)", "KL(p0 || p) (nats)", title + " (sphere, mean ± sd)", scans.sphere.tau)
-    plot_mean_curves(run.path("effect_vs_distance.png"), {k: (alpha, e) for k, e in eff_str.items()},
-                     f"step α (absolute, steps of {scans.step:.3g})", straight_ylabel, title + " (straight, mean ± sd)",
-                     scans.straight.tau)
+    scans.plot_means(run.dir, eff_sph, eff_str, title)
     plot_effect_curves(run.path("effect_vs_angle_base0.png"), {k: (ang, v[0].effects) for k, v in sphere.items()},
                        xlabel="angle θ (deg)", effect="kl", tau=scans.sphere.tau, title=title + ": first base")
     plot_distributions(run.path("plateau_angle.png"), angle, "plateau length: threshold angle (deg)", title, cap=angle_cap)

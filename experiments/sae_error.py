@@ -40,9 +40,10 @@ KINDS = ("isotropic", "cov-shaped")
 class SAEErrorConfig(Config):
     """The bases and random errors of the SAE-error experiment.
 
-    latent_noise: comma-separated relative noise levels σ for the L0-preserving latent perturbation
-    n_bases: real bases
-    n_random: random errors per base and comparison
+    Attributes:
+        latent_noise: comma-separated relative noise levels σ for the L0-preserving latent perturbation
+        n_bases: real bases
+        n_random: random errors per base and comparison
     """
 
     latent_noise: str = "0.05,0.1,0.2,0.5"

@@ -1,12 +1,10 @@
 """Sensitive directions: which perturbation directions make the output blow up earliest?
 
-From each real base, perturb towards (or along) directions of several kinds: real-other (towards another
-prompt's activation), cov-random (towards a Gaussian sample with the pool's mean and covariance),
-cov-mixture (a covariance-shaped direction not involving the base, Lee & Heimersheim), naive-random
-(isotropic), sae-active± / sae-inactive± (decoder rows of latents active / inactive on the base, added or
-subtracted), synthetic-baseline / -structured (towards synthetic activations) and, on the toy, feature (a
-planted feature signed to flip its gate). Each direction gets the threshold angle of a sphere KL scan
-and the max-slope step of a straight scan (LASR); each kind is compared with real-other by a KS test.
+From each real base, perturb along directions of several kinds (experiments/README.md describes each):
+towards other prompts' activations, Gaussian samples or synthetic activations, covariance-shaped or
+isotropic, SAE decoder rows of active / inactive latents (±) and, on the toy, planted features. Each
+direction gets the threshold angle of a sphere KL scan and the max-slope step of a straight scan (LASR);
+each kind is compared with real-other by a KS test.
 
 Claim tested: real-other (and feature) directions blow up earlier than cov-random; naive random far
 later; synthetic-structured is closer to real-other than synthetic-baseline (LASR).
@@ -27,7 +25,7 @@ from sensfind.baselines import cov_random_targets, isotropic
 from sensfind.configs import Config, check_int
 from sensfind.experiment import PUBLISHED, run_experiment, sized
 from sensfind.latents import decoder_rows
-from sensfind.plots import plot_distributions, plot_mean_curves
+from sensfind.plots import plot_distributions
 from sensfind.pool import pick, split_pool
 from sensfind.runio import save_json, save_tensors
 from sensfind.stats import describe, fmt, ks, table
@@ -42,11 +40,11 @@ ALL_KINDS = ("real-other", "feature", "cov-random", "cov-mixture", "naive-random
 class DirectionsConfig(Config):
     """The direction kinds and how many of each.
 
-    kinds: comma-separated direction kinds, or all (those this site supports): real-other, feature, cov-random,
-        cov-mixture, naive-random, sae-active+, sae-active-, sae-inactive+, sae-inactive-, synthetic-baseline,
-        synthetic-structured
-    n_bases: real bases
-    n_dirs: directions of each kind per base
+    Attributes:
+        kinds: comma-separated direction kinds, or all (those this site supports): real-other, feature, cov-random,
+            cov-mixture, naive-random, sae-(in)active+/-, synthetic-baseline, synthetic-structured
+        n_bases: real bases
+        n_dirs: directions of each kind per base
     """
 
     kinds: str = "all"
@@ -131,11 +129,7 @@ def body(cfg: DirectionsConfig, site, run) -> str:
                        f"threshold angle (deg), first KL > {scans.sphere.tau:g} nats", title, cap=cap)
     plot_distributions(run.path("max_slope_step.png"), {k: slope[k].numpy() for k in kinds},
                        f"max-slope step (steps of {scans.step:.3g}, straight {scans.straight.effect})", title)
-    plot_mean_curves(run.path("effect_vs_angle.png"), {k: (sf.step_grid(scans.sphere), eff_sph[k]) for k in kinds},
-                     "angle θ (deg)", "KL(p0 || p) (nats)", title + " (sphere, mean ± sd)", scans.sphere.tau)
-    ylabel = "KL(p0 || p) (nats)" if scans.straight.effect == "kl" else f"L2 distance at {scans.straight_output_hook}"
-    plot_mean_curves(run.path("effect_vs_distance.png"), {k: (sf.step_grid(scans.straight), eff_str[k]) for k in kinds},
-                     f"step α (absolute, steps of {scans.step:.3g})", ylabel, title + " (straight, mean ± sd)")
+    scans.plot_means(run.dir, eff_sph, eff_str, title, straight_tau=False)
     rows = []
     for k, res in results.items():
         pub = (published or {}).get(k)

@@ -39,10 +39,11 @@ NAME = "topk_latents"
 class TopKConfig(Config):
     """The second SAE and the bases of the top-k experiment.
 
-    sae_low: SAE of lower L0 to compare with (same forms as --sae); auto: trained locally with --sae-low-l1 for
-        local models, none for gpt2
-    sae_low_l1: L1 coefficient of the locally trained low-L0 SAE
-    n_bases: real bases
+    Attributes:
+        sae_low: SAE of lower L0 to compare with (same forms as --sae); auto: trained locally with --sae-low-l1 for
+            local models, none for gpt2
+        sae_low_l1: L1 coefficient of the locally trained low-L0 SAE
+        n_bases: real bases
     """
 
     sae_low: str = "auto"

@@ -106,11 +106,12 @@ def smoke_config(cls, **overrides):
 class RunOptions(Config):
     """Where and how the run is written.
 
-    out: run directory (default runs/<experiment>-<model>-<time>)
-    overwrite: replace a non-empty run directory
-    smoke: tiny sizes, for tests
-    cache_dir: where locally trained SAEs are cached
-    verbose: log diagnostics
+    Attributes:
+        out: run directory (default runs/<experiment>-<model>-<time>)
+        overwrite: replace a non-empty run directory
+        smoke: tiny sizes, for tests
+        cache_dir: where locally trained SAEs are cached
+        verbose: log diagnostics
     """
 
     out: str | None = None
@@ -125,13 +126,14 @@ class RunOptions(Config):
 class ScanSettings(Config):
     """The sphere (Heimersheim & Mendel) and straight (LASR) scans of an experiment.
 
-    tau: sphere mode: KL threshold in nats
-    straight_effect: straight mode effect: auto = l2 at the last block's hook_resid_post for gpt2 (LASR), kl otherwise
-    straight_tau: straight mode threshold (default 20 for l2, LASR's GPT-2 value; 0.5 nats for kl)
-    step: straight mode step, absolute (default 0.5 for gpt2 as LASR; otherwise the median distance between
-        real activations / (straight steps - 1))
-    angle_steps: sphere scan points over 0-180 deg
-    straight_steps: straight scan points (the first is the base)
+    Attributes:
+        tau: sphere mode: KL threshold in nats
+        straight_effect: straight mode effect: auto = l2 at the last block's hook_resid_post for gpt2 (LASR), kl otherwise
+        straight_tau: straight mode threshold (default 20 for l2, LASR's GPT-2 value; 0.5 nats for kl)
+        step: straight mode step, absolute (default 0.5 for gpt2 as LASR; otherwise the median distance between
+            real activations / (straight steps - 1))
+        angle_steps: sphere scan points over 0-180 deg
+        straight_steps: straight scan points (the first is the base)
     """
 
     tau: float = 0.5
@@ -162,6 +164,20 @@ class Scans:
     def to_dict(self) -> dict:
         return dict(sphere=self.sphere.to_dict(), straight=self.straight.to_dict(),
                     straight_output_hook=self.straight_output_hook, step=self.step)
+
+    def plot_means(self, directory: Path, sphere: dict, straight: dict, title: str, straight_tau: bool = True) -> None:
+        """``effect_vs_angle.png`` and ``effect_vs_distance.png``: mean ± sd effect curves of each group
+        (``sphere[name]``, ``straight[name]``: effects ``[R, K]`` on this scan's grids)."""
+        from .plots import plot_mean_curves
+        from .scan import step_grid
+
+        ang, alpha = step_grid(self.sphere), step_grid(self.straight)
+        ylabel = "KL(p0 || p) (nats)" if self.straight.effect == "kl" else f"L2 distance at {self.straight_output_hook}"
+        plot_mean_curves(Path(directory) / "effect_vs_angle.png", {k: (ang, e) for k, e in sphere.items()},
+                         "angle θ (deg)", "KL(p0 || p) (nats)", title + " (sphere, mean ± sd)", self.sphere.tau)
+        plot_mean_curves(Path(directory) / "effect_vs_distance.png", {k: (alpha, e) for k, e in straight.items()},
+                         f"step α (absolute, steps of {self.step:.3g})", ylabel, title + " (straight, mean ± sd)",
+                         self.straight.tau if straight_tau else None)
 
 
 def resolve_scans(settings: ScanSettings, site: PoolSite) -> Scans:

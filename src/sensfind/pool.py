@@ -42,15 +42,16 @@ MIN_POOL = 8
 class PoolConfig(Config):
     """Where the experiment looks and how many real activations it collects there.
 
-    model: gpt2 (real weights and the gpt2-small-res-jb SAE: needs the HuggingFace hub), smollm2-135m (corpus
-        windows), random:gpt2 / random:tiny (local architecture, random weights) or toy (ground-truth toy)
-    hook: site hook (transformers)
-    position: token position of the site (-1: last)
-    prompts: pretrained models: prompt file (one per line), 'builtin', or 'corpus' (windows of the offline corpus);
-        auto = builtin for gpt2, corpus otherwise. The published runs used 1000 10-token OpenWebText prompts
-    seq_len: tokens per prompt
-    seed: seeds weights of random models, prompts and directions
-    n_pool: real activations collected (bases + real-other targets + statistics)
+    Attributes:
+        model: gpt2 (real weights and the gpt2-small-res-jb SAE: needs the HuggingFace hub), smollm2-135m (corpus
+            windows), random:gpt2 / random:tiny (local architecture, random weights) or toy (ground-truth toy)
+        hook: site hook (transformers)
+        position: token position of the site (-1: last)
+        prompts: pretrained models: prompt file (one per line), 'builtin', or 'corpus' (windows of the offline corpus);
+            auto = builtin for gpt2, corpus otherwise. The published runs used 1000 10-token OpenWebText prompts
+        seq_len: tokens per prompt
+        seed: seeds weights of random models, prompts and directions
+        n_pool: real activations collected (bases + real-other targets + statistics)
     """
 
     model: str = "random:tiny"

@@ -26,12 +26,13 @@ SAE_SPECS = {"auto": "", "pretrained": "RELEASE/SAE_ID", "disk": "PATH", "corpus
 class PoolSAEConfig(Config):
     """Which SAE an experiment uses at its site, and how a local one is trained.
 
-    sae: auto (pretrained gpt2-small-res-jb for gpt2, the corpus SAE for corpus sites, trained locally otherwise),
-        pretrained:RELEASE/SAE_ID, disk:PATH (SAELens format), corpus, train, or none
-    sae_expansion: trained SAEs: latents per dimension
-    sae_l1: trained SAEs: L1 coefficient
-    sae_train: activations a local SAE is trained on
-    sae_epochs: epochs of local SAE training
+    Attributes:
+        sae: auto (pretrained gpt2-small-res-jb for gpt2, the corpus SAE for corpus sites, trained locally otherwise),
+            pretrained:RELEASE/SAE_ID, disk:PATH (SAELens format), corpus, train, or none
+        sae_expansion: trained SAEs: latents per dimension
+        sae_l1: trained SAEs: L1 coefficient
+        sae_train: activations a local SAE is trained on
+        sae_epochs: epochs of local SAE training
     """
 
     sae: str = "auto"
