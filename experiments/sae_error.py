@@ -1,10 +1,8 @@
 """SAE errors vs random errors of the same size: does the output care *which* way the SAE errs?
 
-KL(p0 || p) of the next-token distribution on real bases, in two comparisons:
-1. substitution (Gurnee): ``x`` replaced by its reconstruction ``x̂``, against ``x + ε`` with a random error
-   of norm ``|x - x̂|``, isotropic (Gurnee) or covariance-shaped (Lee & Heimersheim);
-2. L0-preserving latent noise: the active latents of ``x̂`` scaled by ``1 + σ z`` (``sensfind.latents.latent_noise``),
-   decoded to ``x̂_δ``, against ``x̂ + ε`` with ``|ε| = |x̂_δ - x̂|``; both KLs against the output at ``x̂``.
+Next-token KL on real bases: (1) ``x`` replaced by its reconstruction ``x̂`` against ``x + ε``, ``|ε| = |x - x̂|``,
+isotropic (Gurnee) or covariance-shaped (Lee & Heimersheim); (2) L0-preserving noise on ``x̂``'s latents
+(``sensfind.latents.latent_noise``) against a random move of the same size, both against the output at ``x̂``.
 
 Claim tested: the SAE reconstruction costs 2.2-4.5x the KL of a same-norm isotropic error (GPT-2,
 Gurnee); the ratio shrinks against the covariance-shaped baseline; latent noise beats random noise.
@@ -54,11 +52,11 @@ class SAEErrorConfig(Config):
         check_int("n_bases", self.n_bases, minimum=1)
         check_int("n_random", self.n_random, minimum=1)
         try:
-            sigmas = self.sigmas
+            ok = bool(self.sigmas) and all(s > 0 for s in self.sigmas)
         except ValueError:
-            raise ValueError(f"latent_noise must be comma-separated numbers, got {self.latent_noise!r}") from None
-        if not sigmas or any(s <= 0 for s in sigmas):
-            raise ValueError(f"latent_noise needs positive noise levels, got {self.latent_noise!r}")
+            ok = False
+        if not ok:
+            raise ValueError(f"latent_noise must be comma-separated positive numbers, got {self.latent_noise!r}")
 
     @property
     def sigmas(self) -> list[float]:
