@@ -1,6 +1,7 @@
 """The experiment scripts: a smoke run of each on a tiny model or the toy (so none can rot), the
 predictions of the theory asserted on the ground-truth toy, and the offline failure of ``--model gpt2``.
-The library pieces the experiments added are tested in test_synthetic.py and test_landscape.py.
+The library pieces the experiments use are tested in the files that mirror them (test_pool.py,
+test_pool_sae.py, test_experiment.py, test_stats.py, test_latents.py, test_synthetic.py, test_landscape.py).
 
 Statistical assertions compare per-base means (directions that share a base are not independent)
 with a margin of ``K_SE`` standard errors computed from the run itself, not a hand-picked number.
@@ -117,24 +118,23 @@ def test_experiment_smoke_smollm2(name, smollm2_site, tmp_path, cache, capsys):
 def test_smollm2_pool_excludes_massive_activations(smollm2_site):
     """At blocks.3 SmolLM2 keeps massive activations on some ordinary tokens (" the"): they are dropped from
     the pool, counted, and no remaining base is an outlier of its own window."""
-    import _common
+    from sensfind.corpus_sae import massive_mask, window_activations
+    from sensfind.pool import PoolConfig, load_pool_site
 
-    parser, sizes = _common.experiment_parser("t")
-    args = parser.parse_args(["--model", "smollm2-135m", "--hook", "blocks.3.hook_resid_pre", "--n-pool", "60"])
-    sizes.resolve(args)
-    site = _common.load_site(args)
+    config = PoolConfig(model="smollm2-135m", hook="blocks.3.hook_resid_pre", n_pool=60)
+    site = load_pool_site(config)
     assert site.pool.shape[0] == 60 and site.exclusion["examined"] == 60 + site.exclusion["excluded"]
     assert site.exclusion["excluded"] > 0 and site.exclusion["excluded_tokens"]
-    acts = _common.window_activations(smollm2_site, torch.tensor(site.prompts), args.hook)
-    assert not _common.massive_mask(acts.norm(dim=-1))[:, -1].any()
+    acts = window_activations(smollm2_site, torch.tensor(site.prompts), config.hook)
+    assert not massive_mask(acts.norm(dim=-1))[:, -1].any()
     torch.testing.assert_close(acts[:, -1], site.pool, rtol=1e-4, atol=1e-3)  # batched vs one at a time
 
 
 def test_massive_mask_flags_outlying_positions():
-    import _common
+    from sensfind.corpus_sae import massive_mask
 
     norms = torch.tensor([[10.0, 1.0, 1.2, 0.9, 3.5], [1.0, 1.1, 0.9, 1.0, 1.05]])
-    mask = _common.massive_mask(norms)
+    mask = massive_mask(norms)
     assert mask.tolist() == [[True, False, False, False, True], [False] * 5]
 
 
@@ -157,11 +157,11 @@ def test_published_model_offline_fails_with_one_line(tmp_path, monkeypatch, caps
 def test_published_configuration_runs_with_stand_ins(tmp_path, cache, monkeypatch, capsys):
     """``--model gpt2`` end to end with a tiny local model and a locally trained SAE standing in for the
     hub downloads: prompt tokenisation, the pretrained-SAE path and the published reference columns."""
-    import _common
+    from sensfind.pool import collect_activations
 
     model = sf.load_model("random:tiny", seed=0)
     model.to_tokens = lambda text: torch.tensor([[1] + list(text.encode("utf-8"))])
-    acts = _common.collect_activations(model, torch.randint(512, (64, 10), generator=torch.Generator().manual_seed(0)),
+    acts = collect_activations(model, torch.randint(512, (64, 10), generator=torch.Generator().manual_seed(0)),
                                        "blocks.1.hook_resid_pre", position=None)
     sae = sf.train_sae(acts, "blocks.1.hook_resid_pre", 128, config=sf.TrainSAEConfig(epochs=2), cache_dir=cache)
     requested = []

@@ -28,6 +28,13 @@ from .toy import ToyConfig, ToyModel, ToySample, ToySubject, feature_cosines
 from .subjects import FunctionSubject, Subject, TransformerSubject
 
 __all__ = [
+    "PoolConfig",
+    "PoolSAEConfig",
+    "PoolSite",
+    "RunOptions",
+    "ScanSettings",
+    "load_pool_site",
+    "run_experiment",
     "SearchSpace",
     "Target",
     "TuneConfig",
@@ -110,8 +117,12 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-# The tuning names load sensfind.tuning (and optuna, slow to import) on first use only.
+# The tuning names load sensfind.tuning (and optuna, slow to import) on first use only; the experiments'
+# machinery (sensfind.pool, sensfind.pool_sae, sensfind.experiment) loads on first use too.
 _LAZY = {name: "tuning" for name in ("SearchSpace", "Target", "TuneConfig", "TuneResult", "evaluate", "tune")}
+_LAZY.update({name: "pool" for name in ("PoolConfig", "PoolSite", "load_pool_site")})
+_LAZY.update({"PoolSAEConfig": "pool_sae", "RunOptions": "experiment", "ScanSettings": "experiment",
+              "run_experiment": "experiment"})
 
 
 def __getattr__(name: str):

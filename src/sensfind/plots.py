@@ -8,10 +8,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["EFFECT_LABELS", "finish", "plot_before_after", "plot_boxes", "plot_effect_curves", "plot_histograms", "plot_history",
-           "plot_median_curves"]
+__all__ = ["EFFECT_LABELS", "finish", "plot_before_after", "plot_boxes", "plot_distributions", "plot_effect_curves",
+           "plot_histograms", "plot_history", "plot_latent_geometry", "plot_mean_curves", "plot_median_curves",
+           "plot_sae_errors", "plot_simplex", "plot_topk"]
 
 EFFECT_LABELS = {"kl": "KL(p0 || p) (nats)", "l2": "L2 distance at output hook", "cos": "cosine distance at output hook"}
 
@@ -136,3 +138,154 @@ def plot_median_curves(path: str | Path, steps, groups: dict, xlabel: str, effec
         ax.axhline(tau, color="k", ls="--", lw=1, label=f"threshold τ = {tau:g}")
     ax.set_yscale("symlog", linthresh=0.1)
     return finish(fig, ax, path, xlabel, EFFECT_LABELS.get(effect, effect), title, legend_loc="upper left")
+
+
+def plot_distributions(path: str | Path, groups: dict, xlabel: str, title: str, cap: float | None = None) -> Path:
+    """Histogram (left) and empirical CDF (right) of ``groups[name] = values``; non-finite values ("not
+    reached") are drawn at ``cap`` when given (and dropped otherwise) and counted in the legend."""
+    fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
+    arrays = [np.asarray(v, dtype=float) for v in groups.values()]
+    allv = np.concatenate([np.where(np.isfinite(v), v, cap if cap is not None else np.nan) for v in arrays])
+    allv = allv[np.isfinite(allv)]
+    bins = np.linspace(allv.min(), allv.max(), 30) if allv.size and allv.max() > allv.min() else 10
+    for i, (name, v) in enumerate(zip(groups, arrays)):
+        n_inf = int((~np.isfinite(v)).sum())
+        v = np.where(np.isfinite(v), v, cap) if cap is not None else v[np.isfinite(v)]
+        label = f"{name} (n={v.size}" + (f", {n_inf} not reached" if n_inf else "") + ")"
+        style = dict(color=f"C{i % 10}", ls="-" if i < 10 else "--", label=label)
+        ax_h.hist(v, bins=bins, histtype="step", lw=1.5, **style)
+        xs = np.sort(v)
+        ax_c.step(xs, np.arange(1, xs.size + 1) / max(xs.size, 1), where="post", **style)
+    ax_h.set_xlabel(xlabel)
+    ax_h.set_ylabel("count")
+    ax_h.grid(alpha=0.3)
+    fig.suptitle(title)
+    return finish(fig, ax_c, path, xlabel, "cumulative fraction", legend_loc="lower right")
+
+
+def plot_mean_curves(path: str | Path, groups: dict, xlabel: str, ylabel: str, title: str,
+                     tau: float | None = None) -> Path:
+    """Mean effect ± 1 sd per group; ``groups[name] = (steps [K], effects [R, K])``."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, (steps, effects)) in enumerate(groups.items()):
+        e, x = effects.detach().double().cpu(), steps.detach().double().cpu()
+        m, s = e.mean(0), e.std(0) if e.shape[0] > 1 else torch.zeros_like(e[0])
+        color = f"C{i % 10}"
+        ax.plot(x, m, color=color, ls="-" if i < 10 else "--", label=f"{name} (n={e.shape[0]})")
+        ax.fill_between(x, m - s, m + s, color=color, alpha=0.15)
+    if tau is not None:
+        ax.axhline(tau, color="k", ls="--", lw=1, label=f"threshold τ = {tau:g}")
+    return finish(fig, ax, path, xlabel, ylabel, title, legend_loc="upper left")
+
+
+def plot_simplex(path: str | Path, land, title: str, cap: float = 180.0) -> Path:
+    """Threshold angle over a 2-simplex of directions (a ``sensfind.Landscape``), corners annotated;
+    points where τ was never reached are drawn at ``cap`` and marked."""
+    import matplotlib.tri as mtri
+
+    corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
+    xy = land.weights.numpy() @ corners
+    z = land.threshold.numpy().copy()
+    unreached = ~np.isfinite(z)
+    z[unreached] = cap
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    pc = ax.tripcolor(mtri.Triangulation(xy[:, 0], xy[:, 1]), z, shading="gouraud", cmap="viridis")
+    ax.scatter(xy[:, 0], xy[:, 1], c="k", s=4)
+    if unreached.any():
+        ax.scatter(xy[unreached, 0], xy[unreached, 1], marker="x", c="r", s=20, label="τ not reached")
+        ax.legend(loc="upper right", fontsize=8)
+    for c, ((cx, cy), name) in enumerate(zip(corners, land.corner_names)):
+        ax.annotate(f"{name}\n{float(land.threshold[land.corner_index(c)]):.1f}°", (cx, cy), ha="center",
+                    va="top" if cy == 0 else "bottom", xytext=(0, -6 if cy == 0 else 6), textcoords="offset points",
+                    fontsize=9)
+    fig.colorbar(pc, ax=ax, label="threshold angle (deg): first KL > τ")
+    ax.set_xlabel("position on the simplex of directions (barycentric weights, dimensionless)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal")
+    ax.set_xlim(-0.1, 1.1)
+    ax.set_ylim(-0.15, 1.0)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_latent_geometry(path: str | Path, de, log_density, alive, groups: dict, alpha: float, title: str) -> Path:
+    """D/E cosine against log firing density per latent (left; the last group starred) and the D/E
+    histogram of each group (right). ``groups[name] = latent ids``."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax1.scatter(log_density[alive], de[alive], s=6, alpha=0.4, color="C0", label="live latents")
+    if (~alive).any():
+        ax1.scatter(log_density[~alive], de[~alive], s=6, alpha=0.4, color="C7", label="dead on the pool (density floor)")
+    sig = list(groups.values())[-1]
+    if sig.numel():
+        ax1.scatter(log_density[sig], de[sig], s=40, marker="*", color="C3", label=f"matched to optima (p < {alpha:g})")
+    ax1.set_xlabel("log10 firing density on the prompt pool (fraction of activations)")
+    ax1.set_ylabel("D/E projection: cos(encoder column, decoder row)")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    bins = np.linspace(-1, 1, 41)
+    for i, (name, ids) in enumerate(groups.items()):
+        if ids.numel():
+            ax2.hist(de[ids].numpy(), bins=bins, density=True, histtype="step", lw=1.5, color=f"C{i}",
+                     label=f"{name} (n={ids.numel()})")
+    fig.suptitle(title)
+    return finish(fig, ax2, path, "D/E projection: cos(encoder column, decoder row)", "density (per unit cosine)")
+
+
+def plot_sae_errors(path: str | Path, kl_sae, kl_iso, kl_cov, latent: dict, sigmas: list, title: str) -> Path:
+    """Left: KL of substituting the SAE reconstruction per base, beside same-norm isotropic and
+    covariance-shaped errors (``[n]``, ``[n, r]``, ``[n, r]``). Right: mean KL of latent noise against
+    random noise of the same norm per noise level (``latent[str(sigma)][key] = describe(...)``)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    order = np.argsort(kl_sae)
+    x = np.arange(kl_sae.size)
+    ax1.plot(x, kl_sae[order], "o", ms=4, label="SAE reconstruction x̂")
+    ax1.errorbar(x, kl_iso.mean(1)[order], yerr=kl_iso.std(1)[order], fmt="s", ms=3, alpha=0.7,
+                 label="x + ε, isotropic, |ε| = |x - x̂| (mean ± sd)")
+    ax1.errorbar(x, kl_cov.mean(1)[order], yerr=kl_cov.std(1)[order], fmt="^", ms=3, alpha=0.7,
+                 label="x + ε, cov-shaped (mean ± sd)")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("base (sorted by SAE KL)")
+    ax1.set_ylabel("KL(p0 || p) (nats)")
+    ax1.set_title("substituting the reconstruction vs a random error")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    for key, label, marker in (("kl_latent", "latent noise (L0 kept)", "o"), ("kl_isotropic", "isotropic, same norm", "s"),
+                               ("kl_cov_shaped", "cov-shaped, same norm", "^")):
+        ax2.errorbar(sigmas, [latent[str(s)][key]["mean"] for s in sigmas],
+                     yerr=[latent[str(s)][key]["se"] for s in sigmas], marker=marker, capsize=3, label=label)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    fig.suptitle(title)
+    return finish(fig, ax2, path, "relative latent noise σ (dimensionless)", "mean KL(p0 || p) (nats), ± 1 s.e.",
+                  "perturbing x̂ along its latents vs randomly")
+
+
+def plot_topk(path: str | Path, ks: list, kl_k, ce_k, ce_clean, low: dict | None, title: str) -> Path:
+    """KL (and next-token CE, when ``ce_k`` is given) of the top-k reconstruction against ``k`` (mean ±
+    s.e. over bases, ``[n, K]``); ``low`` (``l0``, ``kl``, ``ce`` per base) adds a low-L0 SAE's point."""
+    panels = [(kl_k, "KL(p0 || p) (nats)", "kl")] + ([(ce_k, "next-token cross-entropy (nats)", "ce")] if ce_k is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    x = np.array(ks, dtype=float)
+    n = kl_k.shape[0]
+    for ax, (vals, ylabel, key) in zip(axes[0], panels):
+        se = (vals.std(0) / np.sqrt(max(n, 1))).numpy()
+        ax.errorbar(x, vals.mean(0).numpy(), yerr=se, marker="o", capsize=3, label="main SAE, top-k latents kept (mean ± s.e.)")
+        if low is not None:
+            ax.errorbar([float(low["l0"].mean())], [float(low[key].mean())], yerr=[float(low[key].std() / np.sqrt(n))],
+                        marker="*", ms=12, color="C3", ls="none", label="low-L0 SAE, all latents (at its mean L0)")
+        if key == "ce":
+            ax.axhline(float(ce_clean.mean()), color="k", ls="--", lw=1, label="clean model")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("k (active latents kept)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
