@@ -57,3 +57,12 @@ def test_exclusion_line_reports_the_counts():
                                    sae_train=dict(excluded_massive=3, positions=90, windows=10)))
     line = exclusion_line(site)
     assert "1 of 5 candidate prompts" in line and "' the'" in line and "3 of 90 positions" in line
+
+
+@pytest.mark.parametrize("model", ["random:nope", "gguf:", "bogus:x"])
+def test_bad_model_spec_is_refused_before_loading(model):
+    with pytest.raises(ValueError, match=r"random:|model must be") as err:
+        PoolConfig(model=model)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert repr(model) in msg or repr(model.split(":")[1]) in msg  # the bad value (or its bad part) is named

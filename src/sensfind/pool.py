@@ -26,13 +26,13 @@ import torch
 from torch import Tensor
 
 from .configs import Config, check_int
+from .specs import TOY, parse_model_spec
 
 __all__ = ["PUBLISHED_MODEL", "TOY", "TRAIN_SEED_OFFSET", "PoolConfig", "PoolSite", "collect_activations",
            "exclusion_line", "load_pool_site", "pick", "split_pool"]
 
 log = logging.getLogger("sensfind.pool")
 
-TOY = "toy"
 PUBLISHED_MODEL = "gpt2"
 TRAIN_SEED_OFFSET = 7001  # SAE-training data is drawn apart from the bases and targets of the same seed
 MIN_POOL = 8
@@ -63,6 +63,7 @@ class PoolConfig(Config):
     n_pool: int = field(default=512, metadata={"smoke": 160})
 
     def __post_init__(self):
+        parse_model_spec(self.model)
         for name in ("model", "hook", "prompts"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -143,7 +144,7 @@ class PoolSite:
         """``[n, d]`` activations of the pool's kind to train a local SAE on, drawn with a fixed seed."""
         if self.toy is not None:
             return self.toy.sample(n, seed=self.seed + TRAIN_SEED_OFFSET).acts.float()
-        if self.name.startswith("random:"):
+        if parse_model_spec(self.name).kind == "random":
             t = len(self.prompts[0])
             g = torch.Generator().manual_seed(self.seed + TRAIN_SEED_OFFSET)
             tokens = torch.randint(self.model.cfg.d_vocab, (math.ceil(n / (t - 1)), t), generator=g)
@@ -215,13 +216,14 @@ def load_pool_site(config: PoolConfig) -> PoolSite:
     from .subjects import MASSIVE_NORM_RATIO
 
     n, c = config.n_pool, config
-    if c.model == TOY:
+    kind = parse_model_spec(c.model).kind
+    if kind == "toy":
         toy = sf.ToyModel(sf.ToyConfig(seed=c.seed))
         return PoolSite(name=TOY, hook="toy", position=0, pool=toy.sample(n, seed=c.seed + 1).acts.float(), toy=toy,
                         seed=c.seed)
     model = sf.load_model(c.model, seed=c.seed)
     torch.manual_seed(c.seed)
-    if c.model.startswith("random:"):
+    if kind == "random":
         g = torch.Generator().manual_seed(c.seed + 1)
         tokens = torch.randint(model.cfg.d_vocab, (n, c.seq_len + 1), generator=g)
         prompts, nxt = tokens[:, : c.seq_len], tokens[:, c.seq_len]
