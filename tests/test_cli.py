@@ -223,18 +223,18 @@ def _help(command, capsys) -> str:
 
 def _config_classes():
     from sensfind.compare import CompareConfig
-    from sensfind.demo import ModelDemoConfig
+    from sensfind.demo import DemoConfig, ModelDemoConfig
+    from sensfind.jobs import CompareRunConfig, DiscoverRunConfig, ScanRunConfig
     from sensfind.optimize import DiscoverConfig
     from sensfind.scan import ScanConfig
     from sensfind.site import DiscoverySiteConfig, SiteConfig
     from sensfind.tuning import TuneConfig
 
-    return {"scan": [(SiteConfig, ()), (ScanConfig, ())],
-            "discover": [(DiscoverySiteConfig, ()), (DiscoverConfig, ("seed",))],
-            "compare": [(DiscoverySiteConfig, ()), (CompareConfig, ("seed",))],
+    return {"scan": [(SiteConfig, ()), (ScanConfig, ()), (ScanRunConfig, ())],
+            "discover": [(DiscoverySiteConfig, ()), (DiscoverConfig, ("seed",)), (DiscoverRunConfig, ())],
+            "compare": [(DiscoverySiteConfig, ()), (CompareConfig, ("seed",)), (CompareRunConfig, ())],
             "tune": [(TuneConfig, ())],
-            "demo": [(ModelDemoConfig, ("sae", "prompt_length", "context_windows", "context_length", "n_others",
-                                        "analysis"))]}
+            "demo": [(ModelDemoConfig, ("sae", "analysis")), (DemoConfig, ("compare", "seed", "input", "n_others"))]}
 
 
 @pytest.mark.parametrize("command", ["scan", "discover", "compare", "tune", "demo"])
@@ -247,7 +247,7 @@ def test_help_lists_every_config_field_with_its_doc_and_choices(command, capsys)
     for cls, skip in _config_classes()[command]:
         docs, choices = field_docs(cls), field_choices(cls)
         for f in dataclasses.fields(cls):
-            if f.name in skip:  # the site's --seed seeds discover/compare; the demo's sizes come from --config
+            if f.name in skip:  # the site's --seed seeds discover/compare; the demo's nested configs come from --config
                 continue
             assert f"--{f.name.replace('_', '-')} " in text, (cls.__name__, f.name)
             assert f.name in docs, f"{cls.__name__}.{f.name} has no doc"

@@ -119,3 +119,33 @@ def test_model_demo_config_quick_is_smaller():
     assert q.sae.n_windows < d.sae.n_windows and q.analysis.restarts < d.analysis.restarts
     with pytest.raises(ValueError, match="curve_steps"):
         ModelDemoConfig.quick(analysis=type(d.analysis)(curve_steps=1))
+
+
+def test_demo_size_flags_reach_the_config(tmp_path, monkeypatch, capsys):
+    import sensfind.demo as demo
+    from sensfind.cli import main
+
+    seen = {}
+
+    def fake_model_demo(out, config, **kw):
+        seen["model"] = config
+        raise SystemExit(0)
+
+    def fake_toy_demo(out, config, **kw):
+        seen["toy"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(demo, "run_model_demo", fake_model_demo)
+    monkeypatch.setattr(demo, "run_demo", fake_toy_demo)
+    with pytest.raises(SystemExit):
+        main(["demo", "--quick", "--n-others", "12", "--context-windows", "40", "--out", str(tmp_path / "a")])
+    assert seen["model"].n_others == 12 and seen["model"].context_windows == 40
+    assert seen["model"].sae == ModelDemoConfig.quick().sae  # untouched by the flags
+    with pytest.raises(SystemExit):
+        main(["demo", "--model", "toy", "--restarts", "5", "--n-others", "7", "--out", str(tmp_path / "b")])
+    assert seen["toy"].restarts == 5 and seen["toy"].n_others == 7
+    # a SmolLM2-only size with the toy: one line naming it and the allowed fields, nothing written
+    assert main(["demo", "--model", "toy", "--context-windows", "40", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "context_windows" in err and "allowed" in err
+    assert not (tmp_path / "c").exists()

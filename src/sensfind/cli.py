@@ -21,10 +21,11 @@ from .site import DiscoverySiteConfig, SiteConfig
 __all__ = ["CLIError", "build_parser", "incomplete_dir", "main"]
 
 
-def site_from_args(cls, args):
-    """The site config of the flags; a bad value is one line naming its flag."""
+def site_from_args(cls, args, **fixed):
+    """The config ``cls`` of flags that carry their defaults (the site, the run-level settings), then
+    ``fixed``; a bad value is one line naming its flag."""
     try:
-        return cls.from_dict({f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+        return cls.from_dict({f.name: getattr(args, f.name) for f in dataclasses.fields(cls)} | fixed)
     except ValueError as exc:
         raise flag_error(exc, {f.name for f in dataclasses.fields(cls)}) from None
 
@@ -40,13 +41,14 @@ def _from_file(cls, args, key: str, **fixed):
 
 
 def cmd_scan(args) -> int:
-    from .jobs import run_scan
+    from .jobs import ScanRunConfig, run_scan
     from .scan import ScanConfig
 
     site = site_from_args(SiteConfig, args)
+    job = site_from_args(ScanRunConfig, args)
     config = _from_file(ScanConfig, args, "scan")
     out = _out(args, "scan")
-    s = run_scan(site, config, out, args.directions, args.path, args.overwrite).summary
+    s = run_scan(site, config, out, job.directions, job.path, args.overwrite).summary
     med = s.get("threshold_median")
     print(f"scanned {s['n_directions']} directions x {s['n_steps']} steps in {s['seconds']:.2f}s; "
           f"threshold reached by {s['n_reached']}" + (f", median {med:.3g} {config.unit}" if med is not None else "")
@@ -102,12 +104,10 @@ def _saved_discovery(args, out: Path):
 
 
 def cmd_discover(args) -> int:
-    from .jobs import discovery_run_site, run_discover
+    from .jobs import DiscoverRunConfig, discovery_run_site, run_discover
     from .optimize import DiscoverConfig
 
-    if args.checkpoint_every < 1:
-        raise CLIError(f"--checkpoint-every must be an integer >= 1 (iterations between checkpoints), "
-                       f"got {args.checkpoint_every}")
+    site_from_args(DiscoverRunConfig, args)  # refuse bad run-level flags before anything else
     if args.resume and args.out is None:
         raise CLIError("--resume needs --out DIR: the run directory to continue")
     out = _out(args, "discover")
@@ -125,16 +125,16 @@ def cmd_discover(args) -> int:
             config = DiscoverConfig.from_dict(saved["discover"])
         except (TypeError, ValueError) as exc:
             raise InputFileError(f"run config {str(path)!r}: {exc}") from None
-        init_file, baseline = saved.get("init_file"), saved.get("random_baseline", args.random_baseline)
+        job = site_from_args(DiscoverRunConfig, args, init_file=saved.get("init_file"),
+                             random_baseline=saved.get("random_baseline", args.random_baseline))
     else:
         site = site_from_args(DiscoverySiteConfig, args)
         config = _from_file(DiscoverConfig, args, "discover", seed=site.seed)  # --seed seeds the restarts too
-        init_file, baseline = args.init_file, args.random_baseline
-    if config.init == "given" and init_file is None:
+        job = site_from_args(DiscoverRunConfig, args)
+    if config.init == "given" and job.init_file is None:
         raise CLIError("--init given needs --init-file PATH (.safetensors/.pt/.npy of shape [restarts, d])")
     try:
-        run = run_discover(site, config, out, init_file=init_file, random_baseline=baseline,
-                           checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
+        run = run_discover(site, config, out, **job.to_dict(), resume=args.resume, overwrite=args.overwrite,
                            progress=not args.quiet)
     except ValueError as exc:
         raise flag_error(exc, {"random_baseline", "checkpoint_every"}) from None
@@ -153,11 +153,12 @@ def cmd_discover(args) -> int:
 def cmd_compare(args) -> int:
     from .baselines import load_directions
     from .compare import CompareConfig
-    from .jobs import discovery_run_site, run_compare
+    from .jobs import CompareRunConfig, discovery_run_site, run_compare
     from .optima import Discovery
 
     if (args.run is None) == (args.directions is None):
         raise CLIError("give exactly one of --run DIR (a discovery run) or --directions FILE")
+    job = site_from_args(CompareRunConfig, args)
     if args.run is not None:
         run = Path(args.run)
         if not (run / "config.json").is_file():
@@ -169,7 +170,7 @@ def cmd_compare(args) -> int:
         directions = load_directions(args.directions)
     config = _from_file(CompareConfig, args, "compare", seed=site.seed)
     out = _out(args, "compare")
-    result = run_compare(site, config, out, directions, dictionary=args.dictionary, overwrite=args.overwrite,
+    result = run_compare(site, config, out, directions, dictionary=job.dictionary, overwrite=args.overwrite,
                          sources={"run": args.run, "directions": args.directions})
     s = result.comparison.summary()
     print(f"{len(directions)} directions vs {result.dictionary.n_latents} latents: "
@@ -185,7 +186,8 @@ def cmd_demo(args) -> int:
     toy = args.model == "toy"
     cls = DemoConfig if toy else ModelDemoConfig
     start = (cls.quick() if args.quick else cls()).to_dict() | load_config_file(args.config, "demo")
-    given = {k: getattr(args, k) for k in ("seed", "input") if getattr(args, k) is not None}
+    flags = {f.name for c in (DemoConfig, ModelDemoConfig) for f in dataclasses.fields(c)} - {"model"}
+    given = {k: getattr(args, k) for k in sorted(flags) if getattr(args, k, None) is not None}  # others: refused
     config = config_from_args(cls, argparse.Namespace(), start, f"--config {args.config!r}" if args.config else
                               "the flags", given | ({} if toy else {"model": args.model}))
     out = check_output_dir(args.out, args.overwrite)
@@ -216,7 +218,8 @@ def _run_args(g, command: str, config: str, overwrite: str = "replace a non-empt
 
 def build_parser() -> argparse.ArgumentParser:
     from .compare import CompareConfig
-    from .demo import ModelDemoConfig
+    from .demo import DemoConfig, ModelDemoConfig
+    from .jobs import CompareRunConfig, DiscoverRunConfig, ScanRunConfig
     from .optimize import DiscoverConfig
     from .scan import ScanConfig
     from .tuning import add_tune_parser
@@ -227,21 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scan", help="scan effect vs angle/step along directions at a site")
     add_config_args(p, SiteConfig, defaults=True, title="site")
-    g = p.add_argument_group("scan run")
-    g.add_argument("--directions", default="random:16",
-                   help="random:N (isotropic), file:PATH (.safetensors/.pt/.npy [R, d]), targets:builtin or "
-                        "targets:PATH (directions towards other prompts' activations). Default random:16")
-    g.add_argument("--path", choices=["fast", "reference"], default="fast", help="fast path or full forward")
-    _run_args(g, "scan", "ScanConfig")
+    add_config_args(p, ScanRunConfig, defaults=True, title="scan run")
+    _run_args(p.add_argument_group("output"), "scan", "ScanConfig")
     add_config_args(p, ScanConfig)
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("discover", help="optimise directions for sensitivity (restarts on the sphere)")
     add_config_args(p, DiscoverySiteConfig, defaults=True, title="site")
-    g = p.add_argument_group("discovery run")
-    g.add_argument("--init-file", default=None, help="initial directions for --init given")
-    g.add_argument("--random-baseline", type=int, default=64, help="isotropic directions scanned for comparison")
-    g.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints (>= 1)")
+    add_config_args(p, DiscoverRunConfig, defaults=True, title="discovery run")
+    g = p.add_argument_group("output")
     g.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out from its checkpoint, with its own settings (flags that "
                         "differ are refused). On a finished run it does nothing; with --overwrite it runs it again, "
@@ -253,19 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare directions with an SAE dictionary and real-other directions")
     add_config_args(p, DiscoverySiteConfig, defaults=True, title="site")
-    g = p.add_argument_group("comparison run")
+    g = p.add_argument_group("directions (one of)")
     g.add_argument("--run", default=None, help="a discovery run directory (its site is reused)")
     g.add_argument("--directions", default=None, help="or a file of directions [N, d]")
-    g.add_argument("--dictionary", default="pretrained:gpt2-small-res-jb",
-                   help="pretrained:RELEASE[/SAE_ID] (hub), disk:PATH (SAELens format) or train:D_SAE (train on "
-                        "local activations). Default pretrained:gpt2-small-res-jb at the site's hook")
-    _run_args(g, "compare", "CompareConfig")
+    add_config_args(p, CompareRunConfig, defaults=True, title="comparison run")
+    _run_args(p.add_argument_group("output"), "compare", "CompareConfig")
     add_config_args(p, CompareConfig, skip=("seed",))
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="offline demo: SmolLM2 corpus prompt -> SAE -> discovery -> comparison -> report")
     add_config_args(p, ModelDemoConfig, only=("model",), defaults=True, title="demo")
-    add_config_args(p, ModelDemoConfig, only=("seed", "input"), title="demo")
+    add_config_args(p, ModelDemoConfig, skip=("model", "sae", "analysis"), title="demo")  # nested: --config
+    add_config_args(p, DemoConfig, skip=("seed", "input", "n_others", "compare"), title="demo with --model toy")
     g = p.add_argument_group("demo run")
     g.add_argument("--device", default="cpu", help="torch device for the real model (default cpu)")
     g.add_argument("--quick", action="store_true", help="small sizes (seconds instead of minutes)")

@@ -16,19 +16,75 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .configs import Config, check_choice
 from .errors import InputFileError
 from .site import DiscoverySiteConfig, Site, SiteConfig
 from .specs import DICTIONARY_KINDS, DIRECTION_KINDS, Spec, check_dictionary_dir, dictionary_width, parse_spec
 
 log = logging.getLogger("sensfind")
 
-__all__ = ["CompareRun", "DiscoverRun", "ScanRun", "check_dictionary_spec", "check_run_settings", "directions_from_spec",
+__all__ = ["CompareRun", "CompareRunConfig", "DiscoverRun", "DiscoverRunConfig", "ScanRun", "ScanRunConfig", "check_dictionary_spec", "check_run_settings", "directions_from_spec",
            "discovery_run_site", "incomplete_dir", "load_run_config", "run_compare", "run_discover", "run_scan",
            "site_dictionary"]
 
 RANDOM_BASELINE_SEED_OFFSET = 7919  # the isotropic baseline of a discovery run draws apart from the restarts
 TRAIN_SEED_OFFSET = 10  # the toy's stream an SAE of ``train:D_SAE`` is trained on
 TOY_RECOVERY_KEYS = ("threshold", "fraction_reached", "n_distinct_features", "distinct_features")
+
+
+# -- run-level settings (what a command runs on, beside the site and the method's config) ----------------
+
+@dataclass(frozen=True)
+class ScanRunConfig(Config):
+    """What ``sensfind scan`` scans, and along which path.
+
+    Attributes:
+        directions: random:N (isotropic), file:PATH (.safetensors/.pt/.npy [R, d]), targets:builtin or
+            targets:PATH (directions towards other prompts' activations)
+        path: the fast path (prefix cache, last position only) or the reference (full forward with a hook)
+    """
+
+    directions: str = "random:16"
+    path: Literal["fast", "reference"] = "fast"
+
+    def __post_init__(self):
+        parse_spec(self.directions, DIRECTION_KINDS, "directions")
+        check_choice("path", self.path, ("fast", "reference"))
+
+
+@dataclass(frozen=True)
+class DiscoverRunConfig(Config):
+    """The run-level settings of ``sensfind discover`` (saved in its config.json beside the site).
+
+    Attributes:
+        init_file: initial directions for init 'given' (.safetensors/.pt/.npy of shape [restarts, d])
+        random_baseline: isotropic directions scanned finely for comparison with the optima
+        checkpoint_every: iterations between checkpoints (what --resume continues from)
+    """
+
+    init_file: str | None = None
+    random_baseline: int = 64
+    checkpoint_every: int = 10
+
+    def __post_init__(self):
+        if self.init_file is not None and (not isinstance(self.init_file, str) or not self.init_file):
+            raise ValueError(f"init_file must be a file path or None, got {self.init_file!r}")
+        check_run_settings(self.random_baseline, self.checkpoint_every)
+
+
+@dataclass(frozen=True)
+class CompareRunConfig(Config):
+    """The dictionary ``sensfind compare`` compares with.
+
+    Attributes:
+        dictionary: pretrained:RELEASE[/SAE_ID] (hub), disk:PATH (SAELens format) or train:D_SAE (trained on
+            local activations); pretrained:gpt2-small-res-jb takes the SAE at the site's hook
+    """
+
+    dictionary: str = "pretrained:gpt2-small-res-jb"
+
+    def __post_init__(self):
+        check_dictionary_spec(self.dictionary)
 
 
 # -- scan ----------------------------------------------------------------------------------------------
@@ -160,7 +216,7 @@ def discovery_run_site(path: Path, data: dict | None = None) -> DiscoverySiteCon
 
 def check_run_settings(random_baseline: int = 64, checkpoint_every: int = 10) -> None:
     """The run-level settings of ``run_discover``; ``ValueError`` naming the bad one."""
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an integer >= 1 (iterations between checkpoints), "
                          f"got {checkpoint_every}")
     if not isinstance(random_baseline, int) or isinstance(random_baseline, bool) or random_baseline < 1:
