@@ -27,6 +27,7 @@ MOVED = [
     ("optimize", "checkpoint", ["load_checkpoint"]),
     ("optimize", "refinement", ["Refinement", "refine"]),
     ("optimize", "rounds", ["NonFiniteOutputError"]),
+    ("dictionary", "sae_training", ["TrainSAEConfig", "train_sae"]),
 ]
 
 

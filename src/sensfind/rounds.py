@@ -25,7 +25,7 @@ from .subjects import Subject
 if TYPE_CHECKING:
     from .optimize import DiscoverConfig
 
-log = logging.getLogger("sensfind.optimize")  # the messages of a discovery run, under one logger name
+log = logging.getLogger(__name__)
 
 __all__ = ["NonFiniteOutputError", "new_state", "start_round", "iterate", "finish_round", "round_cost"]
 
