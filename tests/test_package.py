@@ -28,6 +28,7 @@ MOVED = [
     ("optimize", "refinement", ["Refinement", "refine"]),
     ("optimize", "rounds", ["NonFiniteOutputError"]),
     ("dictionary", "sae_training", ["TrainSAEConfig", "train_sae"]),
+    ("kernel", "blocks", ["BlockFamily", "block_family", "has_hooks", "unsupported"]),
 ]
 
 
