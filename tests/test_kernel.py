@@ -11,7 +11,7 @@ import torch
 
 import sensfind as sf
 from families import FAMILIES, tiny_model
-from sensfind import kernel, subjects
+from sensfind import kernel, transformer_subject
 from sensfind.kernel import CompactStack
 
 PROMPT_IDS = [464, 168, 157, 423, 11, 290, 257, 131, 373, 95]
@@ -160,7 +160,7 @@ def test_a_wrong_kernel_is_caught_by_the_probe_and_the_subject_falls_back(monkey
 
 
 def test_unsupported_model_falls_back_announced_once_at_warning(monkeypatch, caplog):
-    monkeypatch.setattr(subjects, "_FALLBACKS_ANNOUNCED", set())
+    monkeypatch.setattr(transformer_subject, "_FALLBACKS_ANNOUNCED", set())
     model = tiny_model(**dict(FAMILIES["gpt2"], parallel_attn_mlp=True))
     assert "parallel attention and MLP" in kernel.unsupported(model, 0)
     with caplog.at_level(logging.INFO, logger="sensfind"):

@@ -29,6 +29,7 @@ MOVED = [
     ("optimize", "rounds", ["NonFiniteOutputError"]),
     ("dictionary", "sae_training", ["TrainSAEConfig", "train_sae"]),
     ("kernel", "blocks", ["BlockFamily", "block_family", "has_hooks", "unsupported"]),
+    ("subjects", "transformer_subject", ["TransformerSubject", "tokenize_prompt", "encode_bytes", "MASSIVE_NORM_RATIO"]),
 ]
 
 

@@ -5,7 +5,8 @@ A :class:`Dictionary` holds the decoder rows of a sparse autoencoder (SAE) as un
 the hook name it was trained at, where it came from, and, when it has one, the SAELens SAE itself so
 that ``encode`` runs SAELens' own encoder (whatever its architecture).
 
-Ways to get one (this is the only sensfind module that imports ``sae_lens``):
+Ways to get one (this module and its training half, ``sensfind.sae_training``, are the only ones that
+import ``sae_lens``):
 
 - ``load_pretrained(release, sae_id)``: ``SAE.from_pretrained`` from the HuggingFace hub. Offline this
   raises one :class:`DictionaryUnavailableError` that says how to use a local SAE instead.
