@@ -30,6 +30,9 @@ Spending a budget on *new* optima (measured on toys of ``sensfind.toy``, see the
   concurrent restart that blows up earlier, would only duplicate it: it stops being scanned.
 * **Budget.** ``max_points`` caps the scan points; a round is only started with as many restarts as
   the budget left can pay for in full, and discovery stops when a round finds nothing new.
+
+This module holds the settings and the loop; a round's steps are in ``sensfind.rounds``, the starts in
+``sensfind.starts``, checkpoints in ``sensfind.checkpoint`` and ``refine`` in ``sensfind.refinement``.
 """
 
 from __future__ import annotations

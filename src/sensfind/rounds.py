@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NonFiniteOutputError", "new_state", "start_round", "iterate", "finish_round", "round_cost"]
+__all__ = ["NonFiniteOutputError", "new_state", "start_round", "iterate", "finish_round", "round_cost", "seed_cost"]
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -79,6 +79,7 @@ def round_cost(config: DiscoverConfig) -> int:
 
 
 def new_state(subject: Subject, config: DiscoverConfig) -> dict:
+    """The state of a run before its first round (what a checkpoint holds)."""
     d = subject.base.shape[0]
     empty = subject.base.new_zeros((0, d))
     return {
