@@ -7,21 +7,8 @@ A step scans ``directions x angles`` points in sphere mode (default 4 x 64 = 256
 tokenizer). The reference path recomputes the whole prompt from the embedding for every point, with a
 hook that writes the perturbed activation, as the anchors' code does.
 
-FLOP model (analytic, per point; multiply-adds count 2). Perturbing the last position at layer L of
-an n-token prompt and reading the logits there, each of the N - L remaining blocks runs one position:
-
-    block   = 2·d·(H + 2·H_kv)·d_head QKV projections (H_kv = H without grouped-query attention)
-            + 2·(H·d_head)·d          attention output projection
-            + m·2·d·d_mlp             MLP in and out (m = 2), or gate, up and down (gated MLP: m = 3)
-            + 2·2·H·d_head·n          attention scores and weighted values over the n keys
-    forward = (N - L)·block + 2·d·V   plus the unembedding
-    total   = 2·forward               the input-gradient backward repeats every matmul once
-                                      (grad_input = grad_output · Wᵀ; no weight gradients)
-
-GPT-2 small from layer 1 with 10 tokens: 0.233 GFLOP forward, 0.466 GFLOP per point. SmolLM2-135M
-(``--model smollm2-135m``: 9 query / 3 key-value heads, gated MLP, vocabulary 49152): 0.263 GFLOP
-forward, 0.527 per point. Norms, softmax, rotary, the activation and the KL over the vocabulary are not
-counted (memory-bound, a few % of the matmul FLOPs).
+FLOPs per point follow the analytic model of ``sensfind.speed`` (GPT-2 small from layer 1 with 10
+tokens: 0.466 GFLOP per point, forward and backward; SmolLM2-135M, ``--model smollm2-135m``: 0.527).
 ``roofline_fraction`` is that FLOP count times the measured points/s, divided by the FLOP/s of a
 representative matmul (``[points, d] @ [d, d_mlp]``) timed in the same run, interleaved with the scan
 steps so that both see the same machine load (this machine is shared): the ratio is taken within each
@@ -50,15 +37,12 @@ model, seconds; for smoke tests). Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import os
 import platform
-import resource
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 
@@ -66,6 +50,7 @@ import torch
 
 import sensfind
 from sensfind import ScanConfig, TransformerSubject, get_effect, load_model, perturb, scan
+from sensfind.speed import flops_per_point, matmul_gflops, paired_median, peak_rss_gib, timed, tune_malloc
 
 log = logging.getLogger("bench_scan")
 
@@ -158,29 +143,6 @@ QUICK = dict(
 
 
 # -- measurements -------------------------------------------------------------------------------
-def flops_per_point(cfg, layer: int, n_keys: int) -> float:
-    """Forward FLOPs of one scan point (see the module docstring); the backward doubles it."""
-    d, hd = cfg.d_model, cfg.n_heads * cfg.d_head
-    kv = (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
-    block = 2 * d * (hd + 2 * kv) + 2 * hd * d + 2 * 2 * hd * n_keys
-    if not cfg.attn_only:
-        block += (3 if cfg.gated_mlp else 2) * 2 * d * cfg.d_mlp
-    return (cfg.n_layers - layer) * block + 2 * d * cfg.d_vocab_out
-
-
-def matmul_gflops(dtype: torch.dtype, m: int, k: int, n: int, min_time: float = 0.05) -> float:
-    """FLOP/s (in GFLOP/s) of ``[m, k] @ [k, n]`` in ``dtype``, timed over at least ``min_time`` s."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(m, k, generator=gen).to(dtype)
-    b = torch.randn(k, n, generator=gen).to(dtype)
-    a @ b
-    reps, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < min_time or reps < 3:
-        a @ b
-        reps += 1
-    return 2 * m * k * n * reps / elapsed / 1e9
-
-
 def scan_step(subject: TransformerSubject, run, directions: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """One benchmark step: sphere-scan points, KL to the base output summed, backward to the directions."""
     dirs = directions.clone().requires_grad_(True)
@@ -190,12 +152,6 @@ def scan_step(subject: TransformerSubject, run, directions: torch.Tensor, angles
     if dirs.grad is None or not torch.isfinite(dirs.grad).all():
         raise RuntimeError("the backward pass did not produce finite gradients for the directions")
     return dirs.grad
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def arm_directions(directions: torch.Tensor, d: int, seed: int) -> torch.Tensor:
@@ -268,21 +224,6 @@ def bench_reference(subject, directions, angles, cfg: BenchConfig) -> dict:
 
 def fast_path_name(subject: TransformerSubject) -> str:
     return "compact" if getattr(subject, "_compact", None) is not None else "transformer_lens"
-
-
-def tune_malloc() -> bool:
-    """glibc only: keep freed large blocks in the heap rather than unmapping them (see the docstring)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError as exc:
-        log.warning("--malloc-tune needs glibc (%s); running untuned", exc)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return libc.mallopt(m_mmap_threshold, 2**30) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
 def random_prompt(n_tokens: int, d_vocab: int, seed: int) -> list[int]:
@@ -368,13 +309,10 @@ def run(cfg: BenchConfig) -> dict:
         compare = dict(
             model=cfg.compare_with,
             points_per_s_fast=fast_main["compare"]["points_per_s"],
-            points_per_s_ratio=statistics.median(
-                a / b for a, b in zip(fast_main["fp32"]["all"], fast_main["compare"]["all"])
-            ),
+            points_per_s_ratio=paired_median(fast_main["fp32"]["all"], fast_main["compare"]["all"]),
             gflop_per_point=other_gflop,
-            roofline_fraction_fp32=statistics.median(
-                p * other_gflop / g for p, g in zip(fast_main["compare"]["all"], fast_main["compare"]["gflops_all"])
-            ),
+            roofline_fraction_fp32=paired_median(fast_main["compare"]["all"], fast_main["compare"]["gflops_all"],
+                                                 other_gflop),
             fast_path=fast_path_name(other),
             all=fast_main["compare"]["all"],
         )
@@ -401,10 +339,6 @@ def run(cfg: BenchConfig) -> dict:
         max_abs_diff = float((subjects[main].run(acts) - subjects[main].run_reference(acts)).abs().max())
     gflop = {n: flops_per_point(mcfg, layer, n) / 1e9 for n in lengths}
     achieved = fast[main]["points_per_s"] * 2 * gflop[main]
-
-    def paired_median(num: list[float], den: list[float], scale: float = 1.0) -> float:
-        # ratio within each repeat (same load), then the median over repeats
-        return statistics.median(scale * a / b for a, b in zip(num, den))
 
     by_length = [
         dict(

@@ -62,7 +62,7 @@ def test_top_contexts_find_a_planted_position():
     acts[7, 9] += 40 * u  # the strongest projection by far
     acts[2, 0] += 100 * u  # position 0 is left out (attention sink)
     keep = torch.ones(W, L, dtype=torch.bool)
-    keep[:, 0] = False  # position 0 left out (attention sink), as corpus_sae.site_activations does
+    keep[:, 0] = False  # position 0 left out (attention sink), as corpus_sae.clean_activations does
     ctx = top_contexts(u, acts[keep], keep.nonzero(), tokens, _Tok(), k=3)
     assert (ctx[0].window, ctx[0].position) == (7, 9)
     assert ctx[0].token == f"t{int(tokens[7, 9])} "

@@ -53,30 +53,6 @@ def test_distinct_features_grow_with_restarts(toy):
     assert counts[0] < counts[1] < counts[2], counts
 
 
-def _noisy_feature(feature, base, cos, seed):
-    g = torch.Generator().manual_seed(seed)
-    f = sf.effective_directions(feature[None], base, "sphere")[0]
-    noise = torch.randn(f.shape, generator=g, dtype=f.dtype)
-    noise = sf.effective_directions(noise[None], base, "sphere")[0]
-    noise = noise - (noise @ f) * f
-    noise = noise / noise.norm()
-    return cos * f + math.sqrt(1 - cos**2) * noise
-
-
-def test_refinement_returns_to_the_feature(toy):
-    subject = toy.subject(2)
-    signed = subject.signed_features()
-    flips = subject.flip_kl()
-    ids = torch.nonzero(flips > 1.0)[:3, 0]  # features whose flip matters for this input
-    starts = torch.stack([_noisy_feature(signed[i], subject.base, 0.7, int(i)) for i in ids])
-    rec0 = sf.recovery(starts, signed[ids], subject.base)
-    assert torch.allclose(rec0.best_cos, torch.full_like(rec0.best_cos, 0.7), atol=1e-4)
-    out = sf.refine(subject, starts, replace(SMALL, iterations=40))
-    cos = sf.recovery(out.end, signed[ids], subject.base, threshold=0.95)
-    assert (cos.best_feature == torch.arange(len(ids))).all(), cos.best_cos
-    assert (out.blowup_end <= out.blowup_start).all()
-
-
 def test_no_feature_is_claimed_where_none_was_reached(toy):
     subject = toy.subject(2)
     starts = sf.baselines.isotropic(6, subject.d, seed=7)
@@ -193,17 +169,6 @@ def test_without_budget_one_round_and_rounds_cap(toy):
     assert two.rounds_run == 2 and set(two.restart_round.tolist()) == {0, 1}
 
 
-def test_deflated_round_starts_orthogonal_to_found_optima(toy):
-    subject = toy.subject(0)
-    found = sf.discover(subject, replace(SMALL, restarts=4, iterations=20, rounds=2, polish_iterations=0))
-    first = found.directions[found.found_round == 0]
-    later = found.init_directions[found.restart_round == 1]
-    assert (later @ first.T).abs().max() < 1e-5
-    # without polish the second round stays in the complement of the first round's optima
-    second = found.restart_directions[found.restart_round == 1]
-    assert (second @ first.T).abs().max() < 1e-4
-
-
 def test_resume_after_a_kill_matches_an_uninterrupted_run(toy, tmp_path):
     subject = toy.subject(0)
     cfg = replace(SMALL, restarts=4, iterations=12, tol=0.0)
@@ -252,50 +217,6 @@ def test_bad_config_is_named(kwargs, match):
         sf.DiscoverConfig(**kwargs)
 
 
-def test_bad_init_directions(toy):
-    subject = toy.subject(0)
-    cfg = replace(SMALL, restarts=2, iterations=1, init="given")
-    with pytest.raises(ValueError, match=rf"shape \[R, {subject.d}\]"):
-        sf.discover(subject, cfg, init_directions=torch.randn(2, subject.d + 1))
-    with pytest.raises(ValueError, match="has 3 rows but restarts=2"):
-        sf.discover(subject, cfg, init_directions=torch.randn(3, subject.d))
-    with pytest.raises(ValueError, match="needs init_directions"):
-        sf.discover(subject, cfg)
-    with pytest.raises(ValueError, match="needs activations"):
-        sf.discover(subject, replace(cfg, init="covariance"))
-
-
-def test_non_finite_subject_output_stops_with_step_and_restart(tmp_path):
-    base = torch.tensor([1.0, 0.0, 0.0, 0.0])
-
-    def fn(x):  # blows up to NaN once a direction rotates past 40 degrees towards e1
-        out = torch.stack([x[:, 0], 3 * x[:, 1]], 1)
-        return torch.where(x[:, 1:2] > math.sin(math.radians(40)), torch.full_like(out, math.nan), out)
-
-    subject = sf.FunctionSubject(base, fn)
-    ckpt = tmp_path / "ckpt.pt"
-    with pytest.raises(sf.NonFiniteOutputError, match=r"iteration 0 for restart\(s\) \[0\]"):
-        sf.discover(subject, sf.DiscoverConfig(restarts=2, iterations=3, init="given"),
-                    init_directions=torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), checkpoint=ckpt)
-    assert not ckpt.exists()  # nothing written
-
-
-def test_covariance_init_follows_the_activations(toy):
-    subject = toy.subject(0)
-    g = torch.Generator().manual_seed(0)
-    acts = torch.zeros(200, subject.d)
-    acts[:, :3] = torch.randn(200, 3, generator=g) * torch.tensor([3.0, 2.0, 1.0])  # variance in 3 dims only
-    cfg = replace(SMALL, restarts=5, iterations=0, init="covariance")
-    found = sf.discover(subject, cfg, activations=acts)
-    init = found.init_directions
-    assert init.shape == (5, subject.d)
-    assert torch.allclose(init[:, :3].norm(dim=1), torch.ones(5, dtype=init.dtype), atol=1e-6)
-    with pytest.raises(ValueError, match="row 1 contains NaN"):
-        bad = acts.clone()
-        bad[1, 0] = math.nan
-        sf.discover(subject, cfg, activations=bad)
-
-
 # -- issue 10 ---------------------------------------------------------------------------------------------
 
 
@@ -308,58 +229,6 @@ def test_discover_config_refuses_a_seed_that_is_not_an_integer(seed):
 def test_from_dict_needs_a_dict():
     with pytest.raises(TypeError, match="DiscoverConfig.from_dict needs a dict of field -> value, got list"):
         sf.DiscoverConfig.from_dict([1, 2])
-
-
-@pytest.mark.parametrize("damage", [b"", b"garbage" * 10])
-def test_load_checkpoint_names_a_damaged_file(tmp_path, damage):
-    from sensfind.errors import CheckpointError
-    from sensfind.optimize import load_checkpoint
-
-    path = tmp_path / "checkpoint.pt"
-    path.write_bytes(damage)
-    with pytest.raises(CheckpointError, match=str(path)):
-        load_checkpoint(path)
-
-
-def test_load_checkpoint_names_the_differing_config_keys(tmp_path, toy):
-    from sensfind.errors import CheckpointError
-    from sensfind.optimize import load_checkpoint
-
-    config = sf.DiscoverConfig(restarts=2, iterations=2, final_steps=5)
-    sf.discover(toy.subject(0), config, checkpoint=tmp_path / "c.pt", checkpoint_every=1)
-    assert load_checkpoint(tmp_path / "c.pt", config)["iteration"] == 2
-    with pytest.raises(CheckpointError, match=r"\(lr, restarts differ\)"):
-        load_checkpoint(tmp_path / "c.pt", replace(config, restarts=3, lr=0.2))
-
-
-def test_metric_starts_follow_what_the_output_reads():
-    # the output reads coordinates 1 and 2 only (through a nonlinearity): the local metric J^T M J lives
-    # there, so every start lies in span(e1, e2); in sphere mode the base (e0) is projected out
-    base = torch.tensor([1.0, 0.5, -0.3, 0.0, 0.0], dtype=torch.float64)
-    w = torch.tensor([[0.0, 2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0], [0.0, 1.0, -1.0, 0.0, 0.0]], dtype=torch.float64)
-    subject = sf.FunctionSubject(base, lambda x: torch.tanh(x @ w.T) * 3)
-    from sensfind.optimize import metric_directions
-
-    for effect in ("kl", "l2", "cos"):
-        u = metric_directions(subject, 16, seed=1, effect=effect, mode="sphere")
-        assert u.shape == (16, 5) and torch.allclose(u.norm(dim=1), torch.ones(16, dtype=u.dtype))
-        assert u[:, 3:].abs().max() < 1e-12, effect  # nothing along what the output ignores
-        assert (u @ base).abs().max() < 1e-12  # orthogonal to the base
-        assert (u[:, 1:3].abs().sum(1) > 0.5).all()
-    # seeded, and a start counts as one point of the budget
-    assert torch.equal(metric_directions(subject, 4, seed=3), metric_directions(subject, 4, seed=3))
-    found = sf.discover(subject, sf.DiscoverConfig(restarts=3, iterations=2, final_steps=5, scan_steps=4, rounds=1,
-                                                   abandon=False, tol=0.0))
-    assert found.points_evaluated == 3 + 3 * 2 * 4 + len(found) * 5
-
-
-def test_metric_starts_fall_back_to_isotropic_where_the_output_does_not_move():
-    base = torch.tensor([1.0, 0.0, 0.0, 0.0])
-    subject = sf.FunctionSubject(base, lambda x: torch.zeros(x.shape[0], 3) + 0 * x[:, :3])
-    from sensfind.optimize import metric_directions
-
-    u = metric_directions(subject, 5, seed=2)
-    assert torch.isfinite(u).all() and torch.allclose(u.norm(dim=1), torch.ones(5))
 
 
 def _top20_recall(subject, found):

@@ -10,38 +10,11 @@ import pytest
 import torch
 
 import sensfind as sf
-from sensfind import kernel, subjects
-from sensfind.kernel import BlockFamily, CompactStack
+from families import FAMILIES, tiny_model
+from sensfind import kernel, transformer_subject
+from sensfind.kernel import CompactStack
 
 PROMPT_IDS = [464, 168, 157, 423, 11, 290, 257, 131, 373, 95]
-
-# tiny models of each family the kernel covers: (norm, positions, grouping, MLP)
-FAMILIES = {
-    "llama": dict(normalization_type="RMS", positional_embedding_type="rotary", rotary_adjacent_pairs=False,
-                  n_key_value_heads=2, gated_mlp=True, act_fn="silu", final_rms=True),
-    "neox-partial-rotary": dict(normalization_type="LN", positional_embedding_type="rotary",
-                                rotary_adjacent_pairs=True, rotary_dim=8, act_fn="gelu_new"),
-    "rmspre-gqa-plain": dict(normalization_type="RMSPre", positional_embedding_type="rotary",
-                             rotary_adjacent_pairs=False, n_key_value_heads=1, act_fn="gelu", final_rms=True),
-    "gpt2": dict(normalization_type="LN", positional_embedding_type="standard", act_fn="gelu_new"),
-}
-
-
-def tiny_model(dtype=torch.float64, seed=0, **overrides):
-    """A 3-layer random model; norm weights and all biases random too, so every term is exercised."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    kw = dict(n_layers=3, d_model=64, d_head=16, n_heads=4, d_mlp=96, d_vocab=512, n_ctx=64, rotary_dim=16,
-              rotary_base=1e5, seed=seed, dtype=dtype, device="cpu")
-    kw.update(overrides)
-    model = HookedTransformer(HookedTransformerConfig(**kw))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith((".b", ".w")) or ".b_" in name or "._b_" in name:
-                base = 1.0 if name.endswith(".w") else 0.0
-                p.copy_(base + 0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
-    return model.eval()
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -64,17 +37,6 @@ def _max_err(subject, acts):
 
 
 # -- tiny models of every family ------------------------------------------------------------------
-def test_block_family_is_read_from_the_model(family_model):
-    name, model = family_model
-    fam = kernel.block_family(model)
-    spec = FAMILIES[name]
-    assert fam.norm == spec["normalization_type"]
-    assert fam.positions == spec["positional_embedding_type"]
-    assert fam.n_kv_heads == spec.get("n_key_value_heads", 4) and fam.n_heads == 4
-    assert fam.gated == spec.get("gated_mlp", False)
-    assert kernel.unsupported(model, 0) is None
-
-
 @pytest.fixture(params=["auto", "fold", "general"])
 def fold(request, monkeypatch):
     """The one-position path with the prefix folded into the projections, forced on or off (tiny models
@@ -198,7 +160,7 @@ def test_a_wrong_kernel_is_caught_by_the_probe_and_the_subject_falls_back(monkey
 
 
 def test_unsupported_model_falls_back_announced_once_at_warning(monkeypatch, caplog):
-    monkeypatch.setattr(subjects, "_FALLBACKS_ANNOUNCED", set())
+    monkeypatch.setattr(transformer_subject, "_FALLBACKS_ANNOUNCED", set())
     model = tiny_model(**dict(FAMILIES["gpt2"], parallel_attn_mlp=True))
     assert "parallel attention and MLP" in kernel.unsupported(model, 0)
     with caplog.at_level(logging.INFO, logger="sensfind"):
@@ -210,13 +172,6 @@ def test_unsupported_model_falls_back_announced_once_at_warning(monkeypatch, cap
         assert subject._compact is None
         err, _ = _max_err(subject, _scan_acts(subject, "sphere"))
         assert err <= 1e-10
-
-
-def test_family_is_validated():
-    with pytest.raises(ValueError, match="norm must be one of"):
-        BlockFamily(norm="BN", positions="standard", n_heads=4, n_kv_heads=4, gated=False)
-    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
-        BlockFamily(norm="RMS", positions="rotary", n_heads=9, n_kv_heads=2, gated=True)
 
 
 # -- SmolLM2-135M ---------------------------------------------------------------------------------

@@ -48,6 +48,18 @@ def test_effects_are_zero_at_base_and_positive_elsewhere():
         assert (f(y0, y) > 0).all()
 
 
+def test_kl_is_exactly_zero_at_the_base_and_matches_its_definition():
+    torch.manual_seed(3)
+    y0, y = torch.randn(50) * 3, torch.randn(2, 3, 50, dtype=torch.float64)
+    assert torch.equal(kl(y0, y0.repeat(4, 1)), torch.zeros(4))  # exactly, not nearly
+    p0, logp = torch.softmax(y0.double(), -1), torch.log_softmax(y, -1)
+    expected = (p0 * (p0.log() - logp)).sum(-1)
+    assert kl(y0.double(), y).shape == (2, 3)
+    torch.testing.assert_close(kl(y0.double(), y), expected)
+    y.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda out: kl(y0.double(), out), (y,))
+
+
 def test_scan_zero_angle_gives_zero_effect_and_grad_flows(tiny_model):
     subject = sf.TransformerSubject(tiny_model, [5, 6, 7, 8, 9])
     dirs = torch.randn(3, subject.d, requires_grad=True)

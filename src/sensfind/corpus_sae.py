@@ -39,7 +39,7 @@ from .prompts import load_corpus, resolve_cache_dir
 log = logging.getLogger(__name__)
 
 __all__ = ["CorpusSAEConfig", "SAEQuality", "SiteActivations", "clean_activations", "massive_mask", "massive_positions",
-           "sae_quality", "site_activations", "train_corpus_sae", "window_activations"]
+           "sae_quality", "train_corpus_sae", "window_activations"]
 
 _FORMAT = 2  # bump when what is cached changes (2: train_dead_fraction)
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -199,9 +199,6 @@ def clean_activations(model, windows: Tensor, hook: str, max_norm_ratio: float =
     excluded = massive_positions(norms, max_norm_ratio, exclude_first)
     index = (~excluded).nonzero()
     return SiteActivations(acts[~excluded], index, norms, excluded)
-
-
-site_activations = clean_activations  # the former name, kept for scripts that import it
 
 
 def _check_windows(model, windows, min_pos: int = 2) -> Tensor:

@@ -30,6 +30,9 @@ Spending a budget on *new* optima (measured on toys of ``sensfind.toy``, see the
   concurrent restart that blows up earlier, would only duplicate it: it stops being scanned.
 * **Budget.** ``max_points`` caps the scan points; a round is only started with as many restarts as
   the budget left can pay for in full, and discovery stops when a round finds nothing new.
+
+This module holds the settings and the loop; a round's steps are in ``sensfind.rounds``, the starts in
+``sensfind.starts``, checkpoints in ``sensfind.checkpoint`` and ``refine`` in ``sensfind.refinement``.
 """
 
 from __future__ import annotations
@@ -40,20 +43,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
-import geoopt
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .baselines import cov_stats, isotropic
-from .blowup import check_temperature, threshold_index, threshold_value
+from .blowup import check_temperature
+from .checkpoint import load_checkpoint, save_checkpoint
 from .configs import ObjectiveConfig, check_bool, check_int, check_number
-from .errors import CheckpointError
-from .objective import adaptive_grid, flushed_subnormals, sensitivity_objective
-from .geometry import check_directions, effective_directions
-from .optima import Discovery, cluster_directions
-from .scan import ScanConfig, scan
+from .objective import flushed_subnormals
+from .optima import Discovery
+from .rounds import NonFiniteOutputError, finish_round, iterate, new_state, round_cost, start_round
+from .scan import ScanConfig
+from .starts import initial_directions, metric_directions  # noqa: F401  (re-exported: old import path)
 from .subjects import Subject
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,9 @@ __all__ = ["DiscoverConfig", "discover", "refine", "Refinement", "NonFiniteOutpu
 
 _SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
-
-class NonFiniteOutputError(RuntimeError):
-    """The subject returned NaN or inf during discovery."""
+# the old private names, kept for callers that imported them from here
+_round_cost = round_cost
+_save_checkpoint = save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -219,126 +220,6 @@ class DiscoverConfig(ObjectiveConfig):
     # to_dict / from_dict (strict: unknown keys are named with the allowed ones) come from Config
 
 
-def _round_seed(seed: int, round_index: int) -> int:
-    """Seed of a round's initial directions: the config's seed for the first, derived ones after."""
-    if round_index == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, round_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def initial_directions(
-    subject: Subject, config: DiscoverConfig, init_directions: Tensor | None, activations: Tensor | None,
-    round_index: int = 0, restarts: int | None = None,
-) -> Tensor:
-    """Starting directions ``[restarts, d]`` of a round (``init='given'`` applies to the first round;
-    later rounds draw isotropic or covariance directions from their own seed)."""
-    d = subject.base.shape[0]
-    dtype = subject.base.dtype
-    n = config.restarts if restarts is None else restarts
-    seed = _round_seed(config.seed, round_index)
-    if config.init == "given" and round_index == 0:
-        if init_directions is None:
-            raise ValueError("init='given' needs init_directions [restarts, d]")
-        x = check_directions(init_directions, d, subject.base if config.mode == "sphere" else None,
-                             what="initial direction").to(dtype)
-        if x.shape[0] != config.restarts:
-            raise ValueError(f"init_directions has {x.shape[0]} rows but restarts={config.restarts}; they must match")
-        return (x / x.norm(dim=1, keepdim=True))[:n]
-    if config.init == "covariance":
-        if activations is None:
-            raise ValueError("init='covariance' needs activations [M, d] to estimate the covariance from")
-        stats = cov_stats(activations, d)
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, d, generator=g, dtype=torch.float64)
-        x = z @ stats.factor.T
-        return (x / x.norm(dim=1, keepdim=True)).to(dtype)
-    if config.init == "metric":
-        return metric_directions(subject, n, seed, config.effect, config.mode)
-    return isotropic(n, d, seed=seed, dtype=dtype)
-
-
-def metric_directions(subject: Subject, n: int, seed: int = 0, effect: str = "kl", mode: str = "sphere") -> Tensor:
-    """``n`` unit directions drawn from N(0, H), where H = J^T M J is the effect's second-order growth at
-    the base (J: the Jacobian of the output there; M: the effect's Hessian in output space, diag(p) - pp^T
-    for ``kl``, the identity for ``l2``, the projection orthogonal to the base output for ``cos``).
-
-    Each is J^T w for one Gaussian w with covariance M: one forward and one backward of the base. Such a
-    direction points mostly along what the output is most sensitive to at the base, so a restart started
-    there ends in one of the most sensitive optima rather than in whichever basin an isotropic start
-    happens to lie in (in sphere mode the base is projected out). Rows without a usable gradient (zero,
-    or not finite) are isotropic instead."""
-    base = subject.base.detach()
-    d = base.shape[0]
-    g = torch.Generator().manual_seed(seed)
-    x = base[None].repeat(n, 1).requires_grad_(True)
-    with torch.enable_grad():
-        out = subject.run(x)
-        y0 = out[0].detach().double()
-        xi = torch.randn(out.shape, generator=g, dtype=torch.float64)
-        if effect == "kl":
-            a = torch.softmax(y0, -1).sqrt()
-            w = a * (xi - (xi @ a)[:, None] * a)
-        elif effect == "cos":
-            yhat = y0 / y0.norm()
-            w = xi - (xi @ yhat)[:, None] * yhat
-        else:
-            w = xi
-        (out * w.to(out.dtype)).sum().backward()
-    z = x.grad.detach().double()
-    if mode == "sphere":
-        b = base.double() / base.double().norm()
-        z = z - (z @ b)[:, None] * b
-    norms = z.norm(dim=1, keepdim=True)
-    usable = (torch.isfinite(norms) & (norms > 0))[:, 0]
-    z = torch.where(usable[:, None], z / torch.where(usable[:, None], norms, 1.0),
-                    isotropic(n, d, seed=seed, dtype=torch.float64))
-    return z.to(base.dtype)
-
-
-@torch.no_grad()
-def _normalize_rows(param) -> None:
-    """Scale each restart's Riemannian gradient to unit norm (restarts are independent problems)."""
-    g = param.manifold.egrad2rgrad(param, param.grad)
-    norms = g.norm(dim=1, keepdim=True)
-    param.grad.mul_(torch.where(norms > 0, 1 / norms, torch.zeros_like(norms)))
-
-
-def _lr_scale(config: DiscoverConfig, d: int) -> float:
-    return 1 / math.sqrt(d) if config.optimizer == "adam" else 1.0
-
-
-def _make_optimizer(param, config: DiscoverConfig):
-    lr = config.lr * _lr_scale(config, param.shape[1])
-    if config.optimizer == "adam":
-        return geoopt.optim.RiemannianAdam([param], lr=lr)
-    return geoopt.optim.RiemannianSGD([param], lr=lr, momentum=config.momentum)
-
-
-def _deflate(x: Tensor, basis: Tensor | None) -> Tensor:
-    """Remove from rows ``[R, d]`` their components along the orthonormal rows of ``basis`` ``[k, d]``."""
-    if basis is None:
-        return x
-    return x - (x @ basis.T) @ basis
-
-
-def _basis(found: Tensor) -> Tensor | None:
-    """Orthonormal rows spanning the found optima ``[k, d]`` (``None`` if there are none)."""
-    if found.shape[0] == 0:
-        return None
-    q = torch.linalg.qr(found.double().T).Q.T  # [k, d]
-    return q.to(found.dtype)
-
-
-def _seed_cost(config: DiscoverConfig) -> int:
-    """Points one restart's start costs: one forward and backward at the base for ``init='metric'``."""
-    return 1 if config.init == "metric" else 0
-
-
-def _round_cost(config: DiscoverConfig) -> int:
-    """Scan points one restart can cost in a round: its start, its iterations and, if new, its final scan."""
-    return _seed_cost(config) + config.iterations * config.scan_steps + config.final_steps
-
-
 class _Bar:
     """Progress over points (of the budget when there is one), with the round and optima found so far."""
 
@@ -385,11 +266,11 @@ def discover(
         raise ValueError(f"checkpoint_every must be an integer >= 1 (iterations), got {checkpoint_every!r}")
     if config.init in ("given", "covariance"):
         initial_directions(subject, config, init_directions, activations)  # validates before any work
-    if config.max_points is not None and config.max_points < _round_cost(config):
+    if config.max_points is not None and config.max_points < round_cost(config):
         raise ValueError(f"max_points={config.max_points} cannot pay for one restart "
-                         f"(start + iterations * scan_steps + final_steps = {_round_cost(config)} scan points)")
+                         f"(start + iterations * scan_steps + final_steps = {round_cost(config)} scan points)")
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    state = _new_state(subject, config)
+    state = new_state(subject, config)
     if resume and ckpt is not None and ckpt.is_file():
         state = load_checkpoint(ckpt, config, (config.restarts, subject.base.shape[0]))
         log.info("resumed from %s at iteration %d (round %d)", ckpt, state["iteration"], state["rounds_done"])
@@ -398,274 +279,24 @@ def discover(
     try:
         while state["stop_reason"] is None:
             if state["round"] is None:
-                _start_round(subject, config, state, init_directions, activations)
+                start_round(subject, config, state, init_directions, activations)
                 continue
-            done = _iterate(subject, config, state)
+            done = iterate(subject, config, state)
             record = state["history"][-1] if state["history"] else {}
             bar.update(state["points"], round=state["round"]["index"], optima=len(state["found"]),
                        obj=f"{record.get('objective_mean', math.nan):.2f}")
             if callback is not None and not done:
                 callback(state["iteration"] - 1, record)
             if done:
-                _finish_round(subject, config, state)
+                finish_round(subject, config, state)
                 bar.update(state["points"], round=state["rounds_done"], optima=len(state["found"]))
                 if ckpt is not None:
-                    _save_checkpoint(ckpt, state)
+                    save_checkpoint(ckpt, state)
             elif ckpt is not None and state["iteration"] % checkpoint_every == 0:
-                _save_checkpoint(ckpt, state)
+                save_checkpoint(ckpt, state)
     finally:
         bar.close()
     return _result(config, state)
-
-
-def _new_state(subject: Subject, config: DiscoverConfig) -> dict:
-    d = subject.base.shape[0]
-    empty = subject.base.new_zeros((0, d))
-    return {
-        "config": config.to_dict(), "iteration": 0, "history": [], "points": 0, "stopped_early": False,
-        "stop_reason": None, "rounds_done": 0, "round": None,
-        # distinct optima so far (in the order found) and their origin
-        "found": empty, "found_blowup": torch.zeros(0, dtype=torch.float64),
-        "found_round": torch.zeros(0, dtype=torch.long), "found_restart": torch.zeros(0, dtype=torch.long),
-        # every finished restart (rows of all finished rounds)
-        "restarts": empty, "inits": empty, "restart_blowup": torch.zeros(0, dtype=torch.float64),
-        "restart_round": torch.zeros(0, dtype=torch.long), "restart_optimum": torch.zeros(0, dtype=torch.long),
-    }
-
-
-def _start_round(subject, config: DiscoverConfig, state: dict, init_directions, activations) -> None:
-    """Size the next round to the budget left and draw its restarts, or set the reason to stop."""
-    index = state["rounds_done"]
-    limit = config.rounds if config.rounds is not None else (None if config.max_points is not None else 1)
-    if limit is not None and index >= limit:
-        state["stop_reason"] = "rounds"
-        return
-    n = config.restarts
-    if config.max_points is not None:
-        n = min(n, (config.max_points - state["points"]) // _round_cost(config))
-        if n < 1:
-            state["stop_reason"] = "budget"
-            return
-    found = state["found"]
-    basis = _basis(found)
-    if basis is not None and basis.shape[0] >= subject.base.shape[0] - 1:
-        state["stop_reason"] = "space exhausted"
-        return
-    init = initial_directions(subject, config, init_directions, activations, round_index=index, restarts=n)
-    state["points"] += n * _seed_cost(config)
-    if basis is not None:
-        init = _deflate(effective_directions(init, subject.base, config.mode), basis)
-        init = init / init.norm(dim=1, keepdim=True)
-    param = geoopt.ManifoldParameter(init.clone(), manifold=geoopt.Sphere())
-    state["round"] = {
-        "index": index, "it": 0, "init": init, "param": param, "optimizer": _make_optimizer(param, config).state_dict(),
-        "basis": basis, "alive": torch.ones(n, dtype=torch.bool),
-        "current": torch.full((n,), math.inf, dtype=torch.float64), "grids": None, "first_crossed": None,
-        "still": 0, "parent_found": torch.full((n,), -1, dtype=torch.long),
-        "parent_restart": torch.full((n,), -1, dtype=torch.long),
-    }
-
-
-def _iterate(subject, config: DiscoverConfig, state: dict) -> bool:
-    """One optimisation step of the current round's live restarts; ``True`` when the round is over."""
-    rnd = state["round"]
-    it, alive = rnd["it"], rnd["alive"]
-    if it >= config.iterations or not alive.any() or rnd["still"] >= config.patience:
-        return True
-    base = subject.base
-    scan_cfg = config.scan_config
-    lo, hi = scan_cfg.range
-    param = rnd["param"]
-    opt = _make_optimizer(param, config)
-    opt.load_state_dict(rnd["optimizer"])
-    basis = rnd["basis"]
-    deflate = basis is not None and it < config.polish_start
-    temperature = config.temperature_at(it)
-    for group in opt.param_groups:
-        group["lr"] = config.round_lr_at(it, basis is not None) * _lr_scale(config, param.shape[1])
-    if config.adaptive:
-        rnd["grids"] = adaptive_grid(scan_cfg, rnd["current"], rnd["grids"], rnd["first_crossed"],
-                                     zoom=config.zoom).to(base.dtype)
-    live = alive.nonzero()[:, 0]
-    before = param.detach().clone()
-    steps = rnd["grids"][live] if config.adaptive else None
-    value = sensitivity_objective(subject, param[live], scan_cfg, temperature, steps=steps)
-    effects = value.scan.effects
-    state["points"] += effects.numel()
-    if not torch.isfinite(effects).all():
-        bad = live[(~torch.isfinite(effects)).any(dim=1)].tolist()
-        raise NonFiniteOutputError(
-            f"the subject's output became non-finite at iteration {state['iteration']} for restart(s) {bad} "
-            f"of round {rnd['index']}; no directions were saved. Check the subject, or narrow the scan range / lower the lr."
-        )
-    loss = value.soft.sum() / (hi - lo)
-    opt.zero_grad()
-    loss.backward()
-    with torch.no_grad():
-        if deflate:
-            param.grad.copy_(_deflate(param.grad, basis))
-        if config.normalize:
-            _normalize_rows(param)
-        opt.step()
-        if deflate:
-            param.copy_(effective_directions(_deflate(param, basis), base, config.mode))
-        e = effects.detach()
-        idx = threshold_index(e, config.tau)
-        rnd["current"][live] = threshold_value(e, value.scan.steps, config.tau)
-        first = torch.zeros_like(alive)
-        first[live] = idx == 0
-        rnd["first_crossed"] = first
-        moved = torch.arccos((before[live] * param.detach()[live]).sum(1).clamp(-1, 1)).max().item()
-        if config.abandon:
-            _abandon(config, state, base)
-    rnd["optimizer"] = opt.state_dict()
-    rnd["still"] = rnd["still"] + 1 if moved < config.tol else 0
-    if rnd["still"] >= config.patience:
-        state["stopped_early"] = True
-        log.info("round %d stopped early at iteration %d: no restart moved more than %g rad for %d iterations",
-                 rnd["index"], it, config.tol, config.patience)
-    current = rnd["current"][live]
-    state["history"].append({
-        "iteration": state["iteration"], "round": rnd["index"], "round_iteration": it,
-        "objective_mean": float(value.soft.detach().mean()), "objective_min": float(value.soft.detach().min()),
-        "blowup_median": float(current.median()) if torch.isfinite(current).any() else math.inf,
-        "n_reached": int(torch.isfinite(current).sum()), "restarts_scanned": len(live),
-        "temperature": temperature, "lr": config.round_lr_at(it, basis is not None), "deflated": deflate,
-        "max_move_rad": moved, "points": state["points"], "optima": len(state["found"]),
-    })
-    rnd["it"] = it + 1
-    state["iteration"] += 1
-    return False
-
-
-@torch.no_grad()
-def _abandon(config: DiscoverConfig, state: dict, base: Tensor) -> None:
-    """Stop restarts within ``cluster_threshold`` of a known optimum or of a live restart that blows up earlier."""
-    rnd = state["round"]
-    live = rnd["alive"].nonzero()[:, 0]
-    u = effective_directions(rnd["param"].detach()[live], base, config.mode)
-    found = state["found"]
-    if found.shape[0]:
-        cos = u @ found.T
-        best, k = cos.max(dim=1)
-        hit = best >= config.cluster_threshold
-        rnd["parent_found"][live[hit]] = k[hit]
-        rnd["alive"][live[hit]] = False
-        live, u = live[~hit], u[~hit]
-    for cluster in cluster_directions(u, rnd["current"][live], config.cluster_threshold):
-        for j in cluster[1:]:
-            rnd["parent_restart"][live[j]] = live[cluster[0]]
-            rnd["alive"][live[j]] = False
-
-
-@torch.no_grad()
-def _finish_round(subject, config: DiscoverConfig, state: dict) -> None:
-    """Cluster the round's surviving restarts, scan each new distinct optimum finely, and record them."""
-    rnd = state["round"]
-    base = subject.base
-    u = effective_directions(rnd["param"].detach(), base, config.mode)
-    n = u.shape[0]
-    offset = state["restarts"].shape[0]
-    optimum = torch.full((n,), -1, dtype=torch.long)
-    optimum[rnd["parent_found"] >= 0] = rnd["parent_found"][rnd["parent_found"] >= 0]
-    live = rnd["alive"].nonzero()[:, 0]
-    new_reps = []
-    for cluster in cluster_directions(u[live], rnd["current"][live], config.cluster_threshold):
-        rows = live[cluster]
-        found = state["found"]
-        if found.shape[0]:
-            cos = found @ u[rows[0]]
-            k = int(cos.argmax())
-            if float(cos[k]) >= config.cluster_threshold:
-                optimum[rows] = k
-                continue
-        new_reps.append(rows)
-    if new_reps:
-        reps = torch.stack([rows[0] for rows in new_reps])
-        result = scan(subject, u[reps], config.final_scan_config)
-        if not torch.isfinite(result.effects).all():
-            bad = reps[(~torch.isfinite(result.effects)).any(dim=1)].tolist()
-            raise NonFiniteOutputError(f"the subject's output is non-finite on the final scan for restart(s) {bad} "
-                                       f"of round {rnd['index']}")
-        state["points"] += result.effects.numel()
-        start = state["found"].shape[0]
-        for i, rows in enumerate(new_reps):
-            optimum[rows] = start + i
-        state["found"] = torch.cat([state["found"], u[reps]])
-        state["found_blowup"] = torch.cat([state["found_blowup"], result.threshold.double()])
-        state["found_round"] = torch.cat([state["found_round"], torch.full((len(reps),), rnd["index"])])
-        state["found_restart"] = torch.cat([state["found_restart"], reps + offset])
-    # restarts abandoned for a concurrent restart share its optimum (follow the chain)
-    parent = rnd["parent_restart"]
-    for i in range(n):
-        j = i
-        while optimum[j] < 0 and parent[j] >= 0:
-            j = int(parent[j])
-        optimum[i] = optimum[j]
-    state["restarts"] = torch.cat([state["restarts"], u])
-    state["inits"] = torch.cat([state["inits"], rnd["init"]])
-    state["restart_blowup"] = torch.cat([state["restart_blowup"], rnd["current"]])
-    state["restart_round"] = torch.cat([state["restart_round"], torch.full((n,), rnd["index"])])
-    state["restart_optimum"] = torch.cat([state["restart_optimum"], optimum])
-    state["rounds_done"] += 1
-    state["round"] = None
-    log.info("round %d: %d new optima (%d in all), %d scan points spent", rnd["index"], len(new_reps),
-             state["found"].shape[0], state["points"])
-    if not new_reps:
-        state["stop_reason"] = "no new optima"
-
-
-_CHECKPOINT_KEYS = ("config", "iteration", "history", "points", "rounds_done", "round", "found", "restarts")
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    import io
-
-    from .runio import write_atomic
-
-    buf = io.BytesIO()  # serialised in memory: a full disk is then one clear OSError, not a torch stream error
-    torch.save(state, buf)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buf.getvalue())
-
-
-
-
-def load_checkpoint(path: str | Path, config: DiscoverConfig | None = None, shape: tuple[int, int] | None = None) -> dict:
-    """The state saved by ``discover(checkpoint=...)``, checked: ``CheckpointError`` (naming the file) if it
-    is missing, empty, truncated or corrupt, or was written for another config (the differing keys named)
-    or another width (``shape``: ``(restarts, d)``; the width is checked)."""
-    import pickle
-    import zipfile
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {str(path)!r} is empty (was the disk full when it was written?)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            AttributeError, ImportError, IndexError, KeyError, TypeError) as exc:
-        why = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupt ({why}); "
-                              "start over with --overwrite") from None
-    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a sensfind discovery checkpoint (missing {missing})")
-    width = state["found"].shape[1] if isinstance(state["found"], Tensor) and state["found"].ndim == 2 else None
-    if width is None:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds no directions [optima, d]")
-    if config is not None and state["config"] != config.to_dict():
-        saved = state["config"] if isinstance(state["config"], dict) else {}
-        diff = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
-        raise CheckpointError(f"checkpoint {str(path)!r} was written with a different config ({', '.join(diff)} "
-                              "differ); cannot resume")
-    if shape is not None and width != shape[1]:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds directions of width {width}, "
-                              f"this run needs {shape[1]}; cannot resume")
-    return state
-
 
 
 def _result(config: DiscoverConfig, state: dict) -> Discovery:
@@ -700,37 +331,5 @@ def _result(config: DiscoverConfig, state: dict) -> Discovery:
     )
 
 
-@dataclass
-class Refinement:
-    """Where each given direction went under discovery: start and end (effective directions), their
-    cosine, and the hard blowup value before and after."""
-
-    start: Tensor  # [R, d]
-    end: Tensor  # [R, d]
-    cos_start_end: Tensor  # [R]
-    blowup_start: Tensor  # [R]
-    blowup_end: Tensor  # [R]
-    discovery: Discovery
-
-    def to_dict(self) -> dict:
-        return {
-            "cos_start_end": self.cos_start_end.tolist(),
-            "blowup_start": self.blowup_start.tolist(),
-            "blowup_end": self.blowup_end.tolist(),
-        }
-
-
-def refine(subject: Subject, directions: Tensor, config: DiscoverConfig = DiscoverConfig(), **kwargs) -> Refinement:
-    """Run discovery from the given directions ``[R, d]`` (e.g. SAE decoder rows, real-other
-    directions) and report how far each moved and how much earlier it blows up."""
-    directions = check_directions(directions, subject.base.shape[0],
-                                  subject.base if config.mode == "sphere" else None, what="direction")
-    config = replace(config, init="given", restarts=directions.shape[0], abandon=False, max_points=None, rounds=1)
-    found = discover(subject, config, init_directions=directions, **kwargs)
-    with torch.no_grad():
-        start = effective_directions(directions.to(subject.base.dtype), subject.base, config.mode)
-        before = scan(subject, start, config.final_scan_config).threshold
-        end = found.restart_directions
-        after = scan(subject, end, config.final_scan_config).threshold
-    return Refinement(start=start, end=end, cos_start_end=(start * end).sum(1), blowup_start=before,
-                      blowup_end=after, discovery=found)
+# refine runs discover, so its module imports this one: re-exported last, once discover exists
+from .refinement import Refinement, refine  # noqa: E402

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CORPUS_PACKAGE", "Corpus", "CorpusUnavailableError", "DatasetUnavailableError", "TextWindows",
            "corpus_texts", "load_corpus", "load_prompts", "openwebtext_windows", "resolve_cache_dir",
-           "prompt_activations", "site_activations", "site_activations_all_positions", "text_windows"]
+           "prompt_activations", "site_activations_all_positions", "text_windows"]
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -385,9 +385,6 @@ def _hook_activations(model, tokens: Tensor, hook: str) -> Tensor:
         stop = None
     _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook, stop_at_layer=stop)
     return cache[hook][0]
-
-
-site_activations = prompt_activations  # the former name, kept for scripts that import it
 
 
 @torch.no_grad()
