@@ -52,7 +52,8 @@ def _discovery():
         restart_blowup=torch.tensor([12.5, 40.0, INF, 13.0, 14.0, 41.0], dtype=torch.float64),
         init_directions=torch.randn(6, 8, generator=g),
         history=[{"iteration": 0, "objective": 1.5, "hard_median": 30.0}], config={"restarts": 6, "tau": 0.5},
-        points_evaluated=600, rounds_run=2, stop_reason="budget")
+        points_evaluated=600, rounds_run=2, stop_reason="budget",
+        final_effects=torch.tensor([[0.0, 0.7, INF], [0.0, 0.1, 0.6], [0.0, 0.1, 0.2]]))
 
 
 def _scan():

@@ -59,3 +59,24 @@ def test_run_discover_refuses_given_init_without_directions(tmp_path):
     with pytest.raises(ValueError, match="init 'given' needs init_file"):
         run_discover(DiscoverySiteConfig(model="toy"), DiscoverConfig(init="given"), tmp_path / "d", progress=False)
     assert not (tmp_path / "d").exists()
+
+
+def test_run_discover_plots_the_optima_from_their_final_scan_without_scanning_them_again(tmp_path, monkeypatch):
+    import sys
+
+    scan_module = sys.modules["sensfind.scan"]
+    calls = []
+    real_scan = scan_module.scan
+
+    def counting_scan(subject, directions, config, *a, **kw):
+        calls.append(directions.shape[0])
+        return real_scan(subject, directions, config, *a, **kw)
+
+    monkeypatch.setattr(scan_module, "scan", counting_scan)
+    run = run_discover(DiscoverySiteConfig(model="toy"), DiscoverConfig(restarts=4, iterations=5, final_steps=31),
+                       tmp_path / "d", random_baseline=8, progress=False)
+    assert calls == [8]  # the isotropic baseline only
+    found = run.discovery
+    assert found.final_effects.shape == (len(found), 31)
+    fresh = real_scan(DiscoverySiteConfig(model="toy").build().subject, found.directions, run.final_config)
+    torch.testing.assert_close(found.final_effects, fresh.effects.to(found.final_effects.dtype))

@@ -279,9 +279,11 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
             random_dirs = isotropic(random_baseline, subject.base.shape[0], seed=site.seed + RANDOM_BASELINE_SEED_OFFSET,
                                     dtype=subject.base.dtype)
             rand = scan(subject, random_dirs, final_cfg)
-            opt = scan(subject, found.directions, final_cfg)
+            # the optima's curves come from the final scan that measured them (a resumed old checkpoint: scan)
+            opt = found.final_effects if found.final_effects is not None else scan(subject, found.directions,
+                                                                                     final_cfg).effects
         plot_effect_curves(tmp / "effect_vs_angle.png",
-                           {"naive-random": (rand.steps, rand.effects), "discovered optima": (opt.steps, opt.effects)},
+                           {"naive-random": (rand.steps, rand.effects), "discovered optima": (rand.steps, opt)},
                            xlabel=final_cfg.axis_label, effect=config.effect, tau=config.tau,
                            title=f"{site.model}: sensitivity optima vs isotropic random directions")
         summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),

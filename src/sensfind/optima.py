@@ -77,6 +77,9 @@ class Discovery(Result):
         rounds_run: rounds completed.
         stop_reason: why discovery stopped: ``budget``, ``rounds``, ``no new optima`` or
             ``space exhausted`` (the found optima span all directions).
+        final_effects: ``[N, final_steps]`` each optimum's effect on the fine final scan that measured its
+            blowup (grid: ``DiscoverConfig.final_scan_config``), so figures need not scan again; ``None``
+            for results saved before it was kept.
 
     ``save(directory)`` writes ``discovery.json``, ``discovery.safetensors`` and ``config.json``;
     ``Discovery.load(directory)`` reads them back.
@@ -101,6 +104,7 @@ class Discovery(Result):
     restart_round: Tensor | None = None
     rounds_run: int = 1
     stop_reason: str | None = None
+    final_effects: Tensor | None = None
 
     def __post_init__(self):
         n, r = self.directions.shape[0], self.restart_directions.shape[0]
@@ -150,7 +154,7 @@ class Discovery(Result):
                 "restart_directions": self.restart_directions,
                 "restart_blowup": self.restart_blowup.double(),
                 "init_directions": self.init_directions,
-            },
+            } | ({} if self.final_effects is None else {"final_effects": self.final_effects}),
         )
 
     @classmethod
@@ -174,6 +178,7 @@ class Discovery(Result):
             restart_round=_long(meta.get("restart_round")),
             rounds_run=meta.get("rounds_run", 1),
             stop_reason=meta.get("stop_reason"),
+            final_effects=t.get("final_effects"),
         )
 
 

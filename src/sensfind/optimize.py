@@ -328,6 +328,7 @@ def _result(config: DiscoverConfig, state: dict) -> Discovery:
         restart_round=state["restart_round"],
         rounds_run=state["rounds_done"],
         stop_reason=state["stop_reason"],
+        final_effects=state["found_effects"][order] if "found_effects" in state else None,
     )
 
 

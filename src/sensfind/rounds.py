@@ -87,6 +87,7 @@ def new_state(subject: Subject, config: DiscoverConfig) -> dict:
         "stop_reason": None, "rounds_done": 0, "round": None,
         # distinct optima so far (in the order found) and their origin
         "found": empty, "found_blowup": torch.zeros(0, dtype=torch.float64),
+        "found_effects": subject.base.new_zeros((0, config.final_steps)),  # each optimum's final fine scan
         "found_round": torch.zeros(0, dtype=torch.long), "found_restart": torch.zeros(0, dtype=torch.long),
         # every finished restart (rows of all finished rounds)
         "restarts": empty, "inits": empty, "restart_blowup": torch.zeros(0, dtype=torch.float64),
@@ -254,6 +255,8 @@ def finish_round(subject, config: DiscoverConfig, state: dict) -> None:
             optimum[rows] = start + i
         state["found"] = torch.cat([state["found"], u[reps]])
         state["found_blowup"] = torch.cat([state["found_blowup"], result.threshold.double()])
+        if "found_effects" in state:  # a checkpoint from before the curves were kept has none
+            state["found_effects"] = torch.cat([state["found_effects"], result.effects.to(state["found_effects"].dtype)])
         state["found_round"] = torch.cat([state["found_round"], torch.full((len(reps),), rnd["index"])])
         state["found_restart"] = torch.cat([state["found_restart"], reps + offset])
     # restarts abandoned for a concurrent restart share its optimum (follow the chain)
