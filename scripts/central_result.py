@@ -117,7 +117,7 @@ def run(args) -> None:
         log.info("prompt %d/%d: start", i + 1, len(prompts))
         subject = sf.TransformerSubject(model, prompt, hook=demo.hook, chunk_size=CHUNK)
         a = analyse_prompt(subject, sae, others, pool, acfg)
-        a.save(d)
+        a.save(d, overwrite=True)  # d already holds the "started" marker
         torch.save(a, d / "analysis.pt")
         s = a.summary()
         log.info("prompt %d/%d %r: %d optima, median threshold optima %s / real-other %s deg, %d match (iso) in %.0f s",

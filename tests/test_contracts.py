@@ -1,6 +1,7 @@
 """Contract suites: every result type saves and loads back; every Subject implementation behaves alike."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -112,14 +113,33 @@ def _tune_result():
                       {"lr": 0.05}, ran=2, config={"metric": "recovery"}, settings={"space": {}})
 
 
+@pytest.fixture(scope="module")
+def prompt_analysis():
+    from test_analysis import toy_analysis
+
+    return toy_analysis()
+
+
+def _non_finite_analysis(a):
+    """``a`` with a nan in an optimum's curve, isotropic curves that never reach τ, an inf refined threshold."""
+    effects = {k: v.clone() for k, v in a.effects.items()}
+    effects["optima"][0, 1] = NAN
+    effects["isotropic"].zero_()
+    end = a.refinement.blowup_end.clone()
+    end[0] = INF
+    return dataclasses.replace(a, effects=effects, refinement=dataclasses.replace(a.refinement, blowup_end=end))
+
+
+# a maker, or the name of a fixture that gives the result
 RESULTS = {"discovery": _discovery, "scan": _scan, "real-scan": _real_scan, "matches": _matches,
-           "real-other": _real_other, "comparison": None, "tune": _tune_result}
+           "real-other": _real_other, "comparison": "comparison", "tune": _tune_result,
+           "prompt-analysis": "prompt_analysis"}
 
 
 @pytest.fixture(params=list(RESULTS))
 def result(request):
     make = RESULTS[request.param]
-    return request.getfixturevalue("comparison") if make is None else make()
+    return request.getfixturevalue(make) if isinstance(make, str) else make()
 
 
 def _summary(r):
@@ -147,6 +167,20 @@ def test_non_finite_values_survive_the_round_trip(tmp_path):
     assert math.isinf(float(s.effects[0, 3])) and math.isnan(float(s.effects[2, 1]))
     m = type(_matches()).load(_matches().save(tmp_path / "m"))
     assert m.z.isnan().all()
+
+
+def test_non_finite_values_of_a_prompt_analysis_survive_the_round_trip(prompt_analysis, tmp_path):
+    from sensfind.analysis import PromptAnalysis
+
+    a = _non_finite_analysis(prompt_analysis)
+    out = a.save(tmp_path / "a")
+    b = PromptAnalysis.load(out)
+    assert_same(a, b)
+    assert math.isnan(float(b.effects["optima"][0, 1])) and math.isinf(float(b.refinement.blowup_end[0]))
+    assert b.threshold("isotropic").isinf().all()
+    saved = json.loads((out / "analysis.json").read_text())  # strict JSON: null where not reached
+    assert saved["kinds"]["isotropic"]["threshold_deg"] == [None] * len(a.effects["isotropic"])
+    assert saved["refinement"]["blowup_end"][0] is None
 
 
 def test_saving_into_a_non_empty_directory_is_refused(result, tmp_path):
