@@ -183,6 +183,33 @@ def test_non_finite_values_of_a_prompt_analysis_survive_the_round_trip(prompt_an
     assert saved["refinement"]["blowup_end"][0] is None
 
 
+def _cards():
+    from sensfind.cards import Context, FeatureCard, LatentMatch, TokenChange
+
+    return [FeatureCard("optimum-0", "Optimum 0", "optimum", 12.5, [0.0, 0.3, 0.9], 12.5,
+                        [TokenChange(" the", 0.1, 0.4)], [TokenChange(" a", 0.3, 0.05)],
+                        [Context("once upon", " a", " time", 3.25, 4, 7)],
+                        [LatentMatch(17, -0.62, 0.001, None, "https://example.org/17")],
+                        [("restarts converged here", 3), ("sign", "−")]),
+            FeatureCard("latent-5", "Latent 5 (inactive)", "SAE inactive", INF, [0.0, 0.01, 0.02], 30.0, [], [], [],
+                        [LatentMatch(5, 1.0, 0.5, 0.25, None)])]
+
+
+def test_feature_cards_round_trip_through_their_json_file(tmp_path):
+    from sensfind.cards import load_cards, save_cards
+    from sensfind.errors import InputFileError
+
+    cards = _cards()
+    save_cards(tmp_path / "cards.json", cards)
+    assert json.loads((tmp_path / "cards.json").read_text())[1]["threshold_deg"] is None  # strict JSON
+    back = load_cards(tmp_path / "cards.json")
+    assert_same(cards, back)
+    assert math.isinf(back[1].threshold_deg) and back[0].facts[1] == ("sign", "−")
+    (tmp_path / "bad.json").write_text('{"key": "optimum-0"}')
+    with pytest.raises(InputFileError, match="bad.json.*does not hold saved cards"):
+        load_cards(tmp_path / "bad.json")
+
+
 def test_saving_into_a_non_empty_directory_is_refused(result, tmp_path):
     out = tmp_path / "r"
     out.mkdir()
