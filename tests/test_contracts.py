@@ -1,6 +1,7 @@
 """Contract suites: every result type saves and loads back; every Subject implementation behaves alike."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -113,14 +114,33 @@ def _tune_result():
                       {"lr": 0.05}, ran=2, config={"metric": "recovery"}, settings={"space": {}})
 
 
+@pytest.fixture(scope="module")
+def prompt_analysis():
+    from test_analysis import toy_analysis
+
+    return toy_analysis()
+
+
+def _non_finite_analysis(a):
+    """``a`` with a nan in an optimum's curve, isotropic curves that never reach τ, an inf refined threshold."""
+    effects = {k: v.clone() for k, v in a.effects.items()}
+    effects["optima"][0, 1] = NAN
+    effects["isotropic"].zero_()
+    end = a.refinement.blowup_end.clone()
+    end[0] = INF
+    return dataclasses.replace(a, effects=effects, refinement=dataclasses.replace(a.refinement, blowup_end=end))
+
+
+# a maker, or the name of a fixture that gives the result
 RESULTS = {"discovery": _discovery, "scan": _scan, "real-scan": _real_scan, "matches": _matches,
-           "real-other": _real_other, "comparison": None, "tune": _tune_result}
+           "real-other": _real_other, "comparison": "comparison", "tune": _tune_result,
+           "prompt-analysis": "prompt_analysis"}
 
 
 @pytest.fixture(params=list(RESULTS))
 def result(request):
     make = RESULTS[request.param]
-    return request.getfixturevalue("comparison") if make is None else make()
+    return request.getfixturevalue(make) if isinstance(make, str) else make()
 
 
 def _summary(r):
@@ -148,6 +168,47 @@ def test_non_finite_values_survive_the_round_trip(tmp_path):
     assert math.isinf(float(s.effects[0, 3])) and math.isnan(float(s.effects[2, 1]))
     m = type(_matches()).load(_matches().save(tmp_path / "m"))
     assert m.z.isnan().all()
+
+
+def test_non_finite_values_of_a_prompt_analysis_survive_the_round_trip(prompt_analysis, tmp_path):
+    from sensfind.analysis import PromptAnalysis
+
+    a = _non_finite_analysis(prompt_analysis)
+    out = a.save(tmp_path / "a")
+    b = PromptAnalysis.load(out)
+    assert_same(a, b)
+    assert math.isnan(float(b.effects["optima"][0, 1])) and math.isinf(float(b.refinement.blowup_end[0]))
+    assert b.threshold("isotropic").isinf().all()
+    saved = json.loads((out / "analysis.json").read_text())  # strict JSON: null where not reached
+    assert saved["kinds"]["isotropic"]["threshold_deg"] == [None] * len(a.effects["isotropic"])
+    assert saved["refinement"]["blowup_end"][0] is None
+
+
+def _cards():
+    from sensfind.cards import Context, FeatureCard, LatentMatch, TokenChange
+
+    return [FeatureCard("optimum-0", "Optimum 0", "optimum", 12.5, [0.0, 0.3, 0.9], 12.5,
+                        [TokenChange(" the", 0.1, 0.4)], [TokenChange(" a", 0.3, 0.05)],
+                        [Context("once upon", " a", " time", 3.25, 4, 7)],
+                        [LatentMatch(17, -0.62, 0.001, None, "https://example.org/17")],
+                        [("restarts converged here", 3), ("sign", "−")]),
+            FeatureCard("latent-5", "Latent 5 (inactive)", "SAE inactive", INF, [0.0, 0.01, 0.02], 30.0, [], [], [],
+                        [LatentMatch(5, 1.0, 0.5, 0.25, None)])]
+
+
+def test_feature_cards_round_trip_through_their_json_file(tmp_path):
+    from sensfind.cards import load_cards, save_cards
+    from sensfind.errors import InputFileError
+
+    cards = _cards()
+    save_cards(tmp_path / "cards.json", cards)
+    assert json.loads((tmp_path / "cards.json").read_text())[1]["threshold_deg"] is None  # strict JSON
+    back = load_cards(tmp_path / "cards.json")
+    assert_same(cards, back)
+    assert math.isinf(back[1].threshold_deg) and back[0].facts[1] == ("sign", "−")
+    (tmp_path / "bad.json").write_text('{"key": "optimum-0"}')
+    with pytest.raises(InputFileError, match="bad.json.*does not hold saved cards"):
+        load_cards(tmp_path / "bad.json")
 
 
 def test_saving_into_a_non_empty_directory_is_refused(result, tmp_path):

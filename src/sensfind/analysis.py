@@ -39,7 +39,7 @@ from .configs import Config, check_int, check_number
 from .geometry import directions_from_targets, effective_directions
 from .optima import Discovery
 from .optimize import DiscoverConfig, Refinement, discover, refine
-from .runio import json_float, save_json, save_tensors, to_jsonable
+from .runio import Result, json_float, load_json, load_tensors, save_json, save_tensors, to_jsonable
 from .scan import ScanConfig, scan, step_grid
 
 log = logging.getLogger(__name__)
@@ -112,18 +112,27 @@ class AnalysisConfig(Config):
 
 
 @dataclass
-class PromptAnalysis:
+class PromptAnalysis(Result):
     """What ``analyse_prompt`` measured on one subject.
 
     Attributes:
-        directions: kind -> ``[R, d]`` the (effective, signed) directions scanned.
+        directions: kind -> ``[R, d]`` the unit directions scanned (optima, isotropic and latents: the part
+            orthogonal to the base, latents signed; cov-random and real-other: towards their targets).
         effects: kind -> ``[R, S]`` next-token KL at ``steps`` (degrees).
         latents: ``SAE active`` / ``SAE inactive`` -> ``[R]`` latent ids (rows of ``directions``).
         activation: ``[R]`` the SAE's activation of each scanned active latent on the base.
         matches: null kind -> ``Matches`` of the optima with the (base-projected) dictionary.
         real_other: the optima against real-other directions.
         refinement: the refined latents (``refined_latents``) before and after discovery.
+
+    ``save(directory)`` writes ``analysis.json`` (config and summary), ``analysis.safetensors`` (steps,
+    curves, directions, latent ids, refinement tensors), ``config.json`` and the subdirectories
+    ``discovery``, ``matches_<null>``, ``real_other`` and ``refinement`` (the refinement's discovery);
+    ``PromptAnalysis.load(directory)`` reads them back.
     """
+
+    MARKER = "analysis.safetensors"
+    WHAT = "prompt analysis"
 
     config: AnalysisConfig
     steps: Tensor  # [S]
@@ -180,26 +189,56 @@ class PromptAnalysis:
         out["points_evaluated_discovery"] = self.discovery.points_evaluated
         return out
 
-    def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def config_dict(self) -> dict:
+        return self.config.to_dict()
+
+    def _write(self, directory: Path) -> None:
         save_json(directory / "analysis.json", {"config": self.config.to_dict(), **self.summary()})
         tensors = {"steps": self.steps, "activation": self.activation, "refined_latents": self.refined_latents}
         for kind in self.effects:
-            key = kind.replace(" ", "_")
+            key = _key(kind)
             tensors[f"effects.{key}"] = self.effects[kind]
             tensors[f"directions.{key}"] = self.directions[kind]
         for kind, ids in self.latents.items():
-            tensors[f"latents.{kind.replace(' ', '_')}"] = ids
-        if self.refinement is not None:
-            tensors.update(refine_start=self.refinement.start, refine_end=self.refinement.end)
+            tensors[f"latents.{_key(kind)}"] = ids
+        r = self.refinement
+        if r is not None:
+            tensors.update(refine_start=r.start, refine_end=r.end, refine_cos_start_end=r.cos_start_end,
+                           refine_blowup_start=r.blowup_start, refine_blowup_end=r.blowup_end)
         save_tensors(directory / "analysis.safetensors", {k: v.clone() for k, v in tensors.items()})  # no shared storage
         self.discovery.save(directory / "discovery")
         for kind, m in self.matches.items():
             m.save(directory / f"matches_{kind}")
         if self.real_other is not None:
             self.real_other.save(directory / "real_other")
-        return directory
+        if r is not None:
+            r.discovery.save(directory / "refinement")
+
+    @classmethod
+    def _read(cls, directory: Path) -> "PromptAnalysis":
+        meta = load_json(directory / "analysis.json")
+        t = load_tensors(directory / "analysis.safetensors")
+        kinds = list(meta["kinds"])  # in the order they were scanned; tensor keys spell spaces as "_"
+        names = {_key(k): k for k in kinds}
+        latent_keys = sorted((k.removeprefix("latents.") for k in t if k.startswith("latents.")),
+                             key=lambda k: (kinds.index(names[k]) if k in names else len(kinds), k))
+        refinement = None
+        if "refine_start" in t:
+            refinement = Refinement(t["refine_start"], t["refine_end"], t["refine_cos_start_end"],
+                                    t["refine_blowup_start"], t["refine_blowup_end"], Discovery.load(directory / "refinement"))
+        matches = {k.removeprefix("matches_"): Matches.load(directory / k) for k in meta if k.startswith("matches_")}
+        real_other = RealOtherMatches.load(directory / "real_other") if (directory / "real_other").is_dir() else None
+        return cls(config=AnalysisConfig.from_dict(meta["config"]), steps=t["steps"],
+                   directions={k: t[f"directions.{_key(k)}"] for k in kinds},
+                   effects={k: t[f"effects.{_key(k)}"] for k in kinds},
+                   latents={names.get(k, k): t[f"latents.{k}"] for k in latent_keys}, activation=t["activation"],
+                   discovery=Discovery.load(directory / "discovery"), matches=matches, real_other=real_other,
+                   refinement=refinement, refined_latents=t["refined_latents"], timings=meta.get("timings", {}))
+
+
+def _key(kind: str) -> str:
+    """A kind's name in tensor keys (``SAE active`` -> ``SAE_active``)."""
+    return kind.replace(" ", "_")
 
 
 def analyse_prompt(

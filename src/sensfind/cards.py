@@ -9,6 +9,8 @@ A card for a direction ``u`` at a subject (a site of one prompt) holds
   the corpus mean, with the token highlighted in its window (``top_contexts``);
 * the nearest dictionary latents with cosine and p-value against the isotropic and covariance nulls,
   and a Neuronpedia link where the dictionary is a Neuronpedia-hosted release.
+
+Cards are saved as one JSON list (``save_cards``, the demo's ``cards.json``) and read back by ``load_cards``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from .errors import InputFileError
 from .match import Matches
-from .runio import json_float
+from .runio import json_float, load_json, save_json
 from .geometry import perturb
 from .scan import base_output
 
-__all__ = ["Context", "FeatureCard", "LatentMatch", "TokenChange", "build_cards", "decode_token", "token_changes",
-           "token_changes_batch", "top_contexts"]
+__all__ = ["Context", "FeatureCard", "LatentMatch", "TokenChange", "build_cards", "decode_token", "load_cards",
+           "save_cards", "token_changes", "token_changes_batch", "top_contexts"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,31 @@ class FeatureCard:
         d = asdict(self)
         d["threshold_deg"] = json_float(self.threshold_deg)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureCard":
+        """The card ``to_dict`` wrote; a ``null`` threshold is ``inf`` (not reached within the scan)."""
+        threshold = math.inf if d["threshold_deg"] is None else float(d["threshold_deg"])
+        return cls(d["key"], d["title"], d["kind"], threshold, list(d["curve"]), d["angle"],
+                   [TokenChange(**t) for t in d["gains"]], [TokenChange(**t) for t in d["losses"]],
+                   [Context(**c) for c in d["contexts"]], [LatentMatch(**m) for m in d["matches"]],
+                   [tuple(f) for f in d.get("facts", [])])
+
+
+def save_cards(path, cards: list) -> None:
+    """Write ``cards`` to ``path`` as a JSON list of ``FeatureCard.to_dict()`` (atomically)."""
+    save_json(path, [c.to_dict() for c in cards])
+
+
+def load_cards(path) -> list:
+    """The ``FeatureCard`` list that ``save_cards`` wrote to ``path``."""
+    data = load_json(path, "feature cards file")
+    try:
+        if not isinstance(data, list):
+            raise TypeError(f"a JSON list was expected, not {type(data).__name__}")
+        return [FeatureCard.from_dict(c) for c in data]
+    except (KeyError, TypeError) as exc:
+        raise InputFileError(f"feature cards file {str(path)!r} does not hold saved cards: {exc}") from None
 
 
 def decode_token(tokenizer, token: int) -> str:

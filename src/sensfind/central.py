@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .analysis import KINDS, AnalysisConfig
+from .analysis import KINDS, AnalysisConfig, PromptAnalysis
 from .configs import Config, check_int
 from .runio import save_json
 
@@ -140,18 +140,22 @@ def analyse_prompts(config: CentralConfig, argv: list[str] | None = None) -> Non
     order = [i for i in range(len(prompts)) if i % count == index]
     for i in reversed(order) if config.reverse else order:
         d = out / "prompts" / f"{i:03d}"
-        if (d / "analysis.pt").is_file() or (d / "started").is_file():  # done, or another worker is on it
+        if _analysed(d) or (d / "started").is_file():  # done, or another worker is on it
             continue
         d.mkdir(parents=True, exist_ok=True)
         (d / "started").touch()
         t = time.perf_counter()
         a = analyse_prompt(TransformerSubject(model, prompts[i], hook=demo.hook, chunk_size=CHUNK), sae, others, pool, acfg)
-        a.save(d)
-        torch.save(a, d / "analysis.pt")
+        a.save(d, overwrite=True)  # beside the started marker
         s = a.summary()
         log.info("prompt %d/%d %r: %d optima, median threshold optima %s / real-other %s deg, %d match (iso) in %.0f s",
                  i + 1, len(prompts), model.tokenizer.decode(prompts[i]), len(a.discovery), s["kinds"]["optima"]["median_deg"],
                  s["kinds"]["real-other"]["median_deg"], s["matches_isotropic"]["n_significant"], time.perf_counter() - t)
+
+
+def _analysed(d: Path) -> bool:
+    """A prompt's directory holds its finished analysis (``analysis.pt``: runs from before it loaded back)."""
+    return (d / PromptAnalysis.MARKER).is_file() or (d / "analysis.pt").is_file()
 
 
 def _ks(a, b, cap: float) -> dict:
@@ -223,8 +227,10 @@ def aggregate(config: CentralConfig) -> dict:
 
     out = Path(config.out)
     cfg = json.loads((out / "config.json").read_text())
-    dirs = sorted((out / "prompts").glob("*/analysis.pt"))
-    analyses = [torch.load(p, weights_only=False) for p in dirs]
+    dirs = sorted(d for d in (out / "prompts").glob("*") if _analysed(d))
+    analyses = [PromptAnalysis.load(d) if (d / PromptAnalysis.MARKER).is_file()
+                else torch.load(d / "analysis.pt", weights_only=False)  # a run from before analyses loaded back
+                for d in dirs]
     if not analyses:
         raise SystemExit(f"no analysed prompts in {out / 'prompts'}")
     r = pooled_results(analyses, cfg["prompts_skipped_massive"])
@@ -241,7 +247,7 @@ def aggregate(config: CentralConfig) -> dict:
         figs.append((p, "Threshold angles of the most active SAE latents before and after refinement by discovery, "
                         "beside the discovered optima."))
     demo, _ = settings(config)
-    first = int(dirs[0].parent.name)
+    first = int(dirs[0].name)
     views = []
     if not config.no_cards:  # cards of the first prompt: the model and corpus are needed again (tokens, contexts)
         from .subjects import TransformerSubject
