@@ -224,7 +224,7 @@ def pick_prompt(model, config: ModelDemoConfig, corpus) -> tuple[list[int], int]
 def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(), cache_dir: str | Path | None = None,
                    progress: bool = True, overwrite: bool = False, device: str = "cpu") -> dict:
     """The real job on one corpus prompt, into ``out`` (written whole or not at all); returns the summary."""
-    from .cards import build_cards
+    from .cards import build_cards, save_cards
     from .models import load_model
     from .report import write_model_demo_report
     from .subjects import TransformerSubject
@@ -268,7 +268,7 @@ def run_model_demo(out: str | Path, config: ModelDemoConfig = ModelDemoConfig(),
         summary = model_summary(config, analysis, sae, subject, prompt, skipped, model.tokenizer)
         analysis.save(tmp / "analysis")
         sae.save(tmp / "sae")
-        save_json(tmp / "cards.json", [c.to_dict() for c in cards])
+        save_cards(tmp / "cards.json", cards)
         save_json(tmp / "config.json", {"command": "demo", "model": config.model, "demo": config.to_dict(),
                                         "discover": config.analysis.discover_config.to_dict()})
         write_model_demo_report(tmp, analysis, cards, summary)
