@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .baselines import cov_stats, isotropic
-from .geometry import check_directions
+from .geometry import check_directions, reject
 from .subjects import Subject
 
 if TYPE_CHECKING:
@@ -80,18 +80,16 @@ def metric_directions(subject: Subject, n: int, seed: int = 0, effect: str = "kl
         y0 = out[0].detach().double()
         xi = torch.randn(out.shape, generator=g, dtype=torch.float64)
         if effect == "kl":
-            a = torch.softmax(y0, -1).sqrt()
-            w = a * (xi - (xi @ a)[:, None] * a)
+            a = torch.softmax(y0, -1).sqrt()  # unit norm; the KL Hessian diag(p) - p p^T = diag(a)(I - a a^T)diag(a)
+            w = a * reject(xi, a)
         elif effect == "cos":
-            yhat = y0 / y0.norm()
-            w = xi - (xi @ yhat)[:, None] * yhat
+            w = reject(xi, y0)
         else:
             w = xi
         (out * w.to(out.dtype)).sum().backward()
     z = x.grad.detach().double()
     if mode == "sphere":
-        b = base.double() / base.double().norm()
-        z = z - (z @ b)[:, None] * b
+        z = reject(z, base)
     norms = z.norm(dim=1, keepdim=True)
     usable = (torch.isfinite(norms) & (norms > 0))[:, 0]
     z = torch.where(usable[:, None], z / torch.where(usable[:, None], norms, 1.0),
