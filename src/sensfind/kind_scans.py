@@ -181,6 +181,8 @@ class DirectionKinds:
         an SAE kind with no such latent on this base."""
         from .latents import decoder_rows
 
+        if kind not in self.kinds:
+            raise ValueError(f"direction kind {kind!r} is not one of this source's kinds: {', '.join(self.kinds)}")
         s = self.seed + 1000 * i + self.kinds.index(kind)
         if kind == "real-other":
             return directions_from_targets(subject.base, self.pool[pick(self.others, self.n_dirs, s)])
