@@ -17,18 +17,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 import sensfind as sf
 from sensfind.baselines import cov_random_targets
 from sensfind.configs import Config, check_int, check_number
 from sensfind.experiment import run_experiment, sized
-from sensfind.landscape import landscape, simplex_grid
+from sensfind.landscape import corner_summary, landscape, random_corner_report, simplex_grid
 from sensfind.plots import plot_simplex
 from sensfind.pool import pick, split_pool
 from sensfind.runio import save_json, save_tensors
-from sensfind.stats import describe, fmt, table
+from sensfind.stats import fmt, table
 
 NAME = "landscape"
 
@@ -83,35 +82,23 @@ def body(cfg: LandscapeConfig, site, run) -> str:
             corners["discovered"] = found.directions[:1]
             save_tensors(run.path(f"discovery_{i}.safetensors"),
                          {"directions": found.directions, "blowup_deg": found.blowup_deg.double()})
-        for kind, first in corners.items():
+        for kind, first in corners.items():  # each corner against the same two cov-random directions
             land = landscape(subj, torch.cat([first.to(rand.dtype), rand]), scan, resolution=cfg.resolution,
                              corner_names=(kind, "cov-random A", "cov-random B"))
             land.save(run.dir, prefix=f"landscape_{kind}_{i}")
-            rep = land.corner_report(0)
-            rep["random_corners"] = [land.corner_report(1)["threshold"], land.corner_report(2)["threshold"]]
-            rep["base"] = i
-            reports[kind].append(rep)
+            reports[kind].append(dict(random_corner_report(land), base=i))
             tensors[f"threshold.{kind}.{i}"] = land.threshold.double()
             if i == 0:
                 plot_simplex(run.path(f"landscape_{kind}.png"), land,
                              f"{site.name}, base 0: threshold angle over the simplex\n{kind} vs two cov-random directions")
     tensors["weights"] = simplex_grid(cfg.resolution)
 
-    summary, rows = {}, []
-    for kind, reps in ((k, v) for k, v in reports.items() if v):
-        s = summary[kind] = dict(
-            n=len(reps), local_optimum_fraction=float(np.mean([r["local_optimum"] for r in reps])),
-            global_optimum_fraction=float(np.mean([r["global_optimum"] for r in reps])),
-            corner_threshold_deg=describe([r["threshold"] for r in reps], 180.0),
-            random_corner_threshold_deg=describe([t for r in reps for t in r["random_corners"]], 180.0),
-            margin_deg=describe([r["margin"] for r in reps]),
-            neighbour_angle_deg=float(np.mean([r["neighbour_angle_deg"] for r in reps])))
-        rows.append({"corner": kind, "n": s["n"], "threshold (deg)": fmt(s["corner_threshold_deg"]),
-                     "random corners (deg)": fmt(s["random_corner_threshold_deg"]),
-                     "local optimum": f"{s['local_optimum_fraction']:.0%}",
-                     "best on simplex": f"{s['global_optimum_fraction']:.0%}",
-                     "margin to neighbours (deg)": fmt(s["margin_deg"], 2),
-                     "neighbour tilt (deg)": f"{s['neighbour_angle_deg']:.1f}"})
+    summary = {kind: corner_summary(reps) for kind, reps in reports.items() if reps}
+    rows = [{"corner": kind, "n": s["n"], "threshold (deg)": fmt(s["corner_threshold_deg"]),
+             "random corners (deg)": fmt(s["random_corner_threshold_deg"]),
+             "local optimum": f"{s['local_optimum_fraction']:.0%}", "best on simplex": f"{s['global_optimum_fraction']:.0%}",
+             "margin to neighbours (deg)": fmt(s["margin_deg"], 2), "neighbour tilt (deg)": f"{s['neighbour_angle_deg']:.1f}"}
+            for kind, s in summary.items()]
     save_json(run.path("results.json"), dict(summary=summary, corners=reports))
     save_tensors(run.path("results.safetensors"), tensors)
     text = (f"{NAME}: {site.name}, {cfg.n_bases} bases, simplex resolution {cfg.resolution} "

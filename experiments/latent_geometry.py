@@ -23,7 +23,7 @@ import torch
 import sensfind as sf
 from sensfind.configs import Config, check_int, check_number
 from sensfind.experiment import run_experiment, sized
-from sensfind.latents import latent_properties
+from sensfind.latents import describe_latent_groups, latent_properties, log10_density
 from sensfind.plots import plot_latent_geometry
 from sensfind.pool import split_pool
 from sensfind.pool_sae import dictionary_info
@@ -83,14 +83,11 @@ def body(cfg: LatentGeometryConfig, site, run) -> str:
     groups = {"all live latents": alive.nonzero()[:, 0],
               "active on the bases": torch.tensor(sorted(base_active), dtype=torch.long),
               f"matched to optima (p < {cfg.alpha:g})": matched_t[sig]}
-    log_density = torch.log10(density.clamp(min=1.0 / (10 * site.pool.shape[0])))
-    ref_de, ref_dens = de[groups["all live latents"]], log_density[groups["all live latents"]]
-    results = {name: dict(n=int(ids.numel()), de_cos=describe(de[ids]), log10_density=describe(log_density[ids]),
-                          ks_de_vs_all=ks(de[ids], ref_de), ks_density_vs_all=ks(log_density[ids], ref_dens))
-               for name, ids in groups.items()}
+    log_density = log10_density(density, site.pool.shape[0])
+    results = describe_latent_groups(de, log_density, groups, reference=groups["all live latents"])
     dead = (~alive).nonzero()[:, 0]
     results["dead on the pool"] = dict(n=int(dead.numel()), de_cos=describe(de[dead]), log10_density=None,
-                                       ks_de_vs_all=ks(de[dead], ref_de), ks_density_vs_all=None)
+                                       ks_de_vs_all=ks(de[dead], de[groups["all live latents"]]), ks_density_vs_all=None)
     results["optima"] = dict(n=len(matched), n_significant=int(sig.sum()), abs_cos=describe(np.abs(matched_cos)),
                              blowup_deg=describe(blowups, 180.0), latents=matched, cos=matched_cos, p_value=matched_p)
     save_json(run.path("results.json"), results)

@@ -13,21 +13,18 @@ Claim tested: real bases plateau longer than random ones (and, per LASR, than sy
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
-import sensfind as sf
-from sensfind.baselines import cov_random_targets, isotropic
 from sensfind.configs import Config, check_int
 from sensfind.experiment import PUBLISHED, run_experiment, sized
+from sensfind.kind_scans import plateau_bases, scan_plateaus
 from sensfind.plots import plot_distributions, plot_effect_curves
 from sensfind.pool import split_pool
 from sensfind.runio import save_json, save_tensors
-from sensfind.stats import describe, fmt, ks, table
+from sensfind.scan import step_grid
+from sensfind.stats import fmt, table
 
 NAME = "plateaus"
 
@@ -56,52 +53,30 @@ class PlateausConfig(Config):
 def body(cfg: PlateausConfig, site, run) -> str:
     scans = run.scans()
     split_pool(site, cfg.n_bases)
-    n, r, d, seed = cfg.n_bases, cfg.n_dirs, site.d, site.seed
-    real = site.pool[:n]
-    bases = {"real": real, "cov-random": cov_random_targets(site.cov(), n, seed=seed + 11).float(),
-             "isotropic": isotropic(n, d, seed=seed + 12) * real.norm(dim=1, keepdim=True)}
+    n = cfg.n_bases
+    bases = plateau_bases(site, n)  # real, cov-random, isotropic
     if not cfg.no_synthetic:
-        bases.update(run.synthetic(n, seed=seed + 13))
-    if cfg.directions == "cov-random":
-        targets = cov_random_targets(site.cov(), n * r, seed=seed + 21).float().reshape(n, r, d)
-    else:
-        iso = isotropic(n * r, d, seed=seed + 21).reshape(n, r, d)
-    sphere, straight = {k: [] for k in bases}, {k: [] for k in bases}
-    with torch.no_grad():
-        for i in range(n):
-            ctx = site.subject(i)
-            ctx_out = ctx if scans.straight_output_hook is None else site.subject(i, scans.straight_output_hook)
-            for kind, b in bases.items():
-                s_sph = ctx if kind == "real" else site.with_base(ctx, b[i])
-                s_str = ctx_out if kind == "real" else site.with_base(ctx_out, b[i])
-                dirs = sf.directions_from_targets(s_sph.base, targets[i]) if cfg.directions == "cov-random" else iso[i]
-                sphere[kind].append(sf.scan(s_sph, dirs, scans.sphere))
-                straight[kind].append(sf.scan(s_str, dirs, scans.straight))
+        bases.update(run.synthetic(n, seed=site.seed + 13))
+    found = scan_plateaus(site, bases, cfg.directions, cfg.n_dirs, scans)
 
     angle_cap, step_cap = scans.sphere.range[1], float(scans.straight.steps)
-    ang, alpha = sf.step_grid(scans.sphere), sf.step_grid(scans.straight)
-    eff_sph = {k: torch.cat([s.effects for s in v]) for k, v in sphere.items()}
-    eff_str = {k: torch.cat([s.effects for s in v]) for k, v in straight.items()}
-    results, tensors, angle, steps_len = {}, {}, {}, {}
+    ang, alpha = step_grid(scans.sphere), step_grid(scans.straight)
+    eff_sph, eff_str = found.sphere_effects(), found.straight_effects()
+    results = found.plateau_summary(bases, angle_cap, step_cap)
+    angle = {k: found.threshold_deg(k).numpy() for k in bases}  # [n·r] degrees, inf = not reached
+    steps_len = {k: found.plateau_steps(k).numpy() for k in bases}
+    tensors = {}
     for kind in bases:
-        thr = torch.cat([s.threshold for s in sphere[kind]])  # [n·r] degrees, inf = not reached
-        idx = torch.cat([s.threshold_index for s in straight[kind]])
-        plateau = torch.where(idx >= 0, idx.double(), torch.full(idx.shape, math.inf, dtype=torch.float64))
-        angle[kind], steps_len[kind] = thr.numpy(), plateau.numpy()
         tensors.update({f"bases.{kind}": bases[kind], f"sphere_effects.{kind}": eff_sph[kind],
-                        f"sphere_threshold_deg.{kind}": thr, f"straight_effects.{kind}": eff_str[kind],
-                        f"straight_plateau_steps.{kind}": plateau})
-        results[kind] = dict(
-            base_norm=float(bases[kind].norm(dim=1).mean()),
-            sphere_threshold_deg=describe(thr, angle_cap), straight_plateau_steps=describe(plateau, step_cap),
-            ks_vs_real_sphere=ks(thr, angle["real"], angle_cap), ks_vs_real_straight=ks(plateau, steps_len["real"], step_cap))
+                        f"sphere_threshold_deg.{kind}": found.threshold_deg(kind), f"straight_effects.{kind}": eff_str[kind],
+                        f"straight_plateau_steps.{kind}": found.plateau_steps(kind)})
     tensors.update(sphere_angles_deg=ang, straight_alpha=alpha)
     save_json(run.path("results.json"), dict(kinds=results, published=PUBLISHED["lasr_plateau"] if run.published else None))
     save_tensors(run.path("results.safetensors"), tensors)
 
     title = f"{site.name}: bases perturbed towards {cfg.directions} directions"
     scans.plot_means(run.dir, eff_sph, eff_str, title)
-    plot_effect_curves(run.path("effect_vs_angle_base0.png"), {k: (ang, v[0].effects) for k, v in sphere.items()},
+    plot_effect_curves(run.path("effect_vs_angle_base0.png"), {k: (ang, v[0].effects) for k, v in found.sphere.items()},
                        xlabel="angle θ (deg)", effect="kl", tau=scans.sphere.tau, title=title + ": first base")
     plot_distributions(run.path("plateau_angle.png"), angle, "plateau length: threshold angle (deg)", title, cap=angle_cap)
     plot_distributions(run.path("plateau_steps.png"), steps_len,

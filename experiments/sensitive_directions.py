@@ -18,22 +18,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import torch
-
-import sensfind as sf
-from sensfind.baselines import cov_random_targets, isotropic
 from sensfind.configs import Config, check_int
 from sensfind.experiment import PUBLISHED, run_experiment, sized
-from sensfind.latents import decoder_rows
+from sensfind.kind_scans import (REFERENCE, SAE_KINDS, DirectionKinds, check_direction_kinds, resolve_direction_kinds,
+                                 scan_direction_kinds)
 from sensfind.plots import plot_distributions
-from sensfind.pool import pick, split_pool
+from sensfind.pool import split_pool
 from sensfind.runio import save_json, save_tensors
-from sensfind.stats import describe, fmt, ks, table
+from sensfind.scan import step_grid
+from sensfind.stats import fmt, table
 
-NAME, REFERENCE = "sensitive_directions", "real-other"
-SAE_KINDS = ("sae-active+", "sae-active-", "sae-inactive+", "sae-inactive-")
-ALL_KINDS = ("real-other", "feature", "cov-random", "cov-mixture", "naive-random", *SAE_KINDS,
-             "synthetic-baseline", "synthetic-structured")
+NAME = "sensitive_directions"
 
 
 @dataclass(frozen=True)
@@ -54,72 +49,27 @@ class DirectionsConfig(Config):
     def __post_init__(self):
         check_int("n_bases", self.n_bases, minimum=1)
         check_int("n_dirs", self.n_dirs, minimum=1)
-        bad = [k.strip() for k in self.kinds.split(",") if k.strip() not in ALL_KINDS] if self.kinds != "all" else []
-        if bad or not self.kinds.strip(","):
-            raise ValueError(f"unknown direction kind(s) {bad or self.kinds!r}; allowed: {', '.join(ALL_KINDS)}")
-
-    def resolve(self, site, with_sae: bool) -> list[str]:
-        """The kinds to run on ``site``, real-other first."""
-        if self.kinds == "all":
-            return [k for k in ALL_KINDS if (k != "feature" or site.is_toy)
-                    and (with_sae or not (k in SAE_KINDS or k.startswith("synthetic")))]
-        kinds = [k.strip() for k in self.kinds.split(",") if k.strip()]
-        if "feature" in kinds and not site.is_toy:
-            raise ValueError("direction kind 'feature' needs the ground-truth toy (--model toy)")
-        return kinds if REFERENCE in kinds else [REFERENCE, *kinds]
+        check_direction_kinds(self.kinds)
 
 
 def body(cfg: DirectionsConfig, site, run) -> str:
     scans = run.scans()
-    kinds = cfg.resolve(site, run.sae.sae != "none")
+    kinds = resolve_direction_kinds(cfg.kinds, site.is_toy, with_sae=run.sae.sae != "none")
     bases, others = split_pool(site, cfg.n_bases)
-    n, r, d, seed = cfg.n_bases, cfg.n_dirs, site.d, site.seed
+    n, r = cfg.n_bases, cfg.n_dirs
     dic = run.dictionary() if any(k in SAE_KINDS for k in kinds) else None
-    synth = {}
-    if any(k.startswith("synthetic") for k in kinds):
-        synth = {k: v.reshape(n, r, d) for k, v in run.synthetic(n * r, seed=seed + 31).items()}
-    stats = site.cov()
-    fixed = {"cov-random": cov_random_targets(stats, n * r, seed=seed + 32).float().reshape(n, r, d),  # targets
-             "cov-mixture": (cov_random_targets(stats, n * r, seed=seed + 33) - stats.mean).float().reshape(n, r, d),
-             "naive-random": isotropic(n * r, d, seed=seed + 34).reshape(n, r, d), **synth}
+    synth = run.synthetic(n * r, seed=site.seed + 31) if any(k.startswith("synthetic") for k in kinds) else {}
+    source = DirectionKinds.build(site, kinds, others, n, r, dictionary=dic, synthetic=synth)
     run.config["kinds"] = kinds
-    thr, slope, eff_sph, eff_str = ({k: [] for k in kinds} for _ in range(4))
-    n_used = {k: 0 for k in kinds}
-    with torch.no_grad():
-        for i in range(n):
-            subj = site.subject(int(bases[i]))
-            subj_out = subj if scans.straight_output_hook is None else site.subject(int(bases[i]), scans.straight_output_hook)
-            for kind in kinds:
-                s = seed + 1000 * i + kinds.index(kind)
-                if kind == "real-other":
-                    dirs = sf.directions_from_targets(subj.base, site.pool[pick(others, r, s)])
-                elif kind in ("cov-mixture", "naive-random"):
-                    dirs = fixed[kind][i]
-                elif kind in fixed:  # cov-random and synthetic targets
-                    dirs = sf.directions_from_targets(subj.base, fixed[kind][i])
-                elif kind == "feature":
-                    dirs = pick(subj.signed_features(), r, s)
-                else:  # sae-(in)active±
-                    if (rows := decoder_rows(dic, subj.base, kind.startswith("sae-active"), r, s)) is None:
-                        continue
-                    dirs = rows if kind.endswith("+") else -rows
-                s1, s2 = sf.scan(subj, dirs, scans.sphere), sf.scan(subj_out, dirs, scans.straight)
-                thr[kind].append(s1.threshold)
-                slope[kind].append(s2.max_slope_index.double())
-                eff_sph[kind].append(s1.effects)
-                eff_str[kind].append(s2.effects)
-                n_used[kind] += dirs.shape[0]
+    found = scan_direction_kinds(site, bases, source, scans)  # kinds with no direction on any base are dropped
 
-    kinds = [k for k in kinds if thr[k]]  # e.g. an SAE with no active latent on any base
-    cap = scans.sphere.range[1]
-    thr, slope = ({k: torch.cat(v[k]) for k in kinds} for v in (thr, slope))
-    eff_sph, eff_str = ({k: torch.cat(v[k]) for k in kinds} for v in (eff_sph, eff_str))
-    results = {k: dict(n_directions=n_used[k], threshold_deg=describe(thr[k], cap), max_slope_step=describe(slope[k]),
-                       ks_vs_real_other_threshold=ks(thr[k], thr[REFERENCE], cap),
-                       ks_vs_real_other_max_slope=ks(slope[k], slope[REFERENCE])) for k in kinds}
+    kinds, cap = found.kinds, scans.sphere.range[1]
+    thr, slope = ({k: get(k) for k in kinds} for get in (found.threshold_deg, found.max_slope_step))
+    eff_sph, eff_str = found.sphere_effects(), found.straight_effects()
+    results = found.direction_summary(cap)
     tensors = {f"{name}.{k}": v[k] for k in kinds for name, v in (("threshold_deg", thr), ("max_slope_step", slope),
                                                                    ("sphere_effects", eff_sph), ("straight_effects", eff_str))}
-    tensors.update(sphere_angles_deg=sf.step_grid(scans.sphere), straight_alpha=sf.step_grid(scans.straight))
+    tensors.update(sphere_angles_deg=step_grid(scans.sphere), straight_alpha=step_grid(scans.straight))
     published = PUBLISHED["lasr_max_slope"] if run.published else None
     save_json(run.path("results.json"), dict(kinds=results, reference=REFERENCE, published=published))
     save_tensors(run.path("results.safetensors"), tensors)
@@ -130,18 +80,22 @@ def body(cfg: DirectionsConfig, site, run) -> str:
     plot_distributions(run.path("max_slope_step.png"), {k: slope[k].numpy() for k in kinds},
                        f"max-slope step (steps of {scans.step:.3g}, straight {scans.straight.effect})", title)
     scans.plot_means(run.dir, eff_sph, eff_str, title, straight_tau=False)
-    rows = []
-    for k, res in results.items():
-        pub = (published or {}).get(k)
-        rows.append({"direction": k, "n": res["n_directions"], "threshold angle (deg)": fmt(res["threshold_deg"]),
-                     "KS vs real-other": f"{res['ks_vs_real_other_threshold']['statistic']:.2f}",
-                     "max-slope step": fmt(res["max_slope_step"]),
-                     "KS vs real-other (slope)": f"{res['ks_vs_real_other_max_slope']['statistic']:.2f}",
-                     **({"LASR max-slope (KS)": (f"{pub[0]} ± {pub[1]}" + (f" ({pub[2]})" if pub[2] is not None else "")
-                                                 if pub else "")} if published else {})})
+    rows = [{"direction": k, "n": res["n_directions"], "threshold angle (deg)": fmt(res["threshold_deg"]),
+             "KS vs real-other": f"{res['ks_vs_real_other_threshold']['statistic']:.2f}",
+             "max-slope step": fmt(res["max_slope_step"]),
+             "KS vs real-other (slope)": f"{res['ks_vs_real_other_max_slope']['statistic']:.2f}",
+             **({"LASR max-slope (KS)": published_cell(published.get(k))} if published else {})}
+            for k, res in results.items()]
     text = (f"{NAME}: {site.name}, {n} bases x up to {r} directions per kind; sphere τ={scans.sphere.tau:g} nats; "
             f"straight {scans.straight.effect}, step {scans.step:.3g} x {scans.straight.steps - 1}\n")
     return text + table(rows)
+
+
+def published_cell(pub: tuple | None) -> str:
+    """``mean ± sd (KS)`` of a published LASR row, empty where LASR has none."""
+    if not pub:
+        return ""
+    return f"{pub[0]} ± {pub[1]}" + (f" ({pub[2]})" if pub[2] is not None else "")
 
 
 def main(argv=None) -> int:

@@ -14,23 +14,17 @@ high-L0 SAE to its top k beats a low-L0 SAE at the same k (Nanda et al.).
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 
-import torch
-
 from sensfind.configs import Config, check_int, check_number
-from sensfind.effects import kl
 from sensfind.experiment import run_experiment, sized
-from sensfind.latents import substitution_kl as kl_at, topk_codes, topk_grid
 from sensfind.plots import plot_topk
 from sensfind.pool import PUBLISHED_MODEL, split_pool
 from sensfind.pool_sae import dictionary_info
+from sensfind.reconstruction import measure_topk
 from sensfind.runio import save_json, save_tensors
-from sensfind.scan import base_output
-from sensfind.stats import describe, table
-from sensfind.synthetic import decode
+from sensfind.stats import table
 
 NAME = "topk_latents"
 
@@ -61,54 +55,19 @@ def body(cfg: TopKConfig, site, run) -> str:
     low = run.dictionary(spec=low_spec, l1=cfg.sae_low_l1) if low_spec != "none" else None
     run.config["sae"], run.config["sae_low"] = dictionary_info(dic), dictionary_info(low)
     bases, _ = split_pool(site, cfg.n_bases)
-    n = cfg.n_bases
-    has_loss = site.next_tokens is not None and bool((site.next_tokens[bases] >= 0).all())
-    nan = lambda *shape: torch.full(shape, math.nan, dtype=torch.float64)  # noqa: E731
-    with torch.no_grad():
-        codes = [dic.encode(site.pool[int(b)][None])[0].float() for b in bases]
-        l0 = [int((a > 0).sum()) for a in codes]
-        ks = topk_grid(max(max(l0), 1))
-        kl_k, ce_k, ce_clean = nan(n, len(ks)), nan(n, len(ks)), nan(n)
-        low_kl, low_ce, low_l0, cut_kl = nan(n), nan(n), torch.zeros(n), nan(n)  # cut: main SAE cut to low's L0
-        for i in range(n):
-            subj = site.subject(int(bases[i]))
-            p0, a = base_output(subj), codes[i]
-            out = subj.run(decode(dic, torch.stack([topk_codes(a, min(k, l0[i])) for k in ks])).to(subj.base.dtype))
-            kl_k[i] = kl(p0, out).double()
-            if has_loss:
-                t = int(site.next_tokens[int(bases[i])])
-                ce_k[i] = -torch.log_softmax(out.double(), -1)[:, t]
-                ce_clean[i] = -torch.log_softmax(p0.double(), -1)[t]
-            if low is not None:
-                b = low.encode(subj.base.float()[None])[0].float()
-                low_l0[i] = int((b > 0).sum())
-                out_low = subj.run(decode(low, b[None]).to(subj.base.dtype))
-                low_kl[i] = float(kl(p0, out_low)[0])
-                if has_loss:
-                    low_ce[i] = float(-torch.log_softmax(out_low.double(), -1)[0, t])
-                cut_kl[i] = float(kl_at(subj, decode(dic, topk_codes(a, int(low_l0[i]))[None]))[0])
-
-    curve = [dict(k=k, kl=describe(kl_k[:, j]), ce=describe(ce_k[:, j]) if has_loss else None) for j, k in enumerate(ks)]
-    half = next((c["k"] for c in curve if c["kl"]["mean"] <= 2 * float(kl_k[:, -1].mean())), ks[-1])
-    results = dict(k=ks, curve=curve, l0=describe(l0), clean_ce=describe(ce_clean) if has_loss else None,
-                   k_within_2x_of_full_kl=half)
-    tensors = {"k": torch.tensor(ks), "kl": kl_k, "ce": ce_k, "clean_ce": ce_clean, "l0": torch.tensor(l0)}
-    if low is not None:
-        results["low"] = dict(l0=describe(low_l0), kl=describe(low_kl), ce=describe(low_ce) if has_loss else None,
-                              main_cut_to_low_l0_kl=describe(cut_kl),
-                              frac_bases_cut_better=float((cut_kl < low_kl).double().mean()))
-        tensors.update(low_kl=low_kl, low_ce=low_ce, low_l0=low_l0, cut_kl=cut_kl)
+    top = measure_topk(site, dic, bases, low=low)
+    results, ks = top.summary(), top.k
     save_json(run.path("results.json"), results)
-    save_tensors(run.path("results.safetensors"), tensors)
-    plot_topk(run.path("topk.png"), ks, kl_k, ce_k if has_loss else None, ce_clean,
-              dict(l0=low_l0, kl=low_kl, ce=low_ce) if low is not None else None,
+    save_tensors(run.path("results.safetensors"), top.tensors())
+    plot_topk(run.path("topk.png"), ks, top.kl, top.ce if top.has_loss else None, top.clean_ce,
+              dict(l0=top.low_l0, kl=top.low_kl, ce=top.low_ce) if low is not None else None,
               f"{site.name}: SAE reconstruction with only the k largest latents")
 
     rows = [{"k": c["k"] if c["k"] < ks[-1] else f"{c['k']} (all)", "KL (nats)": f"{c['kl']['mean']:.3g} ± {c['kl']['se']:.2g}",
-             **({"next-token CE (nats)": f"{c['ce']['mean']:.3g}"} if has_loss else {})} for c in curve]
-    text = (f"{NAME}: {site.name}, {n} bases, SAE {dic.source} (L0 {results['l0']['mean']:.1f} ± "
+             **({"next-token CE (nats)": f"{c['ce']['mean']:.3g}"} if top.has_loss else {})} for c in results["curve"]]
+    text = (f"{NAME}: {site.name}, {cfg.n_bases} bases, SAE {dic.source} (L0 {results['l0']['mean']:.1f} ± "
             f"{results['l0']['sd']:.1f}); mean ± s.e. over bases (k beyond a base's L0 = all its latents)\n") + table(rows)
-    if has_loss:
+    if top.has_loss:
         text += f"\nclean next-token CE {results['clean_ce']['mean']:.3g} nats"
     if low is not None:
         lo = results["low"]

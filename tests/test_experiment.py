@@ -111,3 +111,17 @@ def test_run_experiment_bad_value_is_one_line_and_no_directory(tmp_path, capsys)
     assert run_experiment("demo", "d", Demo, lambda *a: "", ["--model", "toy", "--n-pool", "3", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "demo: error: n_pool must be an integer >= 8, got 3" and not out.exists()
+
+
+def test_scans_contexts_and_run_on_the_toy():
+    import torch
+
+    from sensfind.baselines import isotropic
+
+    site = load_pool_site(PoolConfig(model="toy", n_pool=16))
+    scans = resolve_scans(ScanSettings(angle_steps=5, straight_steps=6), site)
+    sphere_subject, straight_subject = scans.contexts(site, 3)
+    assert straight_subject is sphere_subject and torch.equal(sphere_subject.base, site.pool[3])  # no output hook
+    sphere, straight = scans.run(sphere_subject, straight_subject, isotropic(2, site.d, seed=0))
+    assert sphere.config.mode == "sphere" and sphere.effects.shape == (2, 5)
+    assert straight.config.mode == "straight" and straight.effects.shape == (2, 6)

@@ -1,7 +1,8 @@
 """The experiment scripts: a smoke run of each on a tiny model or the toy (so none can rot), the
 predictions of the theory asserted on the ground-truth toy, and the offline failure of ``--model gpt2``.
 The library pieces the experiments use are tested in the files that mirror them (test_pool.py,
-test_pool_sae.py, test_experiment.py, test_stats.py, test_latents.py, test_synthetic.py, test_landscape.py).
+test_pool_sae.py, test_experiment.py, test_kind_scans.py, test_reconstruction.py, test_stats.py, test_latents.py,
+test_synthetic.py, test_landscape.py).
 
 Statistical assertions compare per-base means (directions that share a base are not independent)
 with a margin of ``K_SE`` standard errors computed from the run itself, not a hand-picked number.

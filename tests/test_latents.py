@@ -48,3 +48,22 @@ def test_decoder_rows_of_active_and_inactive_latents():
     inactive = decoder_rows(_Dic(), base, active=False, n=1, seed=0)
     assert inactive.shape == (1, 4) and inactive.argmax(1).item() in (1, 3)
     assert decoder_rows(_Dic(), torch.ones(4), active=False, n=2, seed=0) is None
+
+
+def test_log10_density_floors_dead_latents_at_a_tenth_of_one_firing():
+    from sensfind.latents import log10_density
+
+    out = log10_density(torch.tensor([0.1, 0.0, 1.0]), n_pool=100)
+    torch.testing.assert_close(out, torch.tensor([-1.0, -3.0, 0.0]))
+
+
+def test_describe_latent_groups_against_a_reference():
+    from sensfind.latents import describe_latent_groups
+
+    de = torch.tensor([0.9, 0.8, 0.1, 0.2])
+    log_density = torch.tensor([-1.0, -2.0, -3.0, -4.0])
+    groups = {"all": torch.arange(4), "high": torch.tensor([0, 1])}
+    out = describe_latent_groups(de, log_density, groups, reference=torch.arange(4))
+    assert list(out) == ["all", "high"] and out["high"]["n"] == 2
+    assert abs(out["high"]["de_cos"]["mean"] - 0.85) < 1e-6 and out["high"]["log10_density"]["mean"] == -1.5
+    assert out["all"]["ks_de_vs_all"]["statistic"] == 0.0 and out["high"]["ks_de_vs_all"]["statistic"] == 0.5

@@ -165,6 +165,18 @@ class Scans:
         return dict(sphere=self.sphere.to_dict(), straight=self.straight.to_dict(),
                     straight_output_hook=self.straight_output_hook, step=self.step)
 
+    def contexts(self, site: PoolSite, row: int) -> tuple:
+        """The subjects of pool row ``row`` for the sphere scan and for the straight scan (the same one
+        unless the straight effect is read at ``straight_output_hook``)."""
+        subject = site.subject(row)
+        return subject, subject if self.straight_output_hook is None else site.subject(row, self.straight_output_hook)
+
+    def run(self, sphere_subject, straight_subject, directions) -> tuple:
+        """The sphere and straight scans (``sensfind.Scan``) of ``directions [R, d]``."""
+        from .scan import scan
+
+        return scan(sphere_subject, directions, self.sphere), scan(straight_subject, directions, self.straight)
+
     def plot_means(self, directory: Path, sphere: dict, straight: dict, title: str, straight_tau: bool = True) -> None:
         """``effect_vs_angle.png`` and ``effect_vs_distance.png``: mean ± sd effect curves of each group
         (``sphere[name]``, ``straight[name]``: effects ``[R, K]`` on this scan's grids)."""

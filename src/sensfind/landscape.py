@@ -27,7 +27,7 @@ from .runio import load_json, load_tensors, save_json, save_tensors
 from .scan import ScanConfig, scan
 from .subjects import Subject
 
-__all__ = ["Landscape", "landscape", "simplex_grid", "simplex_directions"]
+__all__ = ["Landscape", "corner_summary", "landscape", "random_corner_report", "simplex_grid", "simplex_directions"]
 
 
 def simplex_grid(resolution: int) -> Tensor:
@@ -167,3 +167,29 @@ def landscape(
     thr = _refined_threshold(subject, dirs, config, refine_steps)
     return Landscape(weights=weights, directions=dirs, threshold=thr, corner_names=tuple(corner_names),
                      resolution=resolution, config=config.to_dict())
+
+
+def random_corner_report(land: Landscape) -> dict:
+    """The report of corner 0 (the direction of interest) with ``random_corners``: the thresholds of
+    corners 1 and 2 (the random directions it is compared with)."""
+    return dict(land.corner_report(0), random_corners=[land.corner_report(1)["threshold"],
+                                                       land.corner_report(2)["threshold"]])
+
+
+def corner_summary(reports: list[dict], cap: float = 180.0) -> dict:
+    """Over ``reports`` of :func:`random_corner_report` (one per landscape): how often the corner is a local
+    and the global optimum, its and the random corners' thresholds (``sensfind.stats.describe``, never
+    reached counted at ``cap``), its margin to its neighbours and their mean angle to it."""
+    import numpy as np
+
+    from .stats import describe
+
+    if not reports:
+        raise ValueError("corner_summary needs at least one corner report")
+    return dict(
+        n=len(reports), local_optimum_fraction=float(np.mean([r["local_optimum"] for r in reports])),
+        global_optimum_fraction=float(np.mean([r["global_optimum"] for r in reports])),
+        corner_threshold_deg=describe([r["threshold"] for r in reports], cap),
+        random_corner_threshold_deg=describe([t for r in reports for t in r["random_corners"]], cap),
+        margin_deg=describe([r["margin"] for r in reports]),
+        neighbour_angle_deg=float(np.mean([r["neighbour_angle_deg"] for r in reports])))

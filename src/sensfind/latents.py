@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["K_GRID", "decoder_rows", "latent_noise", "latent_properties", "same_norm", "substitution_kl",
-           "topk_codes", "topk_grid"]
+__all__ = ["K_GRID", "decoder_rows", "describe_latent_groups", "latent_noise", "latent_properties", "log10_density",
+           "same_norm", "substitution_kl", "topk_codes", "topk_grid"]
 
 K_GRID = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
@@ -44,6 +44,23 @@ def latent_properties(dic, pool: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     de = torch.nn.functional.cosine_similarity(dic.encoder.float().T, dic.raw_decoder.float(), dim=1)
     active = torch.cat([dic.encode(chunk.float()) > 0 for chunk in pool.split(256)])
     return de, active.float().mean(0), active
+
+
+def log10_density(density: Tensor, n_pool: int) -> Tensor:
+    """``log10`` of firing densities ``[L]`` measured on ``n_pool`` activations; latents that never fired
+    are put at a tenth of one firing, ``1 / (10 n_pool)``."""
+    return torch.log10(density.clamp(min=1.0 / (10 * n_pool)))
+
+
+def describe_latent_groups(de: Tensor, log_density: Tensor, groups: dict[str, Tensor], reference: Tensor) -> dict:
+    """Per group of latent ids: its size, D/E cosines and log densities (``sensfind.stats.describe``) and KS
+    tests of both against the latents ``reference``."""
+    from .stats import describe, ks
+
+    ref_de, ref_dens = de[reference], log_density[reference]
+    return {name: dict(n=int(ids.numel()), de_cos=describe(de[ids]), log10_density=describe(log_density[ids]),
+                       ks_de_vs_all=ks(de[ids], ref_de), ks_density_vs_all=ks(log_density[ids], ref_dens))
+            for name, ids in groups.items()}
 
 
 @torch.no_grad()
