@@ -36,6 +36,14 @@ def smollm2():
     return sf.load_model("smollm2-135m", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def toy():
+    """The ground-truth toy (seed 0), one per test module."""
+    from sensfind.toy import ToyConfig, ToyModel
+
+    return ToyModel(ToyConfig(seed=0))
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.INFO, logger="sensfind")

@@ -7,12 +7,6 @@ import pytest
 import sensfind as sf
 from sensfind.checkpoint import load_checkpoint
 from sensfind.errors import CheckpointError
-from sensfind.toy import ToyConfig, ToyModel
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return ToyModel(ToyConfig(seed=0))
 
 
 @pytest.mark.parametrize("damage", [b"", b"garbage" * 10])

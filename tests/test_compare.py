@@ -16,11 +16,6 @@ QUICK = CompareConfig(n_null=300, n_latents=4, probes=3, scan_steps=121, refine_
 
 
 @pytest.fixture(scope="module")
-def toy():
-    return ToyModel(ToyConfig(seed=0))
-
-
-@pytest.fixture(scope="module")
 def good_sae(toy, tmp_path_factory):
     acts = toy.sample(10000, seed=10).acts
     return train_sae(acts, None, 256, seed=0, cache_dir=tmp_path_factory.mktemp("sae"))

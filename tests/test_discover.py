@@ -14,11 +14,6 @@ from sensfind.toy import ToyConfig, ToyModel
 SMALL = sf.DiscoverConfig(restarts=12, iterations=40)
 
 
-@pytest.fixture(scope="module")
-def toy():
-    return ToyModel(ToyConfig(seed=0))
-
-
 def _random_median(subject, n=64, seed=123):
     dirs = sf.baselines.isotropic(n, subject.d, seed=seed)
     return sf.scan(subject, dirs, sf.ScanConfig(steps=361)).threshold.median().item()

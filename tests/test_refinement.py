@@ -7,14 +7,8 @@ import pytest
 import torch
 
 import sensfind as sf
-from sensfind.toy import ToyConfig, ToyModel
 
 SMALL = sf.DiscoverConfig(restarts=12, iterations=40)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return ToyModel(ToyConfig(seed=0))
 
 
 def _noisy_feature(feature, base, cos, seed):

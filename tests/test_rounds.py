@@ -8,14 +8,8 @@ import torch
 
 import sensfind as sf
 from sensfind.rounds import round_cost, seed_cost
-from sensfind.toy import ToyConfig, ToyModel
 
 SMALL = sf.DiscoverConfig(restarts=12, iterations=40)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return ToyModel(ToyConfig(seed=0))
 
 
 def test_deflated_round_starts_orthogonal_to_found_optima(toy):

@@ -8,14 +8,8 @@ import torch
 
 import sensfind as sf
 from sensfind.starts import metric_directions
-from sensfind.toy import ToyConfig, ToyModel
 
 SMALL = sf.DiscoverConfig(restarts=12, iterations=40)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return ToyModel(ToyConfig(seed=0))
 
 
 def test_bad_init_directions(toy):
