@@ -44,6 +44,19 @@ def toy():
     return ToyModel(ToyConfig(seed=0))
 
 
+@pytest.fixture(scope="module")
+def toy_comparison(toy):
+    """``compare`` of the toy's first three planted features with a dictionary of all of them plus 8 random
+    rows: small sizes, every part (matches, real-other, latent scans, refinement) present."""
+    from sensfind.compare import CompareConfig, compare
+    from sensfind.dictionary import from_tensors
+
+    subject = toy.subject(0)
+    dic = from_tensors(torch.cat([toy.features, torch.randn(8, toy.d, generator=torch.Generator().manual_seed(0))]))
+    cfg = CompareConfig(n_null=30, n_latents=3, probes=2, scan_steps=31, stop=45.0, refine_iterations=2)
+    return compare(subject, toy.features[:3].double(), dic, subject.real_others(16, seed=1), cfg)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.INFO, logger="sensfind")

@@ -90,19 +90,6 @@ def _real_other():
                             NullConfig(n_null=20))
 
 
-@pytest.fixture(scope="module")
-def comparison():
-    from sensfind.compare import CompareConfig, compare
-    from sensfind.dictionary import from_tensors
-    from sensfind.toy import ToyConfig, ToyModel
-
-    toy = ToyModel(ToyConfig(seed=0))
-    subject = toy.subject(0)
-    dic = from_tensors(torch.cat([toy.features, torch.randn(8, toy.d, generator=torch.Generator().manual_seed(0))]))
-    cfg = CompareConfig(n_null=30, n_latents=3, probes=2, scan_steps=31, stop=30.0, refine_iterations=2)
-    return compare(subject, toy.features[:3].double(), dic, subject.real_others(16, seed=1), cfg)
-
-
 def _tune_result():
     from sensfind.tuning import TuneResult
 
@@ -133,7 +120,7 @@ def _non_finite_analysis(a):
 
 # a maker, or the name of a fixture that gives the result
 RESULTS = {"discovery": _discovery, "scan": _scan, "real-scan": _real_scan, "matches": _matches,
-           "real-other": _real_other, "comparison": "comparison", "tune": _tune_result,
+           "real-other": _real_other, "comparison": "toy_comparison", "tune": _tune_result,
            "prompt-analysis": "prompt_analysis"}
 
 

@@ -5,22 +5,14 @@ import re
 import pytest
 import torch
 
-from sensfind.compare import CompareConfig, Comparison, compare
-from sensfind.dictionary import from_tensors
+from sensfind.compare import Comparison
 from sensfind.report import Link, html_page, table, write_compare_report, write_demo_report
-from sensfind.toy import ToyConfig, ToyModel
 
 
 @pytest.fixture(scope="module")
-def toy_comparison():
-    toy = ToyModel(ToyConfig(seed=0))
-    subject = toy.subject(0)
-    dic = from_tensors(torch.cat([toy.features, torch.randn(8, toy.d, generator=torch.Generator().manual_seed(0))]))
-    cfg = CompareConfig(n_null=30, n_latents=3, probes=2, scan_steps=31, stop=45.0, refine_iterations=2)
-    found_dirs = toy.features[:3].double()
-    comp = compare(subject, found_dirs, dic, subject.real_others(16, seed=1), cfg)
-    found = discovery_stub(found_dirs)
-    return comp, found
+def compared(toy_comparison, toy):
+    """The toy comparison (conftest) and a discovery holding its directions."""
+    return toy_comparison, discovery_stub(toy.features[:3].double())
 
 
 def discovery_stub(directions):
@@ -48,8 +40,8 @@ def no_scans(monkeypatch):
             monkeypatch.setattr(module, "scan", refuse)
 
 
-def test_compare_report_has_tables_figures_and_escapes_the_title(toy_comparison, tmp_path, no_scans):
-    comp, _ = toy_comparison
+def test_compare_report_has_tables_figures_and_escapes_the_title(compared, tmp_path, no_scans):
+    comp, _ = compared
     page = write_compare_report(tmp_path, comp, "cmp <script>alert(1)</script> & co").read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
     assert page.count("<table>") == 3  # summary, best matches, refinement
@@ -59,8 +51,8 @@ def test_compare_report_has_tables_figures_and_escapes_the_title(toy_comparison,
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 1000
 
 
-def test_a_loaded_comparison_gives_the_same_report(toy_comparison, tmp_path, no_scans):
-    comp, _ = toy_comparison
+def test_a_loaded_comparison_gives_the_same_report(compared, tmp_path, no_scans):
+    comp, _ = compared
     back = Comparison.load(comp.save(tmp_path / "saved"))
     a = write_compare_report(tmp_path / "a", comp, "T").read_text()
     b = write_compare_report(tmp_path / "b", back, "T").read_text()
@@ -68,8 +60,8 @@ def test_a_loaded_comparison_gives_the_same_report(toy_comparison, tmp_path, no_
     assert strip(a) == strip(b)
 
 
-def test_demo_report_adds_its_rows_and_figures(toy_comparison, tmp_path, no_scans):
-    comp, found = toy_comparison
+def test_demo_report_adds_its_rows_and_figures(compared, tmp_path, no_scans):
+    comp, found = compared
     summary = {"sae_mean_best_cos_to_planted": 0.95, "sae_fraction_planted_learned": 0.9, "restarts_reaching_planted": 1.0,
                "distinct_optima": 3, "distinct_planted_found": 3, "optima_whose_feature_the_sae_learned": 3,
                "optima_matching_sae": 2, "refinement_cos_to_planted": {"before": [0.5, 0.6], "after": [0.9, 0.95]}}
