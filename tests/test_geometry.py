@@ -65,3 +65,11 @@ def test_tangent_rotations_turn_by_the_angle_within_the_tangent_space():
     assert torch.allclose(rot.norm(dim=-1), torch.ones(5, 4, dtype=rot.dtype))
     assert torch.allclose((rot * rows[:, None]).sum(-1), torch.full((5, 4), math.cos(math.radians(10)), dtype=rot.dtype))
     assert torch.allclose(rot @ base, torch.zeros(5, 4, dtype=rot.dtype), atol=1e-12)
+
+
+def test_is_base_marks_rows_equal_to_the_base_within_its_scale():
+    from sensfind.geometry import is_base
+
+    base = torch.tensor([3.0, 4.0])  # norm 5: rows within 5e-6 of it count as the base
+    acts = torch.stack([base, base + 1e-6, base + torch.tensor([1e-5, 0.0]), -base])
+    assert is_base(acts, base).tolist() == [True, True, False, False]

@@ -36,7 +36,7 @@ from .corpus_sae import massive_mask, window_activations
 from .dictionary import Dictionary
 from .match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from .configs import Config, check_int, check_number
-from .geometry import directions_from_targets, effective_directions
+from .geometry import directions_from_targets, effective_directions, is_base
 from .optima import Discovery
 from .optimize import DiscoverConfig, Refinement, discover, refine
 from .runio import Result, json_float, load_json, load_tensors, save_json, save_tensors, to_jsonable
@@ -270,8 +270,7 @@ def analyse_prompt(
                                              base, "sphere")
     stats = cov_stats(pool.double(), d)
     dirs["cov-random"] = directions_from_targets(base, cov_random_targets(stats, config.n_cov, config.seed + 3).to(base.dtype))
-    keep = (others - base).norm(dim=1) > 1e-6 * base.norm()
-    others = others[keep]
+    others = others[~is_base(others, base)]
     dirs["real-other"] = directions_from_targets(base, others[: config.n_real_other].to(base.dtype))
     eff: dict[str, Tensor] = {}
     with torch.no_grad():

@@ -27,6 +27,7 @@ __all__ = [
     "Mode",
     "PARALLEL_TOL",
     "check_directions",
+    "is_base",
     "directions_from_targets",
     "effective_directions",
     "perturb",
@@ -93,6 +94,12 @@ def check_directions(directions: Tensor, d: int, base: Tensor | None = None, wha
                     "mode only the part orthogonal to the base moves the activation, and it is zero"
                 )
     return directions
+
+
+def is_base(acts: Tensor, base: Tensor) -> Tensor:
+    """``[M]`` bool: which rows of ``acts`` ``[M, d]`` are the base activation itself (within 1e-6 of its
+    norm), e.g. the subject's own prompt among the real-other activations."""
+    return (acts - base).norm(dim=1) <= 1e-6 * base.norm()
 
 
 def directions_from_targets(base: Tensor, targets: Tensor) -> Tensor:

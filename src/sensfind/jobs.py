@@ -102,7 +102,7 @@ class ScanRun:
 def directions_from_spec(spec: str, site: SiteConfig, model, subject) -> tuple[Tensor, str]:
     """``random:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions [R, d], kind)."""
     from .baselines import isotropic, load_directions
-    from .geometry import directions_from_targets
+    from .geometry import directions_from_targets, is_base
     from .prompts import load_prompts, prompt_activations
 
     parsed = parse_spec(spec, DIRECTION_KINDS, "--directions")
@@ -120,7 +120,7 @@ def directions_from_spec(spec: str, site: SiteConfig, model, subject) -> tuple[T
     prompts = load_prompts(value or "builtin", model)
     targets = prompt_activations(model, prompts, subject.hook, site.position)
     # real-other means *other* prompts: drop targets identical to the base (the subject's own prompt)
-    same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
+    same = is_base(targets, subject.base)
     if same.all():
         raise ValueError(f"every prompt in {value or 'builtin'!r} gives the base activation itself; give other prompts")
     if same.any():

@@ -24,7 +24,7 @@ from torch import Tensor
 from .configs import ObjectiveConfig, check_int
 from .blowup import max_slope_index, threshold_index, threshold_value
 from .effects import get_effect
-from .geometry import Mode, check_directions, directions_from_targets, perturb  # noqa: F401  (directions_from_targets re-exported)
+from .geometry import Mode, check_directions, directions_from_targets, is_base, perturb  # noqa: F401  (directions_from_targets re-exported)
 from .runio import Result, load_json, load_tensors, save_json, save_tensors
 from .subjects import Subject
 
@@ -184,7 +184,7 @@ def real_other_thresholds(subject: Subject, targets: Tensor, config: ScanConfig)
     """Threshold values ``[M']`` of the directions from the subject's base towards ``targets`` ``[M, d]``
     (activations of other inputs at the site), scanned with ``config``. Targets equal to the base (the
     subject's own input among them) are dropped; at least one other must remain."""
-    same = (targets - subject.base).norm(dim=1) <= 1e-6 * subject.base.norm()
+    same = is_base(targets, subject.base)
     if same.all():
         raise ValueError(f"all {targets.shape[0]} real-other targets equal the base activation; give other inputs")
     return scan(subject, directions_from_targets(subject.base, targets[~same]), config).threshold

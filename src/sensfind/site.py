@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .configs import Config, check_choice, check_int
+from .geometry import is_base
 from .specs import parse_model_spec
 
 __all__ = ["DTYPES", "DiscoverySiteConfig", "Site", "SiteConfig", "site_from_dict"]
@@ -157,8 +158,7 @@ class DiscoverySiteConfig(SiteConfig):
         model = self.load_model()
         subject = self.subject(model)
         others = prompt_activations(model, load_prompts(self.prompts, model), subject.hook, self.position)
-        keep = (others - subject.base).norm(dim=1) > 1e-6 * subject.base.norm()
-        return Site(subject, model, others[keep])
+        return Site(subject, model, others[~is_base(others, subject.base)])
 
 
 def site_from_dict(d: dict) -> SiteConfig:

@@ -10,7 +10,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from ..geometry import effective_directions, reject
+from ..geometry import effective_directions, is_base, reject
 from ..optima import Discovery, cluster_directions, distinct_sensitive
 from ..optimize import DiscoverConfig, discover
 from ..specs import load_dictionary_dir
@@ -112,7 +112,7 @@ def transformer_targets(
         targets = []
         for i in prompt_indices:
             subject = TransformerSubject(model, texts[i], hook=hook, position=position)
-            keep = (acts - subject.base).norm(dim=1) > 1e-6 * subject.base.norm()
+            keep = ~is_base(acts, subject.base)
             keep[i] = False
             targets.append(sensitive_target(f"prompt:{i}", subject, acts[keep]))
         return targets
