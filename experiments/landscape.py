@@ -1,7 +1,7 @@
 """Sensitivity landscapes: are real-other and discovered directions local optima of sensitivity?
 
 For each real base, a real-other direction and two random directions (towards cov-random targets) span a
-2-simplex of directions (sensfind.landscape); every grid point gets the threshold angle of a refined
+2-simplex of directions (sensfind.lab.landscape); every grid point gets the threshold angle of a refined
 sphere-mode KL scan. A corner is a local optimum when no adjacent grid point blows up earlier (Heimersheim
 & Mendel's test). The same is done around the best optimum that ``sensfind.discover`` finds on the base.
 
@@ -20,14 +20,15 @@ from dataclasses import dataclass
 import torch
 
 import sensfind as sf
-from sensfind.baselines import cov_random_targets
+from sensfind.core.geometry import directions_from_targets
+from sensfind.core.baselines import cov_random_targets
 from sensfind.configs import Config, check_int, check_number
-from sensfind.experiment import run_experiment, sized
-from sensfind.landscape import corner_summary, landscape, random_corner_report, simplex_grid
-from sensfind.plots import plot_simplex
-from sensfind.pool import pick, split_pool
+from sensfind.lab.experiment import run_experiment, sized
+from sensfind.lab.landscape import corner_summary, landscape, random_corner_report, simplex_grid
+from sensfind.reporting.plots import plot_simplex
+from sensfind.lab.pool import pick, split_pool
 from sensfind.runio import save_json, save_tensors
-from sensfind.stats import fmt, table
+from sensfind.lab.stats import fmt, table
 
 NAME = "landscape"
 
@@ -75,8 +76,8 @@ def body(cfg: LandscapeConfig, site, run) -> str:
     reports, tensors = {"real-other": [], "discovered": []}, {}
     for i in range(cfg.n_bases):
         subj = site.subject(int(bases[i]))
-        rand = sf.directions_from_targets(subj.base, cov_random_targets(stats, 2, seed=seed + 100 + i).float())
-        corners = {"real-other": sf.directions_from_targets(subj.base, pick(site.pool[others], 1, seed + 200 + i))}
+        rand = directions_from_targets(subj.base, cov_random_targets(stats, 2, seed=seed + 100 + i).float())
+        corners = {"real-other": directions_from_targets(subj.base, pick(site.pool[others], 1, seed + 200 + i))}
         if i < (0 if cfg.no_discover else cfg.n_discover):
             found = sf.discover(subj, disc)
             corners["discovered"] = found.directions[:1]

@@ -21,14 +21,15 @@ import numpy as np
 import torch
 
 import sensfind as sf
+from sensfind.comparison.match import NullConfig
 from sensfind.configs import Config, check_int, check_number
-from sensfind.experiment import run_experiment, sized
-from sensfind.latents import describe_latent_groups, latent_properties, log10_density
-from sensfind.plots import plot_latent_geometry
-from sensfind.pool import split_pool
-from sensfind.pool_sae import dictionary_info
+from sensfind.lab.experiment import run_experiment, sized
+from sensfind.lab.latents import describe_latent_groups, latent_properties, log10_density
+from sensfind.reporting.plots import plot_latent_geometry
+from sensfind.lab.pool import split_pool
+from sensfind.lab.pool_sae import dictionary_info
 from sensfind.runio import save_json, save_tensors
-from sensfind.stats import describe, fmt, ks, table
+from sensfind.lab.stats import describe, fmt, ks, table
 
 NAME = "latent_geometry"
 
@@ -72,7 +73,7 @@ def body(cfg: LatentGeometryConfig, site, run) -> str:
     for i in range(cfg.n_bases):
         b = int(bases[i])
         found = sf.discover(site.subject(b), disc)
-        m = sf.match_directions(found.directions, dic, k=1, null=sf.NullConfig(n_null=cfg.n_null, seed=site.seed + i))
+        m = sf.match_directions(found.directions, dic, k=1, null=NullConfig(n_null=cfg.n_null, seed=site.seed + i))
         matched += m.latents[:, 0].tolist()
         matched_cos += m.cos[:, 0].tolist()
         matched_p += m.p_value[:, 0].tolist()

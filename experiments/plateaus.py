@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sensfind.configs import Config, check_int
-from sensfind.experiment import PUBLISHED, run_experiment, sized
-from sensfind.kind_scans import plateau_bases, scan_plateaus
-from sensfind.plots import plot_distributions, plot_effect_curves
-from sensfind.pool import split_pool
+from sensfind.lab.experiment import PUBLISHED, run_experiment, sized
+from sensfind.lab.kind_scans import plateau_bases, scan_plateaus
+from sensfind.reporting.plots import plot_distributions, plot_effect_curves
+from sensfind.lab.pool import split_pool
 from sensfind.runio import save_json, save_tensors
-from sensfind.scan import step_grid
-from sensfind.stats import fmt, table
+from sensfind.core.scan import step_grid
+from sensfind.lab.stats import fmt, table
 
 NAME = "plateaus"
 

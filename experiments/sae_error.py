@@ -2,7 +2,7 @@
 
 Next-token KL on real bases: (1) ``x`` replaced by its reconstruction ``x̂`` against ``x + ε``, ``|ε| = |x - x̂|``,
 isotropic (Gurnee) or covariance-shaped (Lee & Heimersheim); (2) L0-preserving noise on ``x̂``'s latents
-(``sensfind.latents.latent_noise``) against a random move of the same size, both against the output at ``x̂``.
+(``sensfind.lab.latents.latent_noise``) against a random move of the same size, both against the output at ``x̂``.
 
 Claim tested: the SAE reconstruction costs 2.2-4.5x the KL of a same-norm isotropic error (GPT-2,
 Gurnee); the ratio shrinks against the covariance-shaped baseline; latent noise beats random noise.
@@ -17,13 +17,13 @@ import sys
 from dataclasses import dataclass
 
 from sensfind.configs import Config, check_int
-from sensfind.experiment import PUBLISHED, run_experiment, sized
-from sensfind.plots import plot_sae_errors
-from sensfind.pool import split_pool
-from sensfind.pool_sae import dictionary_info
-from sensfind.reconstruction import measure_sae_errors
+from sensfind.lab.experiment import PUBLISHED, run_experiment, sized
+from sensfind.reporting.plots import plot_sae_errors
+from sensfind.lab.pool import split_pool
+from sensfind.lab.pool_sae import dictionary_info
+from sensfind.lab.reconstruction import measure_sae_errors
 from sensfind.runio import save_json, save_tensors
-from sensfind.stats import table
+from sensfind.lab.stats import table
 
 NAME = "sae_error"
 

@@ -19,14 +19,14 @@ import sys
 from dataclasses import dataclass
 
 from sensfind.configs import Config, check_int
-from sensfind.experiment import PUBLISHED, run_experiment, sized
-from sensfind.kind_scans import (REFERENCE, SAE_KINDS, DirectionKinds, check_direction_kinds, resolve_direction_kinds,
+from sensfind.lab.experiment import PUBLISHED, run_experiment, sized
+from sensfind.lab.kind_scans import (REFERENCE, SAE_KINDS, DirectionKinds, check_direction_kinds, resolve_direction_kinds,
                                  scan_direction_kinds)
-from sensfind.plots import plot_distributions
-from sensfind.pool import split_pool
+from sensfind.reporting.plots import plot_distributions
+from sensfind.lab.pool import split_pool
 from sensfind.runio import save_json, save_tensors
-from sensfind.scan import step_grid
-from sensfind.stats import fmt, table
+from sensfind.core.scan import step_grid
+from sensfind.lab.stats import fmt, table
 
 NAME = "sensitive_directions"
 

@@ -18,13 +18,13 @@ import sys
 from dataclasses import dataclass
 
 from sensfind.configs import Config, check_int, check_number
-from sensfind.experiment import run_experiment, sized
-from sensfind.plots import plot_topk
-from sensfind.pool import PUBLISHED_MODEL, split_pool
-from sensfind.pool_sae import dictionary_info
-from sensfind.reconstruction import measure_topk
+from sensfind.lab.experiment import run_experiment, sized
+from sensfind.reporting.plots import plot_topk
+from sensfind.lab.pool import PUBLISHED_MODEL, split_pool
+from sensfind.lab.pool_sae import dictionary_info
+from sensfind.lab.reconstruction import measure_topk
 from sensfind.runio import save_json, save_tensors
-from sensfind.stats import table
+from sensfind.lab.stats import table
 
 NAME = "topk_latents"
 

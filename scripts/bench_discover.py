@@ -33,8 +33,10 @@ import time
 import torch
 
 import sensfind as sf
-from sensfind.blowup import soft_blowup
-from sensfind.toy import ToyConfig, ToyModel
+from sensfind.core import baselines
+from sensfind.core.recovery import recovery
+from sensfind.core.blowup import soft_blowup
+from sensfind.core.toy import ToyConfig, ToyModel
 
 PROMPT = [464, 168, 157, 423, 11, 290, 257, 131, 373, 95]  # 10 ids, valid for every local vocabulary
 
@@ -53,12 +55,12 @@ def bench_gpt2(restarts: int, steps: int, iterations: int, repeats: int, arch: s
     model = sf.load_model(f"random:{arch}", seed=0)
     subject = sf.TransformerSubject(model, PROMPT, hook="blocks.1.hook_resid_pre")
     with torch.no_grad():
-        probe = sf.scan(subject, sf.baselines.isotropic(16, subject.d, seed=1), sf.ScanConfig(steps=2, stop=90.0))
+        probe = sf.scan(subject, baselines.isotropic(16, subject.d, seed=1), sf.ScanConfig(steps=2, stop=90.0))
     tau = 0.5 * float(probe.effects[:, -1].median())
     cfg = sf.DiscoverConfig(restarts=restarts, scan_steps=steps, iterations=iterations, tau=tau,
                             temperature=tau / 10, tol=0.0, final_steps=steps, init="isotropic")  # iterations only
     scan_cfg = cfg.scan_config
-    u = sf.baselines.isotropic(restarts, subject.d, seed=2)
+    u = baselines.isotropic(restarts, subject.d, seed=2)
 
     def plain():
         x = u.clone().requires_grad_(True)
@@ -85,7 +87,7 @@ def bench_gpt2(restarts: int, steps: int, iterations: int, repeats: int, arch: s
 def toy_scores(subject, found, top: int = 20) -> dict:
     """Distinct planted features, recall of the ``top`` most sensitive signed ones, precision, cost."""
     thresholds = subject.signed_thresholds()
-    rec = sf.recovery(found.directions, subject.signed_features(), subject.base)
+    rec = recovery(found.directions, subject.signed_features(), subject.base)
     distinct = set(rec.distinct_features)
     most_sensitive = set(torch.argsort(thresholds, stable=True)[:top].tolist())
     return {
@@ -120,8 +122,8 @@ def bench_toy(seeds: list[int], budgets: list[int], toy: dict, reference: bool) 
 
 
 def bench_smollm2(budget: int, prompt_index: int = 0) -> dict:
-    from sensfind.prompts import load_prompts, prompt_activations
-    from sensfind.scan import real_other_thresholds
+    from sensfind.models.prompts import load_prompts, prompt_activations
+    from sensfind.core.scan import real_other_thresholds
 
     try:
         model = sf.load_model("smollm2-135m")

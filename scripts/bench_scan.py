@@ -7,7 +7,7 @@ A step scans ``directions x angles`` points in sphere mode (default 4 x 64 = 256
 tokenizer). The reference path recomputes the whole prompt from the embedding for every point, with a
 hook that writes the perturbed activation, as the anchors' code does.
 
-FLOPs per point follow the analytic model of ``sensfind.speed`` (GPT-2 small from layer 1 with 10
+FLOPs per point follow the analytic model of ``sensfind.lab.speed`` (GPT-2 small from layer 1 with 10
 tokens: 0.466 GFLOP per point, forward and backward; SmolLM2-135M, ``--model smollm2-135m``: 0.527).
 ``roofline_fraction`` is that FLOP count times the measured points/s, divided by the FLOP/s of a
 representative matmul (``[points, d] @ [d, d_mlp]``) timed in the same run, interleaved with the scan
@@ -50,7 +50,7 @@ import torch
 
 import sensfind
 from sensfind import ScanConfig, TransformerSubject, get_effect, load_model, perturb, scan
-from sensfind.speed import flops_per_point, matmul_gflops, paired_median, peak_rss_gib, timed, tune_malloc
+from sensfind.lab.speed import flops_per_point, matmul_gflops, paired_median, peak_rss_gib, timed, tune_malloc
 
 log = logging.getLogger("bench_scan")
 
@@ -60,7 +60,7 @@ class BenchConfig:
     """What to benchmark.
 
     Attributes:
-        model: ``random:<arch>`` (see ``sensfind.models.LOCAL_ARCHITECTURES``) or a pretrained name.
+        model: ``random:<arch>`` (see ``sensfind.models.loading.LOCAL_ARCHITECTURES``) or a pretrained name.
         hook: the perturbed site (a ``blocks.L.hook_resid_pre`` takes the fast path).
         tokens: prompt length for the headline numbers.
         lengths: prompt lengths for the speedup-vs-length sweep (``tokens`` is added if missing).

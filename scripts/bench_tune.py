@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from sensfind.optimize import DiscoverConfig
+from sensfind.discovery.config import DiscoverConfig
 from sensfind.tuning import SearchSpace, TuneConfig, evaluate, toy_targets, tune
 
 HOLDOUT_SPACE = {"restarts": 16, "iterations": {"type": "int", "low": 10, "high": 60}}

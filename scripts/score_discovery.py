@@ -22,9 +22,9 @@ from pathlib import Path
 
 import sensfind as sf
 from sensfind.errors import error_boundary
-from sensfind.optimize import DiscoverConfig
-from sensfind.prompts import load_prompts, prompt_activations
-from sensfind.scan import real_other_thresholds
+from sensfind.discovery.config import DiscoverConfig
+from sensfind.models.prompts import load_prompts, prompt_activations
+from sensfind.core.scan import real_other_thresholds
 
 
 def score(run: Path, prompts: str, max_cos: float = 0.5) -> dict:

@@ -1,7 +1,7 @@
 """Choose the corpus SAE's expansion and sparsity by measurement.
 
 Collects training activations once (corpus ``train`` split, massive activations excluded, exactly as
-``sensfind.corpus_sae.train_corpus_sae`` does), trains one SAE per configuration with SAELens and
+``sensfind.dictionaries.corpus_sae.train_corpus_sae`` does), trains one SAE per configuration with SAELens and
 measures each on the same held-out windows (``test`` split) with ``sae_quality``. Prints a markdown
 table; ``--json PATH`` writes every number.
 
@@ -18,8 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import sensfind as sf
-from sensfind.corpus_sae import CorpusSAEConfig, clean_activations, sae_quality
-from sensfind.prompts import load_corpus
+from sensfind.dictionaries.corpus_sae import CorpusSAEConfig, clean_activations, sae_quality
+from sensfind.models.prompts import load_corpus
 
 GRID = [  # (expansion, architecture, l1_coefficient, k)
     (4, "standard", 2.0, 0), (8, "standard", 2.0, 0), (16, "standard", 2.0, 0),

@@ -39,7 +39,7 @@ def smollm2():
 @pytest.fixture(scope="module")
 def toy():
     """The ground-truth toy (seed 0), one per test module."""
-    from sensfind.toy import ToyConfig, ToyModel
+    from sensfind.core.toy import ToyConfig, ToyModel
 
     return ToyModel(ToyConfig(seed=0))
 
@@ -48,8 +48,8 @@ def toy():
 def toy_comparison(toy):
     """``compare`` of the toy's first three planted features with a dictionary of all of them plus 8 random
     rows: small sizes, every part (matches, real-other, latent scans, refinement) present."""
-    from sensfind.compare import CompareConfig, compare
-    from sensfind.dictionary import from_tensors
+    from sensfind.comparison.compare import CompareConfig, compare
+    from sensfind.dictionaries.dictionary import from_tensors
 
     subject = toy.subject(0)
     dic = from_tensors(torch.cat([toy.features, torch.randn(8, toy.d, generator=torch.Generator().manual_seed(0))]))

@@ -5,17 +5,17 @@ import json
 
 import pytest
 
-from sensfind.analysis import AnalysisConfig
-from sensfind.cli import main
-from sensfind.compare import CompareConfig
+from sensfind.comparison.analysis import AnalysisConfig
+from sensfind.app.cli import main
+from sensfind.comparison.compare import CompareConfig
 from sensfind.configs import check_int, check_number, config_from_dict
-from sensfind.corpus_sae import CorpusSAEConfig
-from sensfind.demo import DemoConfig, ModelDemoConfig
-from sensfind.dictionary import TrainSAEConfig
-from sensfind.match import NullConfig
-from sensfind.optimize import DiscoverConfig
-from sensfind.scan import ScanConfig
-from sensfind.toy import ToyConfig
+from sensfind.dictionaries.corpus_sae import CorpusSAEConfig
+from sensfind.app.demo import DemoConfig, ModelDemoConfig
+from sensfind.dictionaries.training import TrainSAEConfig
+from sensfind.comparison.match import NullConfig
+from sensfind.discovery.config import DiscoverConfig
+from sensfind.core.scan import ScanConfig
+from sensfind.core.toy import ToyConfig
 from sensfind.tuning import TuneConfig
 
 CONFIGS = [AnalysisConfig, CompareConfig, CorpusSAEConfig, DemoConfig, DiscoverConfig, ModelDemoConfig, NullConfig,

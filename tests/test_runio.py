@@ -17,8 +17,8 @@ def test_non_finite_numbers_are_null_in_every_json_file(tmp_path):
 
 
 def test_matches_json_holds_null_for_an_undefined_z(tmp_path):
-    from sensfind.dictionary import from_tensors
-    from sensfind.match import Matches, NullConfig, match_directions
+    from sensfind.dictionaries.dictionary import from_tensors
+    from sensfind.comparison.match import Matches, NullConfig, match_directions
 
     g = torch.Generator().manual_seed(0)
     dic = from_tensors(torch.randn(20, 8, generator=g))

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from sensfind.dictionary import from_tensors
-from sensfind.specs import (DICTIONARY_KINDS, DIRECTION_KINDS, Spec, dictionary_width, load_dictionary_spec,
-                            parse_spec, spec_alternatives)
+from sensfind.dictionaries.dictionary import from_tensors
+from sensfind.specs import DICTIONARY_KINDS, DIRECTION_KINDS, Spec, dictionary_width, parse_spec, spec_alternatives
+from sensfind.dictionaries.dictionary import load_dictionary_spec
 
 
 def test_parse_spec_splits_kind_and_value():
@@ -69,7 +69,7 @@ def test_bad_model_spec_is_one_line(text, allow_toy, message):
 
 
 def test_load_model_refuses_the_toy_and_bad_specs():
-    from sensfind.models import load_model
+    from sensfind.models.loading import load_model
 
     with pytest.raises(ValueError, match="ground-truth toy"):
         load_model("toy")

@@ -17,15 +17,12 @@ import inspect
 import math
 import re
 import typing
-from dataclasses import dataclass
 from typing import Any, Iterable, TypeVar
 
 import numpy as np
 
-from .effects import EffectName
-from .geometry import Mode
 
-__all__ = ["Config", "EffectConfig", "ObjectiveConfig", "check_bool", "check_choice", "check_int", "check_number", "config_from_dict", "field_choices",
+__all__ = ["Config", "check_bool", "check_choice", "check_int", "check_number", "config_from_dict", "field_choices",
            "field_docs", "is_int", "is_number", "unknown_keys_error"]
 
 C = TypeVar("C")
@@ -158,76 +155,3 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict):
         return config_from_dict(cls, d)
-
-
-@dataclass(frozen=True)
-class EffectConfig(Config):
-    """What is measured along a direction, and when it counts as blown up.
-
-    Attributes:
-        effect: ``kl`` (next-token KL, nats), ``l2`` or ``cos`` (distance of output vectors).
-        tau: effect threshold defining "blown up" (same units as the effect: nats for ``kl``); the
-            threshold step of a direction is where its effect first reaches it.
-    """
-
-    effect: EffectName = "kl"
-    tau: float = 0.5
-
-    def __post_init__(self):
-        from .blowup import check_tau
-        from .effects import get_effect
-
-        get_effect(self.effect)
-        check_tau(self.tau)
-
-
-@dataclass(frozen=True)
-class ObjectiveConfig(EffectConfig):
-    """The effect and threshold, and the path and range along which a direction is scanned.
-
-    Attributes:
-        mode: ``sphere`` (slerp, norm kept; steps are degrees) or ``straight`` (steps are α).
-        start, stop: first and last step. ``None`` means the mode's default: 0–180° for sphere,
-            0–1 for straight (relative), 0–50 for straight (absolute).
-    """
-
-    mode: Mode = "sphere"
-    start: float | None = None
-    stop: float | None = None
-
-    scale = "relative"  # straight mode's step scale; ScanConfig makes it a field
-
-    def __post_init__(self):
-        if self.mode not in ("sphere", "straight"):
-            raise ValueError(f"mode must be 'sphere' or 'straight', got {self.mode!r}")
-        super().__post_init__()
-        lo, hi = self.range
-        for name, v in (("start", lo), ("stop", hi)):
-            if not math.isfinite(v):
-                raise ValueError(f"{name} must be finite, got {v!r}")
-        if not lo < hi:
-            raise ValueError(f"start must be < stop, got start={lo} stop={hi}")
-        if lo < 0:
-            raise ValueError(f"start must be >= 0, got {lo}")
-        if self.mode == "sphere" and hi > 180:
-            raise ValueError(f"sphere-mode angles are in degrees within [0, 180], got stop={hi}")
-
-    @property
-    def range(self) -> tuple[float, float]:
-        """(start, stop) with the mode's defaults filled in."""
-        if self.mode == "sphere":
-            default = (0.0, 180.0)
-        else:
-            default = (0.0, 1.0) if self.scale == "relative" else (0.0, 50.0)
-        lo = default[0] if self.start is None else float(self.start)
-        hi = default[1] if self.stop is None else float(self.stop)
-        return lo, hi
-
-    @property
-    def unit(self) -> str:
-        return "deg" if self.mode == "sphere" else ("alpha (x |x0|)" if self.scale == "relative" else "alpha")
-
-    @property
-    def axis_label(self) -> str:
-        """Label for the step axis of a figure."""
-        return "angle θ (deg)" if self.mode == "sphere" else f"step α ({self.unit})"

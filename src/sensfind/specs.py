@@ -18,11 +18,10 @@ what is allowed when it is not; the loaders for the kinds that mean the same eve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Mapping
 
 __all__ = ["DICTIONARY_KINDS", "DIRECTION_KINDS", "DEFAULT_SAE_RELEASE", "MODEL_ALTERNATIVES", "ModelSpec", "Spec",
-           "check_dictionary_dir", "dictionary_width", "load_dictionary_dir", "load_dictionary_spec", "parse_model_spec",
+           "dictionary_width", "parse_model_spec",
            "parse_spec", "spec_alternatives"]
 
 # kind -> what follows the colon ("" for a bare kind)
@@ -30,6 +29,12 @@ DICTIONARY_KINDS: Mapping[str, str] = {"pretrained": "RELEASE[/SAE_ID]", "disk":
 DIRECTION_KINDS: Mapping[str, str] = {"random": "N", "file": "PATH", "targets": "PATH|builtin"}
 DEFAULT_SAE_RELEASE = "gpt2-small-res-jb"
 TOY = "toy"
+
+# Architectures we can build without downloading anything. Keys are the part after "random:".
+LOCAL_ARCHITECTURES: dict[str, dict] = {
+    "gpt2": dict(n_layers=12, d_model=768, n_ctx=1024, d_head=64, n_heads=12, d_mlp=3072, d_vocab=50257),
+    "tiny": dict(n_layers=3, d_model=64, n_ctx=256, d_head=16, n_heads=4, d_mlp=256, d_vocab=512),
+}
 SMOLLM2 = "smollm2-135m"
 TRANSFORMER_ALTERNATIVES = (f"random:ARCH (a local architecture with random weights), gguf:PATH, {SMOLLM2} "
                             "or a TransformerLens model name such as gpt2")
@@ -81,7 +86,6 @@ class ModelSpec:
 def parse_model_spec(text, what: str = "model", allow_toy: bool = True) -> ModelSpec:
     """Classify a model name; ``ValueError`` naming the bad value and what is allowed. ``allow_toy=False``
     refuses ``toy`` (callers that need a transformer)."""
-    from .models import LOCAL_ARCHITECTURES
 
     allowed = MODEL_ALTERNATIVES if allow_toy else TRANSFORMER_ALTERNATIVES
     if not isinstance(text, str) or not text.strip():
@@ -113,34 +117,3 @@ def dictionary_width(spec: Spec, what: str = "--dictionary") -> int | None:
     if not spec.value.isdigit() or int(spec.value) < 1:
         raise ValueError(f"{what} train:D_SAE needs an integer width >= 1, got {spec.value!r}")
     return int(spec.value)
-
-
-def check_dictionary_dir(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.is_dir():
-        raise ValueError(f"SAE directory {str(path)!r} does not exist" if not p.exists()
-                         else f"SAE directory {str(path)!r} is not a directory")
-    return p
-
-
-def load_dictionary_dir(path: str | Path):
-    """A dictionary from a directory: written by ``Dictionary.save`` or in SAELens format."""
-    from .dictionary import Dictionary, load_from_disk
-
-    p = Path(path)
-    if (p / "dictionary.json").is_file():
-        return Dictionary.load(p)
-    return load_from_disk(p)
-
-
-def load_dictionary_spec(spec: Spec, hook: str | None = None):
-    """The dictionary of a ``pretrained:`` or ``disk:`` spec. ``pretrained:`` defaults to the
-    ``gpt2-small-res-jb`` release and to ``hook`` as the SAE id. Other kinds need the caller's activations."""
-    if spec.kind == "pretrained":
-        from .dictionary import load_pretrained
-
-        release, _, sae_id = spec.value.partition("/")
-        return load_pretrained(release or DEFAULT_SAE_RELEASE, sae_id or hook or "blocks.1.hook_resid_pre")
-    if spec.kind == "disk":
-        return load_dictionary_dir(check_dictionary_dir(spec.value))
-    raise ValueError(f"a {spec.kind!r} dictionary is built by the caller, not loaded from a spec")

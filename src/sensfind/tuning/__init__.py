@@ -6,7 +6,7 @@ A trial draws a ``DiscoverConfig`` from a search space, runs discovery on every 
 scores what it found:
 
 * on the toy (ground truth, ``--model toy``, subjects are ``ToyConfig`` seeds):
-  ``reached`` = fraction of restarts that reach a planted feature (``sensfind.recovery``), or
+  ``reached`` = fraction of restarts that reach a planted feature (``sensfind.core.recovery``), or
   ``distinct`` = number of distinct planted features reached, averaged over subjects;
 * with an SAE dictionary (``--model random:tiny --sae DIR``, subjects are prompt indices):
   ``sae`` = fraction of the distinct optima whose best decoder match is significant
@@ -87,16 +87,15 @@ user attributes, and the study goes on.
 
 from __future__ import annotations
 
-from ._cli import add_tune_parser, cmd_tune, config_from_args, main
-from ._config import TuneConfig
-from ._results import TuneResult, save_plots
-from ._space import ParamSpec, SearchSpace
-from ._space import _DEFAULT_SPACE, _apply  # noqa: F401  (internals the tests check)
-from ._storage import StorageError, StudyMismatchError, open_storage, open_study, storage_url
-from ._storage import _targets  # noqa: F401
-from ._study import tune
-from ._targets import REPORTS_PER_SUBJECT, Evaluation, Metric, Target, evaluate, sensitive_target, toy_targets
-from ._targets import _Probe, transformer_targets  # noqa: F401  (_Probe: tested)
+from sensfind.tuning._cli import add_tune_parser, cmd_tune, config_from_args, main
+from sensfind.tuning._config import TuneConfig
+from sensfind.tuning._results import TuneResult, save_plots
+from sensfind.tuning._space import ParamSpec, SearchSpace
+from sensfind.errors import StorageError, StudyMismatchError
+from sensfind.tuning._storage import open_storage, open_study, storage_url
+from sensfind.tuning._study import tune
+from sensfind.tuning._targets import REPORTS_PER_SUBJECT, Evaluation, Metric, Target, evaluate, sensitive_target, toy_targets
+from sensfind.tuning._targets import transformer_targets
 
 __all__ = [
     "ParamSpec",

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import optuna
 
-from .. import flags
-from ..errors import error_boundary
-from ..flags import add_config_args, load_config_file
-from ..runio import check_output_dir
-from ._config import TuneConfig
-from ._space import SearchSpace
-from ._study import tune
+from sensfind import flags
+from sensfind.errors import error_boundary
+from sensfind.flags import add_config_args, load_config_file
+from sensfind.runio import check_output_dir
+from sensfind.tuning._config import TuneConfig
+from sensfind.tuning._space import SearchSpace
+from sensfind.tuning._study import tune
 
 
 _DESCRIPTION = "Tuning discovery settings with Optuna: each trial runs ``discover`` with suggested settings."

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 
-from ..configs import Config, check_int, is_number
-from ..specs import parse_model_spec
-from ._space import SearchSpace
-from ._targets import _METRICS, Metric
+from sensfind.configs import Config, check_int, is_number
+from sensfind.specs import parse_model_spec
+from sensfind.tuning._space import SearchSpace
+from sensfind.tuning._targets import _METRICS, Metric
+from sensfind.models.loading import resolve_device
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,6 @@ class TuneConfig(Config):
             raise ValueError(f"pruner must be 'auto', 'median' or 'none', got {self.pruner!r}")
         if self.pruner == "median" and self.multi_objective:
             raise ValueError("Optuna does not support pruning in multi-objective studies; use pruner 'auto' or 'none'")
-        from ..models import resolve_device
 
         resolve_device(self.device)  # an unknown or unavailable device fails here, before any work
         object.__setattr__(self, "subjects", tuple(self.subjects))

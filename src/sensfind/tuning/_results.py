@@ -12,9 +12,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..runio import Result, load_json, save_json, save_result, write_atomic
-from ._config import TuneConfig
-from ._storage import _SETTINGS_ATTR, _display_url
+from sensfind.runio import Result, load_json, save_json, save_result, write_atomic
+from sensfind.tuning._config import TuneConfig
+from sensfind.tuning._storage import _SETTINGS_ATTR, _display_url
 
 log = logging.getLogger("sensfind.tuning")
 
@@ -163,11 +163,11 @@ def _row(t: FrozenTrial) -> dict:
 def save_plots(study: optuna.Study, out: str | Path, metric: str) -> list[Path]:
     """Optimisation history, parameter importances, intermediate values (pruning) and the Pareto front
     (multi-objective) as PNG files; a plot that the study cannot support yet is skipped with a log line."""
-    import matplotlib
+    import matplotlib  # lazy: only figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as vis
+    import matplotlib.pyplot as plt  # lazy: only figures need it
+    from optuna.visualization import matplotlib as vis  # lazy: slow to import, only tuning needs it
 
     out = Path(out)
     multi = len(study.directions) > 1

@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 import optuna
 
-from ..configs import ObjectiveConfig, field_choices, is_number
-from ..optimize import DiscoverConfig
+from sensfind.core.objective_config import ObjectiveConfig
+from sensfind.configs import field_choices, is_number
+from sensfind.discovery.config import DiscoverConfig
+from sensfind.runio import read_text
 
 
 ParamType = Literal["float", "int", "categorical", "fixed"]
@@ -206,7 +208,6 @@ class SearchSpace:
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
         """A JSON (or ``.yaml``/``.yml``) space file merged onto the default space."""
-        from ..runio import read_text
 
         path = Path(path)
         text = read_text(path, "search space file")

@@ -9,26 +9,19 @@ from pathlib import Path
 
 import optuna
 
-from ._config import TuneConfig
-from ._space import SearchSpace
-from ._targets import Target, toy_targets, transformer_targets
+from sensfind.errors import StorageError, StudyMismatchError
+from sensfind.tuning._config import TuneConfig
+from sensfind.tuning._space import SearchSpace
+from sensfind.tuning._targets import Target, toy_targets, transformer_targets
 
 log = logging.getLogger("sensfind.tuning")
 
 _SETTINGS_ATTR = "sensfind"
 
 
-class StorageError(ValueError):
-    """The study storage cannot be opened (unreachable server, missing driver, bad URL)."""
-
-
-class StudyMismatchError(ValueError):
-    """A study of that name exists with other directions or settings."""
-
-
 def _display_url(url: str) -> str:
     try:
-        from sqlalchemy.engine import make_url
+        from sqlalchemy.engine import make_url  # lazy: only a SQL study storage needs it
 
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - only for messages

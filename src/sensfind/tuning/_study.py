@@ -13,13 +13,14 @@ from typing import Sequence
 import optuna
 from optuna.trial import TrialState
 
-from ..optimize import NonFiniteOutputError, _round_cost
-from ..runio import check_output_dir
-from ._config import TuneConfig
-from ._results import TuneResult
-from ._space import SearchSpace
-from ._storage import _targets, open_study, storage_url
-from ._targets import Target, _Stop, evaluate
+from sensfind.errors import NonFiniteOutputError
+from sensfind.discovery.rounds import round_cost
+from sensfind.runio import check_output_dir
+from sensfind.tuning._config import TuneConfig
+from sensfind.tuning._results import TuneResult
+from sensfind.tuning._space import SearchSpace
+from sensfind.tuning._storage import _targets, open_study, storage_url
+from sensfind.tuning._targets import Target, _Stop, evaluate
 
 log = logging.getLogger("sensfind.tuning")
 
@@ -38,7 +39,7 @@ class _Objective:
         except ValueError as exc:
             return self._fail(trial, f"invalid settings: {exc}", 0)
         trial.set_user_attr("discover_config", discover_config.to_dict())
-        cost = _round_cost(discover_config)
+        cost = round_cost(discover_config)
         if discover_config.max_points is not None and discover_config.max_points < cost:
             return self._fail(trial, f"invalid settings: max_points={discover_config.max_points} cannot pay for one "
                                      f"restart ({cost} scan points)", 0)

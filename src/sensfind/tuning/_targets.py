@@ -10,12 +10,20 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from ..geometry import effective_directions, is_base, reject
-from ..optima import Discovery, cluster_directions, distinct_sensitive
-from ..optimize import DiscoverConfig, discover
-from ..specs import load_dictionary_dir
-from ..scan import scan
-from ..subjects import Subject
+from sensfind.core.geometry import effective_directions, is_base, reject
+from sensfind.discovery.optima import Discovery, cluster_directions, distinct_sensitive
+from sensfind.discovery.config import DiscoverConfig
+from sensfind.discovery.loop import discover
+from sensfind.dictionaries.dictionary import load_dictionary_dir
+from sensfind.core.subject import Subject
+from sensfind.core.scan import real_other_thresholds
+from sensfind.core.recovery import recovery
+from sensfind.core.toy import ToyConfig, ToyModel
+from sensfind.dictionaries.dictionary import check_compatible
+from sensfind.comparison.match import match_directions
+from sensfind.models.loading import load_model
+from sensfind.models.prompts import load_prompts, prompt_activations
+from sensfind.models.transformer_subject import TransformerSubject
 
 
 REPORTS_PER_SUBJECT = 5
@@ -50,7 +58,6 @@ def sensitive_target(name: str, subject: Subject, others: Tensor) -> Target:
     """A target scored by metric ``sensitive``: distinct optima that blow up before the median of the
     real-other directions towards ``others`` ``[M, d]`` (activations of other inputs at the site), per
     100k scan points. The median is measured with each trial's final scan settings (cached)."""
-    from ..scan import real_other_thresholds
 
     medians: dict[str, float] = {}
 
@@ -67,8 +74,6 @@ def sensitive_target(name: str, subject: Subject, others: Tensor) -> Target:
 
 def toy_targets(seeds: Sequence[int], metric: Metric = "reached", input_index: int = 0) -> list[Target]:
     """One ``ToyModel(ToyConfig(seed=s)).subject(input_index)`` per seed, scored against its planted features."""
-    from ..recovery import recovery
-    from ..toy import ToyConfig, ToyModel
 
     if metric not in ("reached", "distinct", "sensitive"):
         raise ValueError(f"the toy is scored by metric 'reached', 'distinct' or 'sensitive', got {metric!r}")
@@ -96,11 +101,6 @@ def transformer_targets(
     """Transformer subjects (one per prompt index) scored by metric ``sae``: the fraction of distinct
     optima whose best match in the SAE dictionary at ``sae`` (a ``Dictionary.save`` or SAELens
     directory) has ``p < p_value``; or by metric ``sensitive`` against the other prompts' activations."""
-    from ..dictionary import check_compatible
-    from ..match import match_directions
-    from ..models import load_model
-    from ..prompts import load_prompts, prompt_activations
-    from ..subjects import TransformerSubject
 
     model = load_model(model_name, seed=seed, device=device)
     texts = load_prompts(prompts, model)  # corpus:N windows need the tokenizer

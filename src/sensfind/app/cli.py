@@ -1,0 +1,279 @@
+"""The ``sensfind`` command line. Each subcommand maps its flags one-to-one onto a config dataclass.
+
+Bad input prints one line (``sensfind: error: ...``) and exits with status 2; nothing half-written
+is left in the results directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+from sensfind.app.jobs import incomplete_dir
+from sensfind.errors import InputFileError, error_boundary
+from sensfind.errors import CLIError
+from sensfind.flags import add_config_args, config_from_args, flag_error, load_config_file
+from sensfind.app.site import DiscoverySiteConfig, SiteConfig
+from sensfind.app.jobs import ScanRunConfig, run_scan
+from sensfind.core.scan import ScanConfig
+from sensfind.discovery.config import DiscoverConfig
+from sensfind.app.jobs import load_run_config
+from sensfind.app.jobs import DiscoverRunConfig, discovery_run_site, run_discover
+from sensfind.core.baselines import load_directions
+from sensfind.comparison.compare import CompareConfig
+from sensfind.app.jobs import CompareRunConfig, run_compare
+from sensfind.discovery.optima import Discovery
+from sensfind.app.demo import DemoConfig, ModelDemoConfig, run_demo, run_model_demo
+from sensfind.runio import check_output_dir
+from sensfind.tuning import add_tune_parser
+
+__all__ = ["CLIError", "build_parser", "incomplete_dir", "main"]
+
+
+def site_from_args(cls, args, **fixed):
+    """The config ``cls`` of flags that carry their defaults (the site, the run-level settings), then
+    ``fixed``; a bad value is one line naming its flag."""
+    try:
+        return cls.from_dict({f.name: getattr(args, f.name) for f in dataclasses.fields(cls)} | fixed)
+    except ValueError as exc:
+        raise flag_error(exc, {f.name for f in dataclasses.fields(cls)}) from None
+
+
+def _out(args, command: str) -> Path:
+    return Path(args.out) if args.out else Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _from_file(cls, args, key: str, **fixed):
+    """``cls`` from the ``--config`` file (if any) overridden by the flags, then by ``fixed``."""
+    return config_from_args(cls, args, load_config_file(args.config, key),
+                            f"--config {args.config!r}" if args.config else "the flags", fixed)
+
+
+def cmd_scan(args) -> int:
+    site = site_from_args(SiteConfig, args)
+    job = site_from_args(ScanRunConfig, args)
+    config = _from_file(ScanConfig, args, "scan")
+    out = _out(args, "scan")
+    s = run_scan(site, config, out, job.directions, job.path, args.overwrite).summary
+    med = s.get("threshold_median")
+    print(f"scanned {s['n_directions']} directions x {s['n_steps']} steps in {s['seconds']:.2f}s; "
+          f"threshold reached by {s['n_reached']}" + (f", median {med:.3g} {config.unit}" if med is not None else "")
+          + f" -> {out}")
+    return 0
+
+
+def _given_dests(args) -> set[str]:
+    """Options given on the command line: those spelled out in argv, and any whose value is not the default."""
+    spelled = {tok[2:].split("=", 1)[0].replace("-", "_") for tok in getattr(args, "argv", []) if tok.startswith("--")}
+    defaults = vars(build_parser().parse_args([args.command]))
+    return {k for k, v in vars(args).items() if k in spelled or (k in defaults and defaults[k] != v)}
+
+
+def _resume_conflicts(saved: dict, args) -> list[str]:
+    """``key (saved X, given Y)`` for each setting given with --resume that differs from the run's own."""
+
+    given = _given_dests(args)
+    fields = {f.name: f for f in dataclasses.fields(DiscoverConfig)}
+    wanted = dict(load_config_file(args.config, "discover")) if args.config else {}
+    for name in given & (set(fields) - {"seed"}):  # --seed is a site flag, compared below
+        v = getattr(args, name)
+        if v is not None:
+            wanted[name] = (v in (True, "true")) if isinstance(fields[name].default, bool) else v
+    have = saved["discover"]
+    diffs = [f"{k} (saved {have.get(k)!r}, given {v!r})" for k, v in sorted(wanted.items()) if have.get(k) != v]
+    runlevel = {"init_file": saved.get("init_file"), "random_baseline": saved.get("random_baseline", 64)}
+    for k in sorted(given & (set(saved["site"]) | set(runlevel))):
+        old = saved["site"][k] if k in saved["site"] else runlevel[k]
+        if getattr(args, k) != old:
+            diffs.append(f"{k} (saved {old!r}, given {getattr(args, k)!r})")
+    return diffs
+
+
+def _saved_discovery(args, out: Path):
+    """What ``--resume`` continues: the saved run's config.json (``None``: start afresh), or ``"done"``."""
+
+    stage = incomplete_dir(out)
+    if not args.resume:
+        return None
+    if (stage / "checkpoint.pt").is_file():
+        return load_run_config(stage / "config.json", "discover"), stage / "config.json"
+    finished = (out / "config.json").is_file() and (out / "summary.json").is_file()
+    if finished and not args.overwrite:
+        return "done"
+    if not args.overwrite:
+        raise CLIError(f"--resume: no checkpoint to resume from in {str(out)!r} ({str(stage / 'checkpoint.pt')!r} is "
+                       "missing: the run was never started there or stopped before its first checkpoint); run "
+                       "without --resume, or add --overwrite to start over")
+    return (load_run_config(out / "config.json", "discover"), out / "config.json") if finished else None
+
+
+def cmd_discover(args) -> int:
+    site_from_args(DiscoverRunConfig, args)  # refuse bad run-level flags before anything else
+    if args.resume and args.out is None:
+        raise CLIError("--resume needs --out DIR: the run directory to continue")
+    out = _out(args, "discover")
+    saved = _saved_discovery(args, out)
+    if saved == "done":
+        print(f"the run in {out} is already finished; nothing to do (add --overwrite to run it again)")
+        return 0
+    if saved is not None:
+        (saved, path), diffs = saved, _resume_conflicts(saved[0], args)
+        if diffs:
+            raise CLIError(f"--resume continues the run with its own settings; these flags differ from them: "
+                           f"{'; '.join(diffs)}. Drop them, or start a new run")
+        site = discovery_run_site(path, saved)
+        try:
+            config = DiscoverConfig.from_dict(saved["discover"])
+        except (TypeError, ValueError) as exc:
+            raise InputFileError(f"run config {str(path)!r}: {exc}") from None
+        job = site_from_args(DiscoverRunConfig, args, init_file=saved.get("init_file"),
+                             random_baseline=saved.get("random_baseline", args.random_baseline))
+    else:
+        site = site_from_args(DiscoverySiteConfig, args)
+        config = _from_file(DiscoverConfig, args, "discover", seed=site.seed)  # --seed seeds the restarts too
+        job = site_from_args(DiscoverRunConfig, args)
+    if config.init == "given" and job.init_file is None:
+        raise CLIError("--init given needs --init-file PATH (.safetensors/.pt/.npy of shape [restarts, d])")
+    try:
+        run = run_discover(site, config, out, **job.to_dict(), resume=args.resume, overwrite=args.overwrite,
+                           progress=not args.quiet)
+    except ValueError as exc:
+        raise flag_error(exc, {"random_baseline", "checkpoint_every"}) from None
+    found, summary = run.discovery, run.summary
+    budget = f" of {config.max_points}" if config.max_points is not None else ""
+    line = (f"{len(found)} distinct optima from {len(found.restart_directions)} restarts in {found.rounds_run} round(s) "
+            f"({found.points_evaluated}{budget} scan points, stopped: {found.stop_reason}); best blowup "
+            f"{summary['best_blowup']:.3g} {run.final_config.unit} vs random median {summary['random_blowup_median']:.3g}")
+    if "toy_recovery" in summary:
+        tr = summary["toy_recovery"]
+        line += f"; {tr['fraction_reached']:.0%} of restarts reached a planted feature ({tr['n_distinct_features']} distinct)"
+    print(line + f" -> {out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    if (args.run is None) == (args.directions is None):
+        raise CLIError("give exactly one of --run DIR (a discovery run) or --directions FILE")
+    job = site_from_args(CompareRunConfig, args)
+    if args.run is not None:
+        run = Path(args.run)
+        if not (run / "config.json").is_file():
+            raise CLIError(f"--run {str(run)!r} is not a discovery run directory (config.json missing)")
+        site = discovery_run_site(run / "config.json")  # the run's site, whatever the site flags say
+        directions = Discovery.load(run).directions
+    else:
+        site = site_from_args(DiscoverySiteConfig, args)
+        directions = load_directions(args.directions)
+    config = _from_file(CompareConfig, args, "compare", seed=site.seed)
+    out = _out(args, "compare")
+    result = run_compare(site, config, out, directions, dictionary=job.dictionary, overwrite=args.overwrite,
+                         sources={"run": args.run, "directions": args.directions})
+    s = result.comparison.summary()
+    print(f"{len(directions)} directions vs {result.dictionary.n_latents} latents: "
+          f"{s['matches_isotropic']['fraction_significant']:.0%} match a latent at p < {config.alpha}; "
+          f"{s['dictionary_sensitivity']['fraction_local_optima']:.0%} of scanned latents are local optima -> {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    toy = args.model == "toy"
+    cls = DemoConfig if toy else ModelDemoConfig
+    start = (cls.quick() if args.quick else cls()).to_dict() | load_config_file(args.config, "demo")
+    flags = {f.name for c in (DemoConfig, ModelDemoConfig) for f in dataclasses.fields(c)} - {"model"}
+    given = {k: getattr(args, k) for k in sorted(flags) if getattr(args, k, None) is not None}  # others: refused
+    config = config_from_args(cls, argparse.Namespace(), start, f"--config {args.config!r}" if args.config else
+                              "the flags", given | ({} if toy else {"model": args.model}))
+    out = check_output_dir(args.out, args.overwrite)
+    if toy:
+        summary = run_demo(out, config, progress=not args.quiet, overwrite=args.overwrite)
+        print(f"demo: SAE recovers planted features with mean best |cos| {summary['sae_mean_best_cos_to_planted']:.3f}; "
+              f"{summary['restarts_reaching_planted']:.0%} of restarts reached a planted feature "
+              f"({summary['distinct_planted_found']} distinct); {summary['optima_matching_sae']} of "
+              f"{summary['distinct_optima']} optima match an SAE latent (cos >= 0.9, p < {config.compare.alpha}) "
+              f"in {summary['timings']['total_seconds']:.0f}s -> {out / 'report.html'}")
+        return 0
+    s = run_model_demo(out, config, progress=not args.quiet, overwrite=args.overwrite, device=args.device)
+    n = s["n_optima"]
+    print(f"demo: {n} optima on {s['prompt_text']!r}; {s['optima_beating_real_other_median']} of {n} blow up earlier "
+          f"than the real-other median; {s['optima_matching_sae_isotropic']} / {s['optima_matching_sae_covariance']} "
+          f"of {n} match an SAE latent at p < {s['alpha']:g} (isotropic / covariance null) "
+          f"in {s['timings']['total_seconds']:.0f}s -> {out / 'report.html'}")
+    return 0
+
+
+def _run_args(g, command: str, config: str, overwrite: str = "replace a non-empty results directory",
+              out: str | None = None) -> None:
+    g.add_argument("--config", default=None, help=f"JSON file of {config} fields, or a run's config.json (flags "
+                   "override it)")
+    g.add_argument("--out", default=out, help=f"results directory (default {out or f'runs/{command}-TIMESTAMP'})")
+    g.add_argument("--overwrite", action="store_true", help=overwrite)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sensfind", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scan", help="scan effect vs angle/step along directions at a site")
+    add_config_args(p, SiteConfig, defaults=True, title="site")
+    add_config_args(p, ScanRunConfig, defaults=True, title="scan run")
+    _run_args(p.add_argument_group("output"), "scan", "ScanConfig")
+    add_config_args(p, ScanConfig)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("discover", help="optimise directions for sensitivity (restarts on the sphere)")
+    add_config_args(p, DiscoverySiteConfig, defaults=True, title="site")
+    add_config_args(p, DiscoverRunConfig, defaults=True, title="discovery run")
+    g = p.add_argument_group("output")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its checkpoint, with its own settings (flags that "
+                        "differ are refused). On a finished run it does nothing; with --overwrite it runs it again, "
+                        "or starts over where there is no checkpoint")
+    _run_args(g, "discover", "DiscoverConfig", "replace a non-empty run directory")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_args(p, DiscoverConfig, skip=("seed",))  # --seed (site) seeds the restarts too
+    p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("compare", help="compare directions with an SAE dictionary and real-other directions")
+    add_config_args(p, DiscoverySiteConfig, defaults=True, title="site")
+    g = p.add_argument_group("directions (one of)")
+    g.add_argument("--run", default=None, help="a discovery run directory (its site is reused)")
+    g.add_argument("--directions", default=None, help="or a file of directions [N, d]")
+    add_config_args(p, CompareRunConfig, defaults=True, title="comparison run")
+    _run_args(p.add_argument_group("output"), "compare", "CompareConfig")
+    add_config_args(p, CompareConfig, skip=("seed",))
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="offline demo: SmolLM2 corpus prompt -> SAE -> discovery -> comparison -> report")
+    add_config_args(p, ModelDemoConfig, only=("model",), defaults=True, title="demo")
+    add_config_args(p, ModelDemoConfig, skip=("model", "sae", "analysis"), title="demo")  # nested: --config
+    add_config_args(p, DemoConfig, skip=("seed", "input", "n_others", "compare"), title="demo with --model toy")
+    g = p.add_argument_group("demo run")
+    g.add_argument("--device", default="cpu", help="torch device for the real model (default cpu)")
+    g.add_argument("--quick", action="store_true", help="small sizes (seconds instead of minutes)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    _run_args(g, "demo", "ModelDemoConfig (DemoConfig with --model toy)", "replace an existing results directory",
+              out="runs/demo")
+    p.set_defaults(func=cmd_demo)
+    add_tune_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command. Bad input (and unwritable results) print ``sensfind: error: ...`` and exit 2 with
+    nothing half-written; anything else is a bug and keeps its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return error_boundary(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""The commands' work as library functions: ``run_scan``, ``run_discover`` and ``run_compare`` take a site,
+a config and a results directory, write the directory whole (``config.json``, results, figures; nothing
+half-written on failure) and return a named result. The command line only builds their arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from sensfind.configs import Config, check_choice
+from sensfind.errors import InputFileError
+from sensfind.app.site import DiscoverySiteConfig, Site, SiteConfig
+from sensfind.specs import DICTIONARY_KINDS, DIRECTION_KINDS, Spec, dictionary_width, parse_spec
+from sensfind.dictionaries.dictionary import check_dictionary_dir
+from sensfind.core.baselines import isotropic, load_directions
+from sensfind.core.geometry import directions_from_targets, is_base
+from sensfind.models.prompts import load_prompts, prompt_activations
+from sensfind.reporting.plots import plot_effect_curves
+from sensfind.runio import save_json, save_tensors, staged_dir
+from sensfind.core.scan import scan
+from sensfind.runio import load_json
+from sensfind.discovery.loop import discover
+from sensfind.discovery.starts import initial_directions
+from sensfind.discovery.checkpoint import load_checkpoint
+from sensfind.reporting.plots import plot_history
+from sensfind.runio import check_output_dir
+from sensfind.core.recovery import recovery
+from sensfind.dictionaries.training import TrainSAEConfig, train_sae
+from sensfind.dictionaries.dictionary import load_dictionary_spec
+from sensfind.models.prompts import site_activations_all_positions
+from sensfind.comparison.compare import compare
+from sensfind.reporting.report import write_compare_report
+
+log = logging.getLogger("sensfind")
+
+__all__ = ["CompareRun", "CompareRunConfig", "DiscoverRun", "DiscoverRunConfig", "ScanRun", "ScanRunConfig", "check_dictionary_spec", "check_run_settings", "directions_from_spec",
+           "discovery_run_site", "incomplete_dir", "load_run_config", "run_compare", "run_discover", "run_scan",
+           "site_dictionary"]
+
+RANDOM_BASELINE_SEED_OFFSET = 7919  # the isotropic baseline of a discovery run draws apart from the restarts
+TRAIN_SEED_OFFSET = 10  # the toy's stream an SAE of ``train:D_SAE`` is trained on
+TOY_RECOVERY_KEYS = ("threshold", "fraction_reached", "n_distinct_features", "distinct_features")
+
+
+# -- run-level settings (what a command runs on, beside the site and the method's config) ----------------
+
+@dataclass(frozen=True)
+class ScanRunConfig(Config):
+    """What ``sensfind scan`` scans, and along which path.
+
+    Attributes:
+        directions: random:N (isotropic), file:PATH (.safetensors/.pt/.npy [R, d]), targets:builtin or
+            targets:PATH (directions towards other prompts' activations)
+        path: the fast path (prefix cache, last position only) or the reference (full forward with a hook)
+    """
+
+    directions: str = "random:16"
+    path: Literal["fast", "reference"] = "fast"
+
+    def __post_init__(self):
+        parse_spec(self.directions, DIRECTION_KINDS, "directions")
+        check_choice("path", self.path, ("fast", "reference"))
+
+
+@dataclass(frozen=True)
+class DiscoverRunConfig(Config):
+    """The run-level settings of ``sensfind discover`` (saved in its config.json beside the site).
+
+    Attributes:
+        init_file: initial directions for init 'given' (.safetensors/.pt/.npy of shape [restarts, d])
+        random_baseline: isotropic directions scanned finely for comparison with the optima
+        checkpoint_every: iterations between checkpoints (what --resume continues from)
+    """
+
+    init_file: str | None = None
+    random_baseline: int = 64
+    checkpoint_every: int = 10
+
+    def __post_init__(self):
+        if self.init_file is not None and (not isinstance(self.init_file, str) or not self.init_file):
+            raise ValueError(f"init_file must be a file path or None, got {self.init_file!r}")
+        check_run_settings(self.random_baseline, self.checkpoint_every)
+
+
+@dataclass(frozen=True)
+class CompareRunConfig(Config):
+    """The dictionary ``sensfind compare`` compares with.
+
+    Attributes:
+        dictionary: pretrained:RELEASE[/SAE_ID] (hub), disk:PATH (SAELens format) or train:D_SAE (trained on
+            local activations); pretrained:gpt2-small-res-jb takes the SAE at the site's hook
+    """
+
+    dictionary: str = "pretrained:gpt2-small-res-jb"
+
+    def __post_init__(self):
+        check_dictionary_spec(self.dictionary)
+
+
+# -- scan ----------------------------------------------------------------------------------------------
+
+@dataclass
+class ScanRun:
+    """A scan run: the scan, its summary (as in ``results.json``), the direction kind and the directory."""
+
+    scan: object
+    summary: dict
+    direction_kind: str
+    out: Path
+
+
+def directions_from_spec(spec: str, site: SiteConfig, model, subject) -> tuple[Tensor, str]:
+    """``random:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions [R, d], kind)."""
+
+    parsed = parse_spec(spec, DIRECTION_KINDS, "--directions")
+    kind, value = parsed.kind, parsed.value
+    if kind == "random":
+        try:
+            n = int(value or 16)
+        except ValueError as exc:
+            raise ValueError(f"--directions random:N needs an integer N, got {value!r}") from exc
+        if n < 1:
+            raise ValueError(f"--directions random:N needs N >= 1, got {n}")
+        return isotropic(n, subject.d, seed=site.seed), "naive-random"
+    if kind == "file":
+        return load_directions(value), "file"
+    prompts = load_prompts(value or "builtin", model)
+    targets = prompt_activations(model, prompts, subject.hook, site.position)
+    # real-other means *other* prompts: drop targets identical to the base (the subject's own prompt)
+    same = is_base(targets, subject.base)
+    if same.all():
+        raise ValueError(f"every prompt in {value or 'builtin'!r} gives the base activation itself; give other prompts")
+    if same.any():
+        log.info("dropped %d target prompt(s) identical to the subject's prompt", int(same.sum()))
+    return directions_from_targets(subject.base, targets[~same]), "real-other"
+
+
+class _Runner:
+    """A subject view whose ``run`` is a chosen path (fast or reference)."""
+
+    def __init__(self, subject, run):
+        self.base = subject.base
+        self.base_output = getattr(subject, "base_output", None)
+        self.run = run
+
+
+def run_scan(site: SiteConfig, config, out: str | Path, directions: str = "random:16",
+             path: Literal["fast", "reference"] = "fast", overwrite: bool = False) -> ScanRun:
+    """Scan ``site``'s subject along the directions of the spec ``directions`` with ``config`` (a
+    ``ScanConfig``); writes config.json, results.json, tensors.safetensors and effect_vs_step.png."""
+
+    out = Path(out)
+    with staged_dir(out, overwrite=overwrite) as tmp:
+        model = site.load_model()
+        subject = site.subject(model)
+        dirs, kind = directions_from_spec(directions, site, model, subject)
+        use_reference = path == "reference"
+        run = subject.run_reference if use_reference and hasattr(subject, "run_reference") else subject.run
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            result = scan(_Runner(subject, run), dirs, config)
+        seconds = time.perf_counter() - t0
+        summary = result.summary() | {"seconds": seconds, "path": path, "direction_kind": kind}
+        summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
+        save_json(tmp / "config.json", {"command": "scan", "site": site.to_dict(), "scan": config.to_dict(),
+                                        "directions": directions, "path": path})
+        save_json(tmp / "results.json", {"summary": summary, "threshold": result.threshold,
+                                         "threshold_index": result.threshold_index,
+                                         "max_slope_index": result.max_slope_index})
+        save_tensors(tmp / "tensors.safetensors", {"directions": dirs, "steps": result.steps,
+                                                   "effects": result.effects, "base": subject.base})
+        plot_effect_curves(tmp / "effect_vs_step.png", {kind: (result.steps, result.effects)},
+                           xlabel=config.axis_label, effect=config.effect, tau=config.tau,
+                           title=f"{site.model} {site.hook} pos {site.position}: {config.mode} scan")
+    return ScanRun(result, summary, kind, out)
+
+
+# -- discover ------------------------------------------------------------------------------------------
+
+@dataclass
+class DiscoverRun:
+    """A discovery run: the optima, the summary (as in ``summary.json``), the final scans' config and
+    the directory."""
+
+    discovery: object
+    summary: dict
+    final_config: object
+    out: Path
+
+
+def incomplete_dir(out: Path) -> Path:
+    """Where a discovery run into ``out`` works until it is complete: a hidden sibling holding its
+    ``config.json`` and ``checkpoint.pt`` (what ``--resume`` continues from)."""
+    out = Path(out)
+    return out.parent / f".{out.name}.incomplete"
+
+
+def load_run_config(path: Path, key: str | None = None) -> dict:
+    """A run's ``config.json``, checked: a JSON object with a ``site`` object (and ``key``, if given)."""
+
+    data = load_json(path, "run config")
+    if not isinstance(data, dict) or not isinstance(data.get("site"), dict):
+        raise InputFileError(f"run config {str(path)!r} has no 'site' settings; is it the config.json of a "
+                             "sensfind discover run?")
+    if key is not None and not isinstance(data.get(key), dict):
+        raise InputFileError(f"run config {str(path)!r} has no {key!r} settings; is it the config.json of a "
+                             f"sensfind {key} run?")
+    return data
+
+
+def discovery_run_site(path: Path, data: dict | None = None) -> DiscoverySiteConfig:
+    """The site saved in a run's ``config.json`` at ``path`` (``data``: its contents, if already read)."""
+    data = load_run_config(path) if data is None else data
+    try:
+        return DiscoverySiteConfig.from_dict(data["site"])
+    except (TypeError, ValueError) as exc:
+        raise InputFileError(f"run config {str(path)!r}: {exc}") from None
+
+
+def check_run_settings(random_baseline: int = 64, checkpoint_every: int = 10) -> None:
+    """The run-level settings of ``run_discover``; ``ValueError`` naming the bad one."""
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1 (iterations between checkpoints), "
+                         f"got {checkpoint_every}")
+    if not isinstance(random_baseline, int) or isinstance(random_baseline, bool) or random_baseline < 1:
+        raise ValueError(f"random_baseline must be an integer >= 1 (isotropic directions scanned for comparison), "
+                         f"got {random_baseline!r}")
+
+
+def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_file: str | None = None,
+                 random_baseline: int = 64, checkpoint_every: int = 10, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True) -> DiscoverRun:
+    """Discover sensitivity optima at ``site`` with ``config`` (a ``DiscoverConfig``), scan them and
+    ``random_baseline`` isotropic directions finely, and write the run into ``out``.
+
+    The run works in :func:`incomplete_dir` (``out``'s hidden sibling) and checkpoints there every
+    ``checkpoint_every`` iterations; ``resume`` continues from that checkpoint when there is one.
+    A previous complete run in ``out`` is kept until the new one is complete (``overwrite``)."""
+
+    out = Path(out)
+    stage = incomplete_dir(out)
+    resuming = bool(resume and (stage / "checkpoint.pt").is_file())
+    if not resuming and stage.exists() and not overwrite:
+        raise ValueError(f"{str(out)!r} has an interrupted run (in {str(stage)!r}); continue it with --resume, "
+                         "or start over with --overwrite")
+    check_run_settings(random_baseline, checkpoint_every)
+    check_output_dir(out, overwrite=overwrite or resuming)
+    subject, model, others = site.build()
+    init = None
+    if config.init == "given":
+        if init_file is None:
+            raise ValueError("init 'given' needs init_file (.safetensors/.pt/.npy of shape [restarts, d])")
+        init = load_directions(init_file)
+        if init.shape[0] != config.restarts:
+            config = dataclasses.replace(config, restarts=init.shape[0])
+    if config.init in ("given", "covariance"):
+        initial_directions(subject, config, init, others)  # validates init before anything is written
+    if resuming:
+        load_checkpoint(stage / "checkpoint.pt", config, (config.restarts, subject.base.shape[0]))
+    elif stage.exists():
+        shutil.rmtree(stage)  # overwrite: an interrupted run is started over
+    # everything is validated: from here on the run is written, into the stage, then moved into place
+
+    def keep(exc: BaseException) -> bool:  # an interrupted run keeps its checkpoint for --resume
+        return resuming or not isinstance(exc, Exception)
+
+    with staged_dir(out, overwrite=True, stage=stage, keep=keep) as tmp:
+        if not resuming:
+            save_json(tmp / "config.json", {"command": "discover", "site": site.to_dict(), "discover": config.to_dict(),
+                                            "init_file": init_file, "random_baseline": random_baseline})
+        found = discover(subject, config, init_directions=init, activations=others, progress=progress,
+                         checkpoint=tmp / "checkpoint.pt", checkpoint_every=checkpoint_every, resume=resuming)
+        found.save(tmp, overwrite=True)  # beside the run's config.json and checkpoint
+        plot_history(tmp / "objective.png", found.history)
+        final_cfg = config.final_scan_config
+        with torch.no_grad():
+            random_dirs = isotropic(random_baseline, subject.base.shape[0], seed=site.seed + RANDOM_BASELINE_SEED_OFFSET,
+                                    dtype=subject.base.dtype)
+            rand = scan(subject, random_dirs, final_cfg)
+            # the optima's curves come from the final scan that measured them (a resumed old checkpoint: scan)
+            opt = found.final_effects if found.final_effects is not None else scan(subject, found.directions,
+                                                                                     final_cfg).effects
+        plot_effect_curves(tmp / "effect_vs_angle.png",
+                           {"naive-random": (rand.steps, rand.effects), "discovered optima": (rand.steps, opt)},
+                           xlabel=final_cfg.axis_label, effect=config.effect, tau=config.tau,
+                           title=f"{site.model}: sensitivity optima vs isotropic random directions")
+        summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
+                   "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
+                   "random_blowup_median": float(rand.threshold.median()),
+                   "random_reached": int(torch.isfinite(rand.threshold).sum()),
+                   "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
+                   "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
+        summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
+        if site.is_toy:
+
+            rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
+            summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in TOY_RECOVERY_KEYS}
+        save_json(tmp / "summary.json", summary)
+        (tmp / "checkpoint.pt").unlink(missing_ok=True)
+    return DiscoverRun(found, summary, final_cfg, out)
+
+
+# -- compare -------------------------------------------------------------------------------------------
+
+@dataclass
+class CompareRun:
+    """A comparison run: the comparison, the directions compared, the dictionary and the directory."""
+
+    comparison: object
+    directions: Tensor
+    dictionary: object
+    out: Path
+
+
+def check_dictionary_spec(text: str) -> Spec:
+    """Refuse a malformed dictionary spec before any work; the parsed ``Spec``."""
+    spec = parse_spec(text, DICTIONARY_KINDS, "--dictionary")
+    if spec.kind == "disk":
+        check_dictionary_dir(spec.value)
+    if spec.kind == "train":
+        dictionary_width(spec)
+    return spec
+
+
+def site_dictionary(text: str, site: DiscoverySiteConfig, built: Site):
+    """``pretrained:RELEASE[/SAE_ID]`` | ``disk:PATH`` | ``train:D_SAE`` -> Dictionary. ``train`` fits an SAE
+    on the site's activations: the toy's inputs, or every position of the site's prompts."""
+
+    spec = check_dictionary_spec(text)
+    subject, model = built.subject, built.model
+    if spec.kind != "train":
+        return load_dictionary_spec(spec, getattr(subject, "hook", None))
+    d_sae = dictionary_width(spec) or 4 * subject.base.shape[0]
+    if model is None:  # the toy: train on its own inputs
+        acts, hook = subject.model.sample(20000, seed=site.seed + TRAIN_SEED_OFFSET).acts, None
+    else:
+
+        acts = site_activations_all_positions(model, load_prompts(site.prompts, model), subject.hook)
+        hook = subject.hook
+    return train_sae(acts, hook, d_sae, seed=site.seed, config=TrainSAEConfig(batch_size=min(256, acts.shape[0])),
+                     cache_dir=Path.home() / ".cache" / "sensfind")
+
+
+def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: Tensor, *,
+                dictionary: str = "pretrained:gpt2-small-res-jb", sources: dict | None = None,
+                overwrite: bool = False) -> CompareRun:
+    """Compare ``directions`` ``[N, d]`` at ``site`` with the dictionary of the spec ``dictionary`` and the
+    real-other directions (``config``: a ``CompareConfig``); writes the comparison, config.json (with
+    ``sources``: where the directions came from) and report.html."""
+
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    check_dictionary_spec(dictionary)
+    with staged_dir(out, overwrite=overwrite) as tmp:
+        built = site.build()
+        dic = site_dictionary(dictionary, site, built)
+        result = compare(built.subject, directions, dic, built.others, config,
+                         hook_name=getattr(built.subject, "hook", None))
+        result.save(tmp)
+        save_json(tmp / "config.json", {"command": "compare", "site": site.to_dict(), "compare": config.to_dict(),
+                                        "dictionary": dictionary} | (sources or {}))
+        write_compare_report(tmp, result, f"sensfind compare: {site.model} vs {dic.source}")
+    return CompareRun(result, directions, dic, out)

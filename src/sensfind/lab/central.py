@@ -1,0 +1,278 @@
+"""The central result: discovery and comparison on a real model over many corpus prompts.
+
+Each prompt (a test-split corpus window whose base is not a massive activation) gets the demo's analysis
+(``sensfind.comparison.analysis.analyse_prompt``: discovered optima against isotropic, cov-random and real-other
+directions and the SAE's active and inactive latents; matches; refinement), saved under
+``prompts/NNN/``. :func:`aggregate` pools them into ``results.json``, figures and ``report.html``. Work
+can be split over processes (``shard``) and a stopped run continues where it left off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from sensfind.models.loading import load_model
+from sensfind.comparison.analysis import KINDS, AnalysisConfig, PromptAnalysis
+from sensfind.configs import Config, check_int
+from sensfind.runio import save_json
+from sensfind.app.demo import ModelDemoConfig
+from sensfind.comparison.analysis import massive_last_token
+from sensfind.models.prompts import prompt_activations
+from sensfind.dictionaries.corpus_sae import clean_activations
+from sensfind.dictionaries.corpus_sae import train_corpus_sae
+from sensfind.models.prompts import load_corpus
+from sensfind.comparison.analysis import analyse_prompt
+from sensfind.models.transformer_subject import TransformerSubject
+from sensfind.lab.stats import ks
+from sensfind.comparison.cards import build_cards
+from sensfind.reporting.plots import plot_boxes
+from sensfind.reporting.report import _bands, analysis_figures, card_view, refinement_table, render_report, table, threshold_table
+
+__all__ = ["CENTRAL", "CHUNK", "SMOKE", "CentralConfig", "aggregate", "analyse_prompts", "contexts", "pooled_results",
+           "prompts_and_others", "settings"]
+
+log = logging.getLogger("sensfind.lab.central")
+CHUNK = 1024  # points per forward call: on CPU the per-call cost dominates the per-point cost
+# per-prompt sizes: the demo's (AnalysisConfig defaults), so the demo is one prompt of this run
+CENTRAL = AnalysisConfig()
+SMOKE = AnalysisConfig(max_points=None, restarts=2, iterations=2, scan_steps=6, n_random=4, n_cov=4, n_real_other=4,
+                       max_active=2, n_inactive=2, n_refine=1, refine_iterations=1, curve_steps=10, stop=90.0, n_null=100)
+
+
+@dataclass(frozen=True)
+class CentralConfig(Config):
+    """What the central run covers and where it is written.
+
+    Attributes:
+        model: the pretrained model
+        out: run directory
+        prompts: corpus prompts analysed
+        seed: seeds the prompts, the SAE and the analyses
+        shard: I/N: this process does prompts i with i % N == I
+        reverse: take this shard's prompts last first (a second worker)
+        aggregate: only aggregate the prompts already in out
+        no_cards: aggregate without the first prompt's cards (no model load)
+        smoke: tiny sizes and the demo's quick SAE (for tests)
+        cache_dir: default: sensfind's cache ($SENSFIND_CACHE or ~/.cache/sensfind)
+    """
+
+    model: str = "smollm2-135m"
+    out: str = "runs/central"
+    prompts: int = 20
+    seed: int = 0
+    shard: str = "0/1"
+    reverse: bool = False
+    aggregate: bool = False
+    no_cards: bool = False
+    smoke: bool = False
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        check_int("prompts", self.prompts, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        index, _, count = self.shard.partition("/")
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+            raise ValueError(f"shard must be I/N with 0 <= I < N, got {self.shard!r}")
+
+    @property
+    def shard_index(self) -> tuple[int, int]:
+        index, _, count = self.shard.partition("/")
+        return int(index), int(count)
+
+
+def settings(config: CentralConfig):
+    """The demo's settings (site, SAE, contexts) and the per-prompt analysis sizes of this run."""
+
+    demo = (ModelDemoConfig.quick(model=config.model, seed=config.seed) if config.smoke
+            else ModelDemoConfig(model=config.model, seed=config.seed))
+    return demo, replace(SMOKE if config.smoke else CENTRAL, seed=config.seed)
+
+
+def prompts_and_others(model, corpus, demo, n: int, n_others: int):
+    """``n`` test-split windows whose base is not a massive activation (and how many were skipped), and
+    the last-token activations ``[n_others, d]`` of further test windows (real-other targets)."""
+
+    windows = corpus.windows(3 * n + n_others + 10, demo.prompt_length, seed=demo.seed, split="test")
+    massive = massive_last_token(model, windows, demo.hook)
+    ok = torch.nonzero(~massive)[:, 0]
+    chosen = [windows[i].tolist() for i in ok[:n].tolist()]
+    skipped = int(massive[: int(ok[n - 1]) + 1].sum())
+    rest = [windows[i].tolist() for i in ok[n:].tolist()][-n_others:]
+    return chosen, skipped, prompt_activations(model, rest, demo.hook)
+
+
+def contexts(model, corpus, demo):
+    """The demo's context windows and their site activations, massive ones excluded (the covariance pool
+    and the cards' top contexts)."""
+
+    tokens = corpus.windows(demo.context_windows, demo.context_length, seed=demo.seed + 2, split="train")
+    return tokens, clean_activations(model, tokens, demo.hook, demo.sae.max_norm_ratio, demo.sae.exclude_first)
+
+
+def _load(config: CentralConfig, demo):
+    model = load_model(config.model)
+    corpus = load_corpus(model)
+    return model, corpus, train_corpus_sae(model, demo.sae, cache_dir=config.cache_dir or True)
+
+
+def analyse_prompts(config: CentralConfig, argv: list[str] | None = None) -> None:
+    """Write ``config.json`` and analyse this shard's prompts that are not done (nor started by another worker)."""
+
+    out = Path(config.out)
+    demo, acfg = settings(config)
+    index, count = config.shard_index
+    log.info("loading %s, the corpus and the SAE", config.model)
+    model, corpus, sae = _load(config, demo)
+    n_others = max(acfg.n_real_other, 64 if not config.smoke else 8)
+    prompts, skipped, others = prompts_and_others(model, corpus, demo, config.prompts, n_others)
+    pool = contexts(model, corpus, demo)[1].acts
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "config.json", {"command": "scripts/central_result.py", "argv": argv or [], "model": config.model,
+                                    "demo": demo.to_dict(), "analysis": acfg.to_dict(), "prompts": prompts,
+                                    "prompts_skipped_massive": skipped, "n_others": len(others),
+                                    "sae": {"source": sae.source, "d_sae": sae.n_latents, "quality": sae.info["quality"],
+                                            "exclusion": sae.info["exclusion"]}})
+    order = [i for i in range(len(prompts)) if i % count == index]
+    for i in reversed(order) if config.reverse else order:
+        d = out / "prompts" / f"{i:03d}"
+        if _analysed(d) or (d / "started").is_file():  # done, or another worker is on it
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "started").touch()
+        t = time.perf_counter()
+        a = analyse_prompt(TransformerSubject(model, prompts[i], hook=demo.hook, chunk_size=CHUNK), sae, others, pool, acfg)
+        a.save(d, overwrite=True)  # beside the started marker
+        s = a.summary()
+        log.info("prompt %d/%d %r: %d optima, median threshold optima %s / real-other %s deg, %d match (iso) in %.0f s",
+                 i + 1, len(prompts), model.tokenizer.decode(prompts[i]), len(a.discovery), s["kinds"]["optima"]["median_deg"],
+                 s["kinds"]["real-other"]["median_deg"], s["matches_isotropic"]["n_significant"], time.perf_counter() - t)
+
+
+def _analysed(d: Path) -> bool:
+    """A prompt's directory holds its finished analysis (``analysis.pt``: runs from before it loaded back)."""
+    return (d / PromptAnalysis.MARKER).is_file() or (d / "analysis.pt").is_file()
+
+
+def _ks(a, b, cap: float) -> dict:
+    r = ks(a, b, cap)
+    return {"statistic": r["statistic"], "p_value": r["pvalue"]}
+
+
+def _median(t) -> float | None:
+    f = t[torch.isfinite(t)]
+    return float(f.median()) if f.numel() else None
+
+
+def pooled_results(analyses: list, prompts_skipped: int) -> dict:
+    """The numbers of ``results.json``: threshold angles pooled over prompts and compared by KS tests
+    (not reached counted beyond the scan), matches, refinement and timing."""
+    cap = float(analyses[0].steps[-1]) + 1.0
+    pooled = {k: torch.cat([a.threshold(k) for a in analyses]) for k in KINDS}
+    sig = {k: [a.significant(k) for a in analyses] for k in ("isotropic", "covariance")}
+    best = torch.cat([a.matches["isotropic"].cos[:, 0].abs() for a in analyses])
+    ref = [a.refinement for a in analyses if a.refinement is not None]
+    r_cos, r_b0, r_b1 = (torch.cat([getattr(r, name) for r in ref]).double() if ref else torch.empty(0)
+                         for name in ("cos_start_end", "blowup_start", "blowup_end"))
+    fin = torch.isfinite(r_b0) & torch.isfinite(r_b1)
+    per_prompt = {k: torch.tensor([_median(a.threshold(k)) or math.inf for a in analyses]) for k in ("optima", "real-other")}
+    beat = sum(int((a.threshold("optima") < (_median(a.threshold("real-other")) or math.inf)).sum()) for a in analyses)
+    return {
+        "n_prompts": len(analyses), "prompts_skipped_massive": prompts_skipped,
+        "n_optima": sum(len(a.discovery) for a in analyses),
+        "threshold_median_deg": {k: _median(v) for k, v in pooled.items()},
+        "threshold_n": {k: int(v.numel()) for k, v in pooled.items()},
+        "threshold_not_reached": {k: int((~torch.isfinite(v)).sum()) for k, v in pooled.items()},
+        "ks_optima_vs": {k: _ks(pooled["optima"], pooled[k], cap) for k in KINDS if k != "optima"},
+        "ks_real_other_vs_cov_random": _ks(pooled["real-other"], pooled["cov-random"], cap),
+        "ks_real_other_vs_isotropic": _ks(pooled["real-other"], pooled["isotropic"], cap),
+        "ks_sae_active_vs_inactive": _ks(pooled["SAE active"], pooled["SAE inactive"], cap),
+        "prompts_where_optima_median_below_real_other_median": int((per_prompt["optima"] < per_prompt["real-other"]).sum()),
+        "optima_beating_their_prompts_real_other_median": beat,
+        "alpha": analyses[0].config.alpha,
+        "optima_matching_sae": {"isotropic": sum(int(s.sum()) for s in sig["isotropic"]),
+                                "covariance": sum(int(s.sum()) for s in sig["covariance"]),
+                                "both": sum(int((i & c).sum()) for i, c in zip(sig["isotropic"], sig["covariance"]))},
+        "optima_best_abs_cos": {"median": float(best.median()), "max": float(best.max())},
+        "null_best_abs_cos_median": {k: float(torch.cat([a.matches[k].null_best for a in analyses]).median())
+                                     for k in ("isotropic", "covariance")},
+        "refinement": {
+            "n_latents": int(r_cos.numel()),
+            "cos_start_end_median": float(r_cos.median()) if r_cos.numel() else None,
+            "cos_start_end_min": float(r_cos.min()) if r_cos.numel() else None,
+            "threshold_before_median_deg": _median(r_b0), "threshold_after_median_deg": _median(r_b1),
+            "threshold_ratio_after_over_before_median": float((r_b1[fin] / r_b0[fin]).median()) if fin.any() else None,
+            "fraction_earlier": float((r_b1[fin] < r_b0[fin]).double().mean()) if fin.any() else None,
+        },
+        "seconds_per_prompt_median": float(torch.tensor([a.timings["total_seconds"] for a in analyses]).median()),
+    }
+
+
+def _f(v) -> str:
+    return "n.r." if v is None else f"{v:.1f}"
+
+
+def aggregate(config: CentralConfig) -> dict:
+    """Pool the analysed prompts in ``config.out``: ``results.json``, ``figures/*.png`` and ``report.html``
+    (with the cards of the first prompt unless ``no_cards``). Returns the results."""
+
+    out = Path(config.out)
+    cfg = json.loads((out / "config.json").read_text())
+    dirs = sorted(d for d in (out / "prompts").glob("*") if _analysed(d))
+    analyses = [PromptAnalysis.load(d) if (d / PromptAnalysis.MARKER).is_file()
+                else torch.load(d / "analysis.pt", weights_only=False)  # a run from before analyses loaded back
+                for d in dirs]
+    if not analyses:
+        raise SystemExit(f"no analysed prompts in {out / 'prompts'}")
+    r = pooled_results(analyses, cfg["prompts_skipped_massive"])
+    save_json(out / "results.json", r)
+    a0 = analyses[0]
+    figs = analysis_figures(out, analyses, KINDS)
+    ref = [a.refinement for a in analyses if a.refinement is not None]
+    if r["refinement"]["n_latents"]:
+        b0, b1 = (torch.cat([getattr(x, n) for x in ref]).double() for n in ("blowup_start", "blowup_end"))
+        optima = torch.cat([a.threshold("optima") for a in analyses])
+        p = plot_boxes(out / "figures" / "refinement.png", {"SAE latent (start)": b0, "after refinement": b1,
+                                                             "discovered optima": optima},
+                       "threshold angle (deg)", "refining SAE latents by discovery", cap=float(a0.steps[-1]))
+        figs.append((p, "Threshold angles of the most active SAE latents before and after refinement by discovery, "
+                        "beside the discovered optima."))
+    demo, _ = settings(config)
+    first = int(dirs[0].name)
+    views = []
+    if not config.no_cards:  # cards of the first prompt: the model and corpus are needed again (tokens, contexts)
+
+        model, corpus, sae = _load(config, demo)
+        ctx_tokens, ctx = contexts(model, corpus, demo)
+        cards = build_cards(a0, TransformerSubject(model, cfg["prompts"][first], hook=demo.hook), sae, ctx, ctx_tokens,
+                            model.tokenizer)
+        views = [card_view(c, a0.steps, _bands(a0), a0.config.tau) for c in cards]
+    tm, n_opt, m = r["threshold_median_deg"], r["n_optima"], r["optima_matching_sae"]
+    lead = (f"On <b>{r['n_prompts']} corpus prompts</b> ({r['prompts_skipped_massive']} skipped as massive-activation "
+            f"bases), discovery found {n_opt} optima. Median threshold angle: optima {tm['optima']:.1f}°, real-other "
+            f"{tm['real-other']:.1f}°, cov-random {tm['cov-random']:.1f}°, isotropic {tm['isotropic']:.1f}°, active SAE "
+            f"latents {_f(tm['SAE active'])}°, inactive {_f(tm['SAE inactive'])}°. "
+            f"<b>{r['optima_beating_their_prompts_real_other_median']} of {n_opt}</b> optima blow up "
+            f"earlier than their prompt's median real-other direction. <b>{m['isotropic']} of {n_opt}</b> match an SAE "
+            f"latent at p &lt; {r['alpha']:g} against the isotropic null, <b>{m['covariance']} of {n_opt}</b> against the "
+            f"covariance null (median best |cos| {r['optima_best_abs_cos']['median']:.3f}; null medians "
+            f"{r['null_best_abs_cos_median']['isotropic']:.3f} / {r['null_best_abs_cos_median']['covariance']:.3f}).")
+    ks_rows = [[f"optima vs {k}", v["statistic"], v["p_value"]] for k, v in r["ks_optima_vs"].items()]
+    ks_rows += [["real-other vs cov-random", *r["ks_real_other_vs_cov_random"].values()],
+                ["real-other vs isotropic", *r["ks_real_other_vs_isotropic"].values()],
+                ["SAE active vs inactive", *r["ks_sae_active_vs_inactive"].values()]]
+    tables = [("Threshold angles by kind (pooled over prompts)", threshold_table(analyses, KINDS)),
+              ("Two-sample KS tests of threshold angles (not reached counted beyond the scan)",
+               table(ks_rows, ["comparison", "KS statistic", "p-value"]))]
+    if rt := refinement_table(analyses):
+        tables.append(("Refinement of SAE latents", rt))
+    render_report(out / "report.html", f"sensfind central result: {config.model}",
+                  f"{r['n_prompts']} corpus prompts, site {demo.hook}, last token; cards below are for prompt {first}",
+                  lead, tables, figs, views, [("results.json", f"<pre>{json.dumps(r, indent=1)}</pre>")])
+    return r

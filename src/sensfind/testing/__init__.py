@@ -1,0 +1,1 @@
+"""Contract suites for the types users plug into sensfind: :mod:`sensfind.testing.contracts`."""

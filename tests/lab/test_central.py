@@ -1,0 +1,20 @@
+"""sensfind.lab.central: the central run's config (the run itself is tested in test_demo.py)."""
+
+import pytest
+
+from sensfind.lab.central import CENTRAL, SMOKE, CentralConfig, settings
+
+
+def test_shard_is_checked_and_parsed():
+    assert CentralConfig(shard="1/3").shard_index == (1, 3)
+    for bad in ("3/2", "a/b", "1"):
+        with pytest.raises(ValueError, match=r"^shard must be I/N with 0 <= I < N"):
+            CentralConfig(shard=bad)
+    with pytest.raises(ValueError, match=r"unknown CentralConfig field\(s\) \['prompt'\]"):
+        CentralConfig.from_dict({"prompt": 3})
+
+
+def test_smoke_settings_are_smaller_and_seeded():
+    demo, analysis = settings(CentralConfig(smoke=True, seed=4))
+    assert analysis.restarts == SMOKE.restarts < CENTRAL.restarts and analysis.seed == 4 and demo.seed == 4
+    assert settings(CentralConfig())[1].restarts == CENTRAL.restarts
