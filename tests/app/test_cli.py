@@ -19,7 +19,8 @@ TINY = ["--model", "random:tiny", "--tokens", "5,6,7,8,9,10"]
 def test_scan_writes_a_complete_results_directory(tmp_path, capsys):
     out = tmp_path / "scan"
     assert main(["scan", *TINY, "--directions", "random:3", "--steps", "7", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "effect_vs_step.png", "results.json", "tensors.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "effect_vs_step.png", "results.json", "summary.json",
+                                                    "tensors.safetensors"]
     config = json.loads((out / "config.json").read_text())
     assert config["scan"]["steps"] == 7 and config["site"]["hook"] == "blocks.1.hook_resid_pre"
     t = load_tensors(out / "tensors.safetensors")

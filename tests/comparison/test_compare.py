@@ -51,7 +51,7 @@ def test_refinement_moves_off_sae_rows_towards_planted_features(toy, tmp_path):
     subject = toy.subject(1)
     rough = train_sae(toy.sample(2000, seed=11).acts, None, 192, seed=0,
                       config=TrainSAEConfig(epochs=1), cache_dir=tmp_path)
-    cfg = CompareConfig(n_null=100, latents="active", probes=2, scan_steps=121, refine_iterations=25)
+    cfg = CompareConfig(n_null=100, latents="active", probes=2, scan_steps=121, refine_iterations=25, max_points=None)
     comp = compare(subject, toy.features[:2].double(), rough, None, cfg)
     r = comp.refinement
     assert r is not None and len(r.start) >= 3

@@ -58,7 +58,7 @@ def cmd_scan(args) -> int:
     job = site_from_args(ScanRunConfig, args)
     config = _from_file(ScanConfig, args, "scan")
     out = _out(args, "scan")
-    s = run_scan(site, config, out, job.directions, job.path, args.overwrite).summary
+    s = run_scan(site, config, out, job.directions, job.path, args.overwrite, job.max_points, not args.quiet).summary
     med = s.get("threshold_median")
     print(f"scanned {s['n_directions']} directions x {s['n_steps']} steps in {s['seconds']:.2f}s; "
           f"threshold reached by {s['n_reached']}" + (f", median {med:.3g} {config.unit}" if med is not None else "")
@@ -145,9 +145,11 @@ def cmd_discover(args) -> int:
         raise flag_error(exc, {"random_baseline", "checkpoint_every"}) from None
     found, summary = run.discovery, run.summary
     budget = f" of {config.max_points}" if config.max_points is not None else ""
+    rand = summary["random_blowup_median"]
     line = (f"{len(found)} distinct optima from {len(found.restart_directions)} restarts in {found.rounds_run} round(s) "
-            f"({found.points_evaluated}{budget} scan points, stopped: {found.stop_reason}); best blowup "
-            f"{summary['best_blowup']:.3g} {run.final_config.unit} vs random median {summary['random_blowup_median']:.3g}")
+            f"({summary['budget']['total_points']}{budget} scan points, stopped: {found.stop_reason}); best blowup "
+            f"{summary['best_blowup']:.3g} {run.final_config.unit} vs random median "
+            + (f"{rand:.3g}" if rand is not None else "(no random baseline within the budget)"))
     if "toy_recovery" in summary:
         tr = summary["toy_recovery"]
         line += f"; {tr['fraction_reached']:.0%} of restarts reached a planted feature ({tr['n_distinct_features']} distinct)"
@@ -171,7 +173,7 @@ def cmd_compare(args) -> int:
     config = _from_file(CompareConfig, args, "compare", seed=site.seed)
     out = _out(args, "compare")
     result = run_compare(site, config, out, directions, dictionary=job.dictionary, overwrite=args.overwrite,
-                         sources={"run": args.run, "directions": args.directions})
+                         sources={"run": args.run, "directions": args.directions}, progress=not args.quiet)
     s = result.comparison.summary()
     print(f"{len(directions)} directions vs {result.dictionary.n_latents} latents: "
           f"{s['matches_isotropic']['fraction_significant']:.0%} match a latent at p < {config.alpha}; "
@@ -221,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="scan effect vs angle/step along directions at a site")
     add_config_args(p, SiteConfig, defaults=True, title="site")
     add_config_args(p, ScanRunConfig, defaults=True, title="scan run")
-    _run_args(p.add_argument_group("output"), "scan", "ScanConfig")
+    _run_args(g := p.add_argument_group("output"), "scan", "ScanConfig")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_args(p, ScanConfig)
     p.set_defaults(func=cmd_scan)
 
@@ -244,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run", default=None, help="a discovery run directory (its site is reused)")
     g.add_argument("--directions", default=None, help="or a file of directions [N, d]")
     add_config_args(p, CompareRunConfig, defaults=True, title="comparison run")
-    _run_args(p.add_argument_group("output"), "compare", "CompareConfig")
+    _run_args(g := p.add_argument_group("output"), "compare", "CompareConfig")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_args(p, CompareConfig, skip=("seed",))
     p.set_defaults(func=cmd_compare)
 

@@ -59,7 +59,7 @@ class DemoConfig(Config):
         sae_epochs: SAE training epochs.
         restarts, iterations: discovery restarts and iterations per round.
         n_others: real-other activations (other inputs of the toy).
-        compare: settings of ``compare`` (a ``CompareConfig``).
+        compare: settings of ``compare`` (a ``CompareConfig``; no budget: the toy's points are cheap).
     """
 
     seed: int = 0
@@ -70,7 +70,7 @@ class DemoConfig(Config):
     restarts: int = 32
     iterations: int = 60
     n_others: int = 256
-    compare: CompareConfig = CompareConfig()
+    compare: CompareConfig = CompareConfig(max_points=None)
 
     def __post_init__(self):
         for name, lo in (("seed", 0), ("input", 0), ("n_train", 1), ("d_sae", 1), ("sae_epochs", 1), ("restarts", 1),
@@ -82,7 +82,8 @@ class DemoConfig(Config):
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
         base = cls(n_train=4000, d_sae=192, sae_epochs=3, restarts=8, iterations=25, n_others=128,
-                   compare=CompareConfig(n_null=300, n_latents=8, probes=4, scan_steps=181, refine_iterations=15))
+                   compare=CompareConfig(n_null=300, n_latents=8, probes=4, scan_steps=181, refine_iterations=15,
+                                         max_points=None))
         return replace(base, **overrides)
 
 

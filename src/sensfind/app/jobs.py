@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from sensfind.configs import Config, check_choice
+from sensfind.configs import Config, check_choice, check_int
 from sensfind.errors import InputFileError
 from sensfind.app.site import DiscoverySiteConfig, Site, SiteConfig
 from sensfind.specs import DICTIONARY_KINDS, DIRECTION_KINDS, Spec, dictionary_width, parse_spec
@@ -26,7 +26,9 @@ from sensfind.core.geometry import directions_from_targets, is_base
 from sensfind.models.prompts import load_prompts, prompt_activations
 from sensfind.reporting.plots import plot_effect_curves
 from sensfind.runio import save_json, save_tensors, staged_dir
-from sensfind.core.scan import scan
+from sensfind.core.scan import scan, step_grid
+from sensfind.discovery.rounds import round_cost
+from sensfind.progress import Stages
 from sensfind.runio import load_json
 from sensfind.discovery.loop import discover
 from sensfind.discovery.starts import initial_directions
@@ -61,14 +63,19 @@ class ScanRunConfig(Config):
         directions: random:N (isotropic), file:PATH (.safetensors/.pt/.npy [R, d]), targets:builtin or
             targets:PATH (directions towards other prompts' activations)
         path: the fast path (prefix cache, last position only) or the reference (full forward with a hook)
+        max_points: budget of scan points (directions x steps; None: none); a scan over it is refused
+            before it starts
     """
 
     directions: str = "random:16"
     path: Literal["fast", "reference"] = "fast"
+    max_points: int | None = None
 
     def __post_init__(self):
         parse_spec(self.directions, DIRECTION_KINDS, "directions")
         check_choice("path", self.path, ("fast", "reference"))
+        if self.max_points is not None:
+            check_int("max_points", self.max_points, 1)
 
 
 @dataclass(frozen=True)
@@ -153,26 +160,44 @@ class _Runner:
         self.run = run
 
 
-def run_scan(site: SiteConfig, config, out: str | Path, directions: str = "random:16",
-             path: Literal["fast", "reference"] = "fast", overwrite: bool = False) -> ScanRun:
-    """Scan ``site``'s subject along the directions of the spec ``directions`` with ``config`` (a
-    ``ScanConfig``); writes config.json, results.json, tensors.safetensors and effect_vs_step.png."""
+def check_scan_budget(n_directions: int, steps: int, max_points: int | None) -> None:
+    """Refuse a scan of ``n_directions x steps`` points over ``max_points`` (``ValueError``)."""
+    if max_points is not None and n_directions * steps > max_points:
+        raise ValueError(f"max_points={max_points} is less than the scan's {n_directions} directions x {steps} steps "
+                         f"= {n_directions * steps} points; raise --max-points, or scan fewer directions or steps")
 
+
+def run_scan(site: SiteConfig, config, out: str | Path, directions: str = "random:16",
+             path: Literal["fast", "reference"] = "fast", overwrite: bool = False, max_points: int | None = None,
+             progress: bool | None = None) -> ScanRun:
+    """Scan ``site``'s subject along the directions of the spec ``directions`` with ``config`` (a
+    ``ScanConfig``); writes config.json, results.json, summary.json (with ``timings``),
+    tensors.safetensors and effect_vs_step.png. A scan over ``max_points`` points is refused before it
+    starts (``random:N``: before the model loads); ``progress``: a bar on stderr (``None``: in a terminal)."""
+
+    stages = Stages()
     out = Path(out)
+    spec = parse_spec(directions, DIRECTION_KINDS, "--directions")
+    if spec.kind == "random" and spec.value.isdigit():
+        check_scan_budget(int(spec.value), config.steps, max_points)
     with staged_dir(out, overwrite=overwrite) as tmp:
-        model = site.load_model()
-        subject = site.subject(model)
-        dirs, kind = directions_from_spec(directions, site, model, subject)
+        with stages("load"):
+            model = site.load_model()
+            subject = site.subject(model)
+        with stages("directions"):
+            dirs, kind = directions_from_spec(directions, site, model, subject)
+        check_scan_budget(dirs.shape[0], config.steps, max_points)
         use_reference = path == "reference"
         run = subject.run_reference if use_reference and hasattr(subject, "run_reference") else subject.run
         t0 = time.perf_counter()
-        with torch.no_grad():
-            result = scan(_Runner(subject, run), dirs, config)
+        with torch.no_grad(), stages("scan"):
+            result = scan(_Runner(subject, run), dirs, config, progress=progress, desc=f"scan ({kind})")
         seconds = time.perf_counter() - t0
-        summary = result.summary() | {"seconds": seconds, "path": path, "direction_kind": kind}
+        summary = result.summary() | {"seconds": seconds, "path": path, "direction_kind": kind,
+                                      "points": dirs.shape[0] * config.steps, "max_points": max_points}
         summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
         save_json(tmp / "config.json", {"command": "scan", "site": site.to_dict(), "scan": config.to_dict(),
-                                        "directions": directions, "path": path})
+                                        "directions": directions, "path": path, "max_points": max_points})
         save_json(tmp / "results.json", {"summary": summary, "threshold": result.threshold,
                                          "threshold_index": result.threshold_index,
                                          "max_slope_index": result.max_slope_index})
@@ -181,6 +206,8 @@ def run_scan(site: SiteConfig, config, out: str | Path, directions: str = "rando
         plot_effect_curves(tmp / "effect_vs_step.png", {kind: (result.steps, result.effects)},
                            xlabel=config.axis_label, effect=config.effect, tau=config.tau,
                            title=f"{site.model} {site.hook} pos {site.position}: {config.mode} scan")
+        summary["timings"] = stages.timings()
+        save_json(tmp / "summary.json", summary)
     return ScanRun(result, summary, kind, out)
 
 
@@ -236,16 +263,43 @@ def check_run_settings(random_baseline: int = 64, checkpoint_every: int = 10) ->
                          f"got {random_baseline!r}")
 
 
+BASELINE_SHARE = 4  # a discovery run with a budget spends at most 1/BASELINE_SHARE of it on the random baseline
+
+
+def discover_budget(config, random_baseline: int) -> tuple[object, int, dict]:
+    """How a discovery run with ``config.max_points`` splits its budget: the discovery's own config (its
+    ``max_points`` less the baseline), the random baseline's directions, and what was cut
+    (``{"random_baseline": (asked, kept)}``). Without a budget nothing is cut. ``ValueError`` when what
+    is left cannot pay for one restart."""
+    if config.max_points is None:
+        return config, random_baseline, {}
+    steps = config.final_steps
+    n = min(random_baseline, config.max_points // (BASELINE_SHARE * steps))
+    cut = {"random_baseline": [random_baseline, n]} if n < random_baseline else {}
+    left = config.max_points - n * steps
+    if left < round_cost(config):
+        raise ValueError(f"max_points={config.max_points} cannot pay for one restart (start + iterations * scan_steps "
+                         f"+ final_steps = {round_cost(config)} scan points) beside the random baseline "
+                         f"({n} x {steps} points); raise --max-points or lower --iterations/--scan-steps/--final-steps")
+    return dataclasses.replace(config, max_points=left), n, cut
+
+
 def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_file: str | None = None,
                  random_baseline: int = 64, checkpoint_every: int = 10, resume: bool = False,
-                 overwrite: bool = False, progress: bool = True) -> DiscoverRun:
+                 overwrite: bool = False, progress: bool | None = None) -> DiscoverRun:
     """Discover sensitivity optima at ``site`` with ``config`` (a ``DiscoverConfig``), scan them and
     ``random_baseline`` isotropic directions finely, and write the run into ``out``.
+
+    ``config.max_points`` bounds every scan point of the run, the random baseline's included: the
+    baseline gets at most a quarter of it (fewer directions, logged and in the summary's ``budget``).
+    ``progress``: bars on stderr (``None``: when stderr is a terminal); ``summary["timings"]`` holds
+    every stage's seconds.
 
     The run works in :func:`incomplete_dir` (``out``'s hidden sibling) and checkpoints there every
     ``checkpoint_every`` iterations; ``resume`` continues from that checkpoint when there is one.
     A previous complete run in ``out`` is kept until the new one is complete (``overwrite``)."""
 
+    stages = Stages()
     out = Path(out)
     stage = incomplete_dir(out)
     resuming = bool(resume and (stage / "checkpoint.pt").is_file())
@@ -253,8 +307,13 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
         raise ValueError(f"{str(out)!r} has an interrupted run (in {str(stage)!r}); continue it with --resume, "
                          "or start over with --overwrite")
     check_run_settings(random_baseline, checkpoint_every)
+    run_config, n_random, cut = discover_budget(config, random_baseline)  # before any work
+    if cut:
+        log.warning("discover: the random baseline is cut from %d to %d directions to fit max_points=%d",
+                    random_baseline, n_random, config.max_points)
     check_output_dir(out, overwrite=overwrite or resuming)
-    subject, model, others = site.build()
+    with stages("load"):
+        subject, model, others = site.build()
     init = None
     if config.init == "given":
         if init_file is None:
@@ -262,10 +321,11 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
         init = load_directions(init_file)
         if init.shape[0] != config.restarts:
             config = dataclasses.replace(config, restarts=init.shape[0])
+            run_config = dataclasses.replace(run_config, restarts=init.shape[0])
     if config.init in ("given", "covariance"):
         initial_directions(subject, config, init, others)  # validates init before anything is written
     if resuming:
-        load_checkpoint(stage / "checkpoint.pt", config, (config.restarts, subject.base.shape[0]))
+        load_checkpoint(stage / "checkpoint.pt", run_config, (config.restarts, subject.base.shape[0]))
     elif stage.exists():
         shutil.rmtree(stage)  # overwrite: an interrupted run is started over
     # everything is validated: from here on the run is written, into the stage, then moved into place
@@ -277,33 +337,43 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
         if not resuming:
             save_json(tmp / "config.json", {"command": "discover", "site": site.to_dict(), "discover": config.to_dict(),
                                             "init_file": init_file, "random_baseline": random_baseline})
-        found = discover(subject, config, init_directions=init, activations=others, progress=progress,
-                         checkpoint=tmp / "checkpoint.pt", checkpoint_every=checkpoint_every, resume=resuming)
+        with stages("discover"):
+            found = discover(subject, run_config, init_directions=init, activations=others, progress=progress,
+                             checkpoint=tmp / "checkpoint.pt", checkpoint_every=checkpoint_every, resume=resuming)
         found.save(tmp, overwrite=True)  # beside the run's config.json and checkpoint
-        plot_history(tmp / "objective.png", found.history)
         final_cfg = config.final_scan_config
-        with torch.no_grad():
-            random_dirs = isotropic(random_baseline, subject.base.shape[0], seed=site.seed + RANDOM_BASELINE_SEED_OFFSET,
-                                    dtype=subject.base.dtype)
-            rand = scan(subject, random_dirs, final_cfg)
+        spent = {"discover": found.points_evaluated, "random_baseline": n_random * final_cfg.steps}
+        with torch.no_grad(), stages("random_baseline"):
+            random_dirs = isotropic(max(n_random, 1), subject.base.shape[0],
+                                    seed=site.seed + RANDOM_BASELINE_SEED_OFFSET, dtype=subject.base.dtype)[:n_random]
+            rand = scan(subject, random_dirs, final_cfg, progress=progress, desc="random baseline") if n_random else None
             # the optima's curves come from the final scan that measured them (a resumed old checkpoint: scan)
-            opt = found.final_effects if found.final_effects is not None else scan(subject, found.directions,
-                                                                                     final_cfg).effects
-        plot_effect_curves(tmp / "effect_vs_angle.png",
-                           {"naive-random": (rand.steps, rand.effects), "discovered optima": (rand.steps, opt)},
-                           xlabel=final_cfg.axis_label, effect=config.effect, tau=config.tau,
-                           title=f"{site.model}: sensitivity optima vs isotropic random directions")
+            if found.final_effects is not None:
+                opt = found.final_effects
+            else:
+                opt = scan(subject, found.directions, final_cfg, progress=progress, desc="optima").effects
+                spent["optima"] = len(found) * final_cfg.steps
+        with stages("report"):
+            plot_history(tmp / "objective.png", found.history)
+            curves = {"discovered optima": (step_grid(final_cfg, dtype=opt.dtype), opt)}
+            if rand is not None:
+                curves = {"naive-random": (rand.steps, rand.effects)} | curves
+            plot_effect_curves(tmp / "effect_vs_angle.png", curves, xlabel=final_cfg.axis_label, effect=config.effect,
+                               tau=config.tau, title=f"{site.model}: sensitivity optima vs isotropic random directions")
         summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
                    "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
-                   "random_blowup_median": float(rand.threshold.median()),
-                   "random_reached": int(torch.isfinite(rand.threshold).sum()),
+                   "random_blowup_median": float(rand.threshold.median()) if rand is not None else None,
+                   "random_reached": int(torch.isfinite(rand.threshold).sum()) if rand is not None else 0,
                    "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
-                   "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
+                   "rounds_run": found.rounds_run, "stop_reason": found.stop_reason,
+                   "budget": {"max_points": config.max_points, "points": spent, "total_points": sum(spent.values()),
+                              "cut": cut}}
         summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
         if site.is_toy:
 
             rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
             summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in TOY_RECOVERY_KEYS}
+        summary["timings"] = stages.timings()
         save_json(tmp / "summary.json", summary)
         (tmp / "checkpoint.pt").unlink(missing_ok=True)
     return DiscoverRun(found, summary, final_cfg, out)
@@ -352,21 +422,34 @@ def site_dictionary(text: str, site: DiscoverySiteConfig, built: Site):
 
 def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: Tensor, *,
                 dictionary: str = "pretrained:gpt2-small-res-jb", sources: dict | None = None,
-                overwrite: bool = False) -> CompareRun:
+                overwrite: bool = False, progress: bool | None = None) -> CompareRun:
     """Compare ``directions`` ``[N, d]`` at ``site`` with the dictionary of the spec ``dictionary`` and the
-    real-other directions (``config``: a ``CompareConfig``); writes the comparison, config.json (with
-    ``sources``: where the directions came from) and report.html."""
+    real-other directions (``config``: a ``CompareConfig``, whose ``max_points`` bounds every scan);
+    writes the comparison, config.json (with ``sources``: where the directions came from), summary.json
+    (the budget spent and cut, and every stage's seconds) and report.html. ``progress``: bars on stderr
+    (``None``: when stderr is a terminal)."""
 
+    stages = Stages()
     out = Path(out)
     check_output_dir(out, overwrite)
     check_dictionary_spec(dictionary)
     with staged_dir(out, overwrite=overwrite) as tmp:
-        built = site.build()
-        dic = site_dictionary(dictionary, site, built)
+        with stages("load"):
+            built = site.build()
+        with stages("dictionary"):
+            dic = site_dictionary(dictionary, site, built)
         result = compare(built.subject, directions, dic, built.others, config,
-                         hook_name=getattr(built.subject, "hook", None))
-        result.save(tmp)
-        save_json(tmp / "config.json", {"command": "compare", "site": site.to_dict(), "compare": config.to_dict(),
-                                        "dictionary": dictionary} | (sources or {}))
-        write_compare_report(tmp, result, f"sensfind compare: {site.model} vs {dic.source}")
+                         hook_name=getattr(built.subject, "hook", None), progress=progress)
+        stages.add({k: v for k, v in (result.timings or {}).items() if k != "total_seconds"})
+        with stages("report"):
+            result.save(tmp)
+            save_json(tmp / "config.json", {"command": "compare", "site": site.to_dict(), "compare": config.to_dict(),
+                                            "dictionary": dictionary} | (sources or {}))
+            write_compare_report(tmp, result, f"sensfind compare: {site.model} vs {dic.source}")
+        s = result.summary()
+        save_json(tmp / "summary.json", {"n_directions": int(directions.shape[0]), "dictionary": dic.source,
+                                         "n_latents": dic.n_latents, "budget": s.get("budget"),
+                                         "matches_isotropic": s["matches_isotropic"]["fraction_significant"],
+                                         "fraction_local_optima": s["dictionary_sensitivity"]["fraction_local_optima"],
+                                         "timings": stages.timings()})
     return CompareRun(result, directions, dic, out)

@@ -277,7 +277,7 @@ def analyse_prompt(
     eff: dict[str, Tensor] = {}
     with torch.no_grad():
         for kind in ("optima", "isotropic", "cov-random", "real-other"):
-            eff[kind] = scan(subject, dirs[kind], cfg).effects if len(dirs[kind]) else torch.empty(0, config.curve_steps)
+            eff[kind] = scan(subject, dirs[kind], cfg, progress=progress, desc=kind).effects if len(dirs[kind]) else torch.empty(0, config.curve_steps)
         # latents: active on the base (most active first) and a sample of inactive ones
         z = dictionary.encode(base[None].float())[0].detach().cpu()
         active_all = torch.nonzero(z > 0)[:, 0]
@@ -289,7 +289,7 @@ def analyse_prompt(
         latents = {"SAE active": active, "SAE inactive": inactive}
         for kind, ids in latents.items():
             rows = effective_directions(dictionary.decoder[ids].to(base.dtype), base, "sphere")
-            signed = signed_rows(subject, rows, cfg)
+            signed = signed_rows(subject, rows, cfg, progress=progress)
             dirs[kind], eff[kind] = signed.rows, signed.effects
     timings["scan_seconds"] = time.perf_counter() - t
 

@@ -17,6 +17,7 @@ In sphere mode only the part of a direction orthogonal to the base moves the act
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from sensfind.core.baselines import isotropic
 from sensfind.core.objective_config import EffectConfig
 from sensfind.configs import check_int
 from sensfind.dictionaries.dictionary import Dictionary, check_compatible
+from sensfind.comparison.budget import plan_compare
 from sensfind.comparison.match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from sensfind.core.blowup import threshold_value
 from sensfind.core.geometry import directions_from_targets, effective_directions, tangent_rotations
@@ -38,6 +40,9 @@ from sensfind.discovery.optima import Discovery
 from sensfind.runio import Result, load_json, load_tensors, save_json, save_tensors
 from sensfind.core.scan import ScanConfig, scan
 from sensfind.core.subject import Subject
+from sensfind.progress import Stages
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CompareConfig", "Comparison", "DictionarySensitivity", "compare", "dictionary_sensitivity",
            "project_dictionary", "latents_to_probe", "SignedRows", "signed_rows"]
@@ -60,6 +65,11 @@ class CompareConfig(EffectConfig):
             test whether the row is a local optimum of the threshold angle.
         scan_steps, stop: the fine scan used for every threshold angle here (0..stop degrees).
         refine_iterations: discovery iterations when refining from decoder rows (0: no refinement).
+        n_random: isotropic random directions scanned as the baseline of the latents' threshold angles.
+        max_points: budget of scan points for every scan of the comparison (curves, baselines, latents,
+            probes, refinement; ``None``: no budget). What does not fit is cut (``comparison.budget``
+            and a log line say what): the baselines, the resolution, then latents and probes, then
+            refinement. The default takes about 3 minutes of scans for SmolLM2-135M on 2 CPU cores.
         seed: seeds nulls, samples and probes.
     """
 
@@ -74,13 +84,17 @@ class CompareConfig(EffectConfig):
     scan_steps: int = 361
     stop: float = 90.0
     refine_iterations: int = 40
+    n_random: int = 64
+    max_points: int | None = 20000
     seed: int = 0
 
     def __post_init__(self):
         super().__post_init__()  # effect, tau
         for name, lo in (("k", 1), ("n_null", 1), ("n_latents", 0), ("probes", 1), ("scan_steps", 2),
-                         ("refine_iterations", 0)):
+                         ("refine_iterations", 0), ("n_random", 1)):
             check_int(name, getattr(self, name), lo)
+        if self.max_points is not None:
+            check_int("max_points", self.max_points, 1)
         if not (isinstance(self.alpha, float) and 0 < self.alpha < 1):
             raise ValueError(f"alpha must be a number in (0, 1), got {self.alpha!r}")
         if not (isinstance(self.probe_deg, (int, float)) and 0 < self.probe_deg < 90):
@@ -161,13 +175,13 @@ class SignedRows(NamedTuple):
 
 
 @torch.no_grad()
-def signed_rows(subject: Subject, rows: Tensor, config: ScanConfig) -> SignedRows:
+def signed_rows(subject: Subject, rows: Tensor, config: ScanConfig, progress: bool | None = False) -> SignedRows:
     """Scan each row ``[R, d]`` and its negative; keep the sign whose threshold angle is smaller."""
     if rows.shape[0] == 0:
         empty = torch.empty(0, dtype=torch.float64)
         return SignedRows(rows, torch.empty(0, dtype=torch.long), empty,
                           torch.empty(0, config.steps, dtype=subject.base.dtype))
-    s = scan(subject, torch.cat([rows, -rows]), config)
+    s = scan(subject, torch.cat([rows, -rows]), config, progress=progress, desc="latents (both signs)")
     both = s.threshold.view(2, -1)
     effects = s.effects.view(2, rows.shape[0], -1)
     neg = both[1] < both[0]
@@ -178,28 +192,32 @@ def signed_rows(subject: Subject, rows: Tensor, config: ScanConfig) -> SignedRow
 @torch.no_grad()
 def dictionary_sensitivity(
     subject: Subject, dictionary: Dictionary, groups: dict, others: Tensor | None = None,
-    config: CompareConfig = CompareConfig(),
+    config: CompareConfig = CompareConfig(), progress: bool | None = False,
 ) -> DictionarySensitivity:
-    """Threshold angle of each chosen decoder row with the sign that blows up earlier, against random
-    and real-other directions, and a local-optimum test by small rotations."""
+    """Threshold angle of each chosen decoder row with the sign that blows up earlier, against
+    ``config.n_random`` random and the real-other directions, and a local-optimum test by small rotations.
+    ``progress``: a bar per scan (``None``: when stderr is a terminal)."""
     base = subject.base
     ids = sorted({i for v in groups.values() for i in v})
     cfg = config.scan_config
     latents = torch.tensor(ids, dtype=torch.long)
-    rand_scan = scan(subject, isotropic(64, base.shape[0], seed=config.seed + 2, dtype=base.dtype), cfg)
+    rand_scan = scan(subject, isotropic(config.n_random, base.shape[0], seed=config.seed + 2, dtype=base.dtype), cfg,
+                     progress=progress, desc="random baseline")
     rand = rand_scan.threshold
     real = torch.empty(0, dtype=torch.float64)
     if others is not None and len(others):
-        real = scan(subject, directions_from_targets(base, others.to(base.dtype)), cfg).threshold
+        real = scan(subject, directions_from_targets(base, others.to(base.dtype)), cfg, progress=progress,
+                    desc="real-other").threshold
     if not ids:
         empty = torch.empty(0, dtype=torch.float64)
         return DictionarySensitivity(latents, latents.clone(), empty, torch.empty(0, config.probes, dtype=torch.float64),
                                      torch.empty(0, dtype=torch.bool), rand, real, groups,
                                      torch.empty(0, cfg.steps, dtype=base.dtype), rand_scan.effects)
     rows = effective_directions(dictionary.decoder[latents].to(base.dtype), base, "sphere")
-    signed, sign, blowup, effects = signed_rows(subject, rows, cfg)
+    signed, sign, blowup, effects = signed_rows(subject, rows, cfg, progress=progress)
     rot = tangent_rotations(signed, base, config.probes, config.probe_deg, config.seed + 3)
-    probe = scan(subject, rot.reshape(-1, rot.shape[-1]), cfg).threshold.view(len(ids), config.probes)
+    probe = scan(subject, rot.reshape(-1, rot.shape[-1]), cfg, progress=progress,
+                 desc="latent probes").threshold.view(len(ids), config.probes)
     local = (probe >= blowup[:, None]).all(dim=1) & torch.isfinite(blowup)
     return DictionarySensitivity(latents, sign, blowup, probe, local, rand, real, groups, effects, rand_scan.effects)
 
@@ -230,6 +248,8 @@ class Comparison(Result):
     dictionary: Dictionary | None
     steps: Tensor | None = None  # [K] angles (deg) of the fine scan
     optima_effects: Tensor | None = None  # [N, K]
+    budget: dict | None = None  # ComparePlan.to_dict(): sizes run, points per stage, what the budget cut
+    timings: dict | None = None  # seconds per stage
 
     def significant(self, kind: str = "isotropic") -> Tensor:
         """[N] bool: the best match of each direction beats the ``kind`` null at level ``alpha``."""
@@ -253,6 +273,10 @@ class Comparison(Result):
         if self.real_other is not None:
             out["real_other"] = self.real_other.summary()
         out["dictionary_sensitivity"] = self.sensitivity.summary()
+        if self.budget is not None:
+            out["budget"] = self.budget
+        if self.timings is not None:
+            out["timings"] = self.timings
         if self.refinement is not None:
             out["refinement"] = {"latents": self.refined_latents.tolist(), "sign": self.refined_sign.tolist(),
                                  **self.refinement.to_dict()}
@@ -307,7 +331,7 @@ class Comparison(Result):
             r = _RefinementFiles.load(directory / "refinement")
             refinement, refined_latents, refined_sign = r.refinement, r.latents, r.sign
         return cls(CompareConfig.from_dict(meta["config"]), matches, real_other, sens, refinement, refined_latents,
-                   refined_sign, None, curves.get("steps"), curves.get("optima"))
+                   refined_sign, None, curves.get("steps"), curves.get("optima"), meta.get("budget"), meta.get("timings"))
 
 
 @dataclass
@@ -345,12 +369,16 @@ def compare(
     config: CompareConfig = CompareConfig(),
     hook_name: str | None = None,
     discover_config: DiscoverConfig | None = None,
+    progress: bool | None = None,
 ) -> Comparison:
     """Compare ``directions [N, d]`` (e.g. ``Discovery.directions``) with ``dictionary`` at ``subject``.
 
     ``others [M, d]`` are activations of other inputs at the same site (real-other directions and the
-    covariance null); ``hook_name`` is the subject's site, checked against the dictionary's.
+    covariance null); ``hook_name`` is the subject's site, checked against the dictionary's. Every scan
+    counts against ``config.max_points`` (``comparison.budget`` says what it cut, see
+    ``sensfind.comparison.budget``); ``progress``: bars on stderr (``None``: when stderr is a terminal).
     """
+    stages = Stages()
     base = subject.base
     d = base.shape[0]
     check_compatible(dictionary, d, hook_name)
@@ -359,31 +387,48 @@ def compare(
         raise ValueError(f"directions must have shape [N, {d}] with N >= 1, got {tuple(directions.shape)}")
     if config.k > dictionary.n_latents:
         raise ValueError(f"k={config.k} is larger than the dictionary ({dictionary.n_latents} latents)")
-    if config.project_base:
-        dirs = effective_directions(dirs, base, "sphere")
-        target = project_dictionary(dictionary, base)
-    else:
-        target = dictionary
-    matches = {"isotropic": match_directions(dirs, target, config.k, NullConfig("isotropic", config.n_null, config.seed))}
-    real_other = None
-    if others is not None and len(others) >= 2:
-        others = others.to(base.dtype)
-        matches["covariance"] = match_directions(dirs, target, config.k,
-                                                 NullConfig("covariance", config.n_null, config.seed),
-                                                 activations=others, base=base)
-        real_other = match_real_other(dirs, base, others, NullConfig("isotropic", config.n_null, config.seed))
-    # urls name the original latents
-    groups = latents_to_probe(subject, dictionary, matches["isotropic"].latents[:, 0], config)
-    sensitivity = dictionary_sensitivity(subject, dictionary, groups, others, config)
-    with torch.no_grad():
-        curves = scan(subject, dirs, config.scan_config)  # for reports: no scan after compare
+    with stages("matching"):
+        if config.project_base:
+            dirs = effective_directions(dirs, base, "sphere")
+            target = project_dictionary(dictionary, base)
+        else:
+            target = dictionary
+        matches = {"isotropic": match_directions(dirs, target, config.k,
+                                                 NullConfig("isotropic", config.n_null, config.seed))}
+        real_other = None
+        if others is not None and len(others) >= 2:
+            others = others.to(base.dtype)
+            matches["covariance"] = match_directions(dirs, target, config.k,
+                                                     NullConfig("covariance", config.n_null, config.seed),
+                                                     activations=others, base=base)
+            real_other = match_real_other(dirs, base, others, NullConfig("isotropic", config.n_null, config.seed))
+        # urls name the original latents
+        groups = latents_to_probe(subject, dictionary, matches["isotropic"].latents[:, 0], config)
+    dc = None
+    if config.refine_iterations > 0:
+        dc = replace(discover_config or DiscoverConfig(), iterations=config.refine_iterations, tau=config.tau,
+                     effect=config.effect, seed=config.seed, init="given", abandon=False, max_points=None, rounds=1)
+    plan = plan_compare(config.max_points, n_directions=dirs.shape[0], n_random=config.n_random,
+                        n_others=len(others) if others is not None else 0, groups=groups,
+                        scan_steps=config.scan_steps, probes=config.probes, refine=dc)
+    if plan.cut:
+        log.warning("compare: to fit max_points=%d scan points, cut %s (asked -> kept); raise --max-points to keep more",
+                    config.max_points, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in plan.cut.items()))
+    kept = set(plan.latents)
+    groups = {k: [i for i in v if i in kept] for k, v in groups.items()}
+    run_config = replace(config, scan_steps=plan.scan_steps, probes=plan.probes, n_random=max(plan.n_random, 1))
+    with stages("latents"):
+        sensitivity = dictionary_sensitivity(subject, dictionary, groups,
+                                             others[: plan.n_others] if others is not None else None, run_config,
+                                             progress=progress)
+    with torch.no_grad(), stages("curves"):
+        curves = scan(subject, dirs, run_config.scan_config, progress=progress, desc="compared directions")
     refinement = refined_latents = refined_sign = None
-    if config.refine_iterations > 0 and sensitivity.latents.numel():
-        rows = effective_directions(dictionary.decoder[sensitivity.latents].to(base.dtype), base, "sphere")
-        starts = rows * sensitivity.sign[:, None].to(rows.dtype)
-        dc = discover_config or DiscoverConfig()
-        dc = replace(dc, iterations=config.refine_iterations, tau=config.tau, effect=config.effect, seed=config.seed)
-        refinement = refine(subject, starts, dc)
-        refined_latents, refined_sign = sensitivity.latents, sensitivity.sign
-    return Comparison(config, matches, real_other, sensitivity, refinement, refined_latents, refined_sign, dictionary,
-                      curves.steps, curves.effects)
+    if dc is not None and plan.n_refine > 0 and sensitivity.latents.numel():
+        with stages("refine"):
+            pick = torch.argsort(sensitivity.blowup, stable=True)[: plan.n_refine].sort().values  # the most sensitive
+            refined_latents, refined_sign = sensitivity.latents[pick], sensitivity.sign[pick]
+            rows = effective_directions(dictionary.decoder[refined_latents].to(base.dtype), base, "sphere")
+            refinement = refine(subject, rows * refined_sign[:, None].to(rows.dtype), dc, progress=progress)
+    return Comparison(run_config, matches, real_other, sensitivity, refinement, refined_latents, refined_sign,
+                      dictionary, curves.steps, curves.effects, plan.to_dict(), stages.timings())

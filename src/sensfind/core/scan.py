@@ -29,6 +29,7 @@ from sensfind.core.effects import get_effect
 from sensfind.core.geometry import check_directions, is_base, perturb
 from sensfind.runio import Result, load_json, load_tensors, save_json, save_tensors
 from sensfind.core.subject import Subject
+from sensfind.progress import progress_bar
 
 __all__ = [
     "ScanConfig",
@@ -147,11 +148,14 @@ def scan(
     config: ScanConfig = ScanConfig(),
     steps: Tensor | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
+    progress: bool | None = False,
+    desc: str = "scan",
 ) -> Scan:
     """Scan ``subject`` along ``directions`` ``[R, d]``; differentiable in the directions.
 
     ``steps`` overrides the config's grid: ``[K]`` shared, or ``[R, K]`` per direction (adaptive grids).
     ``max_memory``: byte budget for one chunk's outputs when no gradient is needed (see the module doc).
+    ``progress``: a bar named ``desc`` over the ``R·K`` points (``None``: when stderr is a terminal).
     """
     if not isinstance(config, ScanConfig):
         raise TypeError(f"config must be a ScanConfig (e.g. ScanConfig(steps=4)), got {type(config).__name__}")
@@ -171,12 +175,15 @@ def scan(
     grad = torch.is_grad_enabled() and directions.requires_grad
     rows = r if grad else scan_chunk_rows(k, base_out.numel(), base_out.element_size(), max_memory)
     chunks = []
+    bar = progress_bar(r * k, desc, progress)
     for i in range(0, r, rows):
         part_steps = steps if steps.ndim == 1 else steps[i : i + rows]
         acts = perturb(base, directions[i : i + rows], part_steps, config.mode, config.scale)  # [r', K, d]
         out = subject.run(acts.reshape(-1, d))
         chunks.append(effect(base_out, out).reshape(acts.shape[0], k))
+        bar.update(acts.shape[0] * k)
         del acts, out
+    bar.close()
     effects = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     return Scan(config=config, steps=steps.detach(), effects=effects)
 

@@ -44,7 +44,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sensfind.discovery.starts import initial_directions
 from sensfind.discovery.checkpoint import load_checkpoint, save_checkpoint
@@ -53,6 +52,7 @@ from sensfind.discovery.optima import Discovery
 from sensfind.discovery.rounds import finish_round, iterate, new_state, round_cost, start_round
 from sensfind.discovery.config import DiscoverConfig
 from sensfind.core.subject import Subject
+from sensfind.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ __all__ = ["discover"]
 class _Bar:
     """Progress over points (of the budget when there is one), with the round and optima found so far."""
 
-    def __init__(self, config: DiscoverConfig, points: int, enabled: bool):
-        self.bar = tqdm(total=config.max_points, initial=points, disable=not enabled, desc="discover", unit="pt")
+    def __init__(self, config: DiscoverConfig, points: int, progress: bool | None):
+        self.bar = progress_bar(config.max_points, "discover", progress, initial=points)
 
     def update(self, points: int, **postfix) -> None:
         self.bar.update(points - self.bar.n)
@@ -79,7 +79,7 @@ def discover(
     *,
     init_directions: Tensor | None = None,
     activations: Tensor | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 10,
     resume: bool = False,
@@ -92,7 +92,8 @@ def discover(
         config: ``DiscoverConfig``; ``max_points`` sets the budget.
         init_directions: ``[restarts, d]`` starting directions of the first round for ``init='given'``.
         activations: ``[M, d]`` real activations for ``init='covariance'``.
-        progress: show a progress bar (points spent of the budget, round, optima found so far).
+        progress: show a progress bar on stderr (points spent of the budget, round, optima found so far);
+            ``None``: when stderr is a terminal.
         checkpoint: file to save the state to every ``checkpoint_every`` iterations and after each round.
         resume: continue from ``checkpoint`` if it exists (the result equals an uninterrupted run's).
         callback: called as ``callback(iteration, record)`` after each iteration (iterations counted

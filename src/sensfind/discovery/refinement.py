@@ -38,17 +38,19 @@ class Refinement:
         }
 
 
-def refine(subject: Subject, directions: Tensor, config: DiscoverConfig = DiscoverConfig(), **kwargs) -> Refinement:
+def refine(subject: Subject, directions: Tensor, config: DiscoverConfig = DiscoverConfig(),
+           progress: bool | None = None, **kwargs) -> Refinement:
     """Run discovery from the given directions ``[R, d]`` (e.g. SAE decoder rows, real-other
-    directions) and report how far each moved and how much earlier it blows up."""
+    directions) and report how far each moved and how much earlier it blows up. ``progress``: bars on
+    stderr (``None``: when stderr is a terminal); ``kwargs`` go to ``discover``."""
     directions = check_directions(directions, subject.base.shape[0],
                                   subject.base if config.mode == "sphere" else None, what="direction")
     config = replace(config, init="given", restarts=directions.shape[0], abandon=False, max_points=None, rounds=1)
-    found = discover(subject, config, init_directions=directions, **kwargs)
+    found = discover(subject, config, init_directions=directions, progress=progress, **kwargs)
     with torch.no_grad():
         start = effective_directions(directions.to(subject.base.dtype), subject.base, config.mode)
-        before = scan(subject, start, config.final_scan_config).threshold
+        before = scan(subject, start, config.final_scan_config, progress=progress, desc="refine: before").threshold
         end = found.restart_directions
-        after = scan(subject, end, config.final_scan_config).threshold
+        after = scan(subject, end, config.final_scan_config, progress=progress, desc="refine: after").threshold
     return Refinement(start=start, end=end, cos_start_end=(start * end).sum(1), blowup_start=before,
                       blowup_end=after, discovery=found)

@@ -222,7 +222,7 @@ def evaluate(
             running = (sum(scores.values()) + target.score(dirs, config)) / (k + 1)
             report(k * REPORTS_PER_SUBJECT + step, running, done + record["points"])
 
-        found = discover(probe, config, callback=callback if report is not None else None)
+        found = discover(probe, config, callback=callback if report is not None else None, progress=False)
         points += found.points_evaluated
         scores[target.name] = float(target.evaluate(found, config))
         n_optima[target.name] = len(found)
