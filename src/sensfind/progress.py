@@ -13,7 +13,9 @@ from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
-__all__ = ["Stages", "progress_bar", "progress_enabled"]
+__all__ = ["BAR_DELAY", "Stages", "progress_bar", "progress_enabled"]
+
+BAR_DELAY = 1.0  # seconds before a bar appears: work that ends sooner leaves stderr alone (one-line errors stay one line)
 
 
 def progress_enabled(progress: bool | None) -> bool:
@@ -24,11 +26,13 @@ def progress_enabled(progress: bool | None) -> bool:
     return bool(progress)
 
 
-def progress_bar(total: int | None, desc: str, progress: bool | None, unit: str = "pt", initial: int = 0):
+def progress_bar(total: int | None, desc: str, progress: bool | None, unit: str = "pt", initial: int = 0,
+                 leave: bool = True):
     """A tqdm bar on stderr named ``desc`` over ``total`` ``unit``s (ETA shown), disabled unless
-    :func:`progress_enabled`."""
+    :func:`progress_enabled`; it appears once the work has taken ``BAR_DELAY`` seconds, and with
+    ``leave=False`` it is erased when done."""
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not progress_enabled(progress),
-                file=sys.stderr, dynamic_ncols=True)
+                file=sys.stderr, dynamic_ncols=True, delay=BAR_DELAY, leave=leave)
 
 
 class Stages:
@@ -40,11 +44,18 @@ class Stages:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, name: str):
+    def __call__(self, name: str, progress: bool | None = False, desc: str | None = None):
+        """Time the stage ``name``; with ``progress``, a one-step bar named ``desc`` (elapsed time shown,
+        erased when done) for stages whose work has no count of its own (loading a model, a dictionary)."""
         t = time.perf_counter()
+        bar = progress_bar(1, desc or name, progress, unit="stage", leave=False) if progress is not False else None
         try:
             yield
+            if bar is not None:
+                bar.update(1)
         finally:
+            if bar is not None:
+                bar.close()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
 
     def add(self, timings: dict) -> None:

@@ -181,10 +181,10 @@ def run_scan(site: SiteConfig, config, out: str | Path, directions: str = "rando
     if spec.kind == "random" and spec.value.isdigit():
         check_scan_budget(int(spec.value), config.steps, max_points)
     with staged_dir(out, overwrite=overwrite) as tmp:
-        with stages("load"):
+        with stages("load", progress, f"loading {site.model}"):
             model = site.load_model()
             subject = site.subject(model)
-        with stages("directions"):
+        with stages("directions", progress, f"directions {directions}"):
             dirs, kind = directions_from_spec(directions, site, model, subject)
         check_scan_budget(dirs.shape[0], config.steps, max_points)
         use_reference = path == "reference"
@@ -312,7 +312,7 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
         log.warning("discover: the random baseline is cut from %d to %d directions to fit max_points=%d",
                     random_baseline, n_random, config.max_points)
     check_output_dir(out, overwrite=overwrite or resuming)
-    with stages("load"):
+    with stages("load", progress, f"loading {site.model} and the real-other activations"):
         subject, model, others = site.build()
     init = None
     if config.init == "given":
@@ -434,9 +434,9 @@ def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: 
     check_output_dir(out, overwrite)
     check_dictionary_spec(dictionary)
     with staged_dir(out, overwrite=overwrite) as tmp:
-        with stages("load"):
+        with stages("load", progress, f"loading {site.model} and the real-other activations"):
             built = site.build()
-        with stages("dictionary"):
+        with stages("dictionary", progress, f"dictionary {dictionary}"):
             dic = site_dictionary(dictionary, site, built)
         result = compare(built.subject, directions, dic, built.others, config,
                          hook_name=getattr(built.subject, "hook", None), progress=progress)

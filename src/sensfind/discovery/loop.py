@@ -59,10 +59,12 @@ log = logging.getLogger(__name__)
 __all__ = ["discover"]
 
 class _Bar:
-    """Progress over points (of the budget when there is one), with the round and optima found so far."""
+    """Progress over points (of the budget when there is one, else of the most the rounds can cost), with
+    the round and optima found so far."""
 
     def __init__(self, config: DiscoverConfig, points: int, progress: bool | None):
-        self.bar = progress_bar(config.max_points, "discover", progress, initial=points)
+        total = config.max_points or (config.rounds or 1) * config.restarts * round_cost(config)
+        self.bar = progress_bar(total, "discover", progress, initial=points)
 
     def update(self, points: int, **postfix) -> None:
         self.bar.update(points - self.bar.n)

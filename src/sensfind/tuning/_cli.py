@@ -27,7 +27,7 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=None, help="results directory (default runs/tune-STUDY_NAME)")
     g.add_argument("--space", default=None, help="search space file (JSON/YAML) merged onto the default space")
     g.add_argument("--print-space", action="store_true", help="print the search space as JSON and exit")
-    g.add_argument("--quiet", action="store_true", help="no per-trial log lines")
+    g.add_argument("--quiet", action="store_true", help="no progress bar and no per-trial log lines")
     add_config_args(p, TuneConfig)
 
 
@@ -46,7 +46,7 @@ def cmd_tune(args) -> int:
     config = config_from_args(args)
     out = check_output_dir(Path(args.out) if args.out else Path("runs") / f"tune-{config.study_name}", overwrite=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING if args.quiet else optuna.logging.INFO)
-    result = tune(config, space, out=out)
+    result = tune(config, space, out=out, progress=not args.quiet)
     print(result.table())
     print(result.summary())
     if result.best_config is not None:

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from sensfind.errors import NonFiniteOutputError
 from sensfind.discovery.rounds import round_cost
+from sensfind.progress import progress_enabled
 from sensfind.runio import check_output_dir
 from sensfind.tuning._config import TuneConfig
 from sensfind.tuning._results import TuneResult
@@ -84,8 +85,12 @@ def tune(
     out: str | Path | None = None,
     targets: Sequence[Target] | None = None,
     storage: optuna.storages.BaseStorage | None = None,
+    progress: bool | None = None,
 ) -> TuneResult:
     """Run ``config.n_trials`` trials of the study (creating or joining it) and summarise the whole study.
+
+    ``progress``: Optuna's bar over the trials on stderr (``None``: when stderr is a terminal; shown when
+    ``n_trials`` or ``timeout`` bounds the run).
 
     ``targets`` overrides the subjects built from ``config`` (e.g. a custom ``Subject`` and score).
     With ``out``, results are written there (``TuneResult.save``) and the default storage is ``out/study.db``.
@@ -106,7 +111,8 @@ def tune(
     if config.n_trials != 0 and not _study_full(study, config):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=config.n_trials, timeout=config.timeout, callbacks=callbacks)
+            study.optimize(objective, n_trials=config.n_trials, timeout=config.timeout, callbacks=callbacks,
+                           show_progress_bar=progress_enabled(progress) and (config.n_trials or config.timeout) is not None)
     where = type(storage).__name__ if storage is not None else storage_url(config.storage, out)
     result = TuneResult.from_study(study, config, where, ran=objective.ran)
     if out is not None:
