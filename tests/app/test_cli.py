@@ -296,3 +296,38 @@ def test_site_flag_errors_name_the_flag(tmp_path, capsys):
     assert "--dtype must be one of ['float32', 'bfloat16', 'float64'], got 'float16'" in capsys.readouterr().err
     assert main(["scan", "--model", "toy", "--out", str(tmp_path / "o")]) == 2
     assert "--model 'toy' is the ground-truth toy, for discover and compare only" in capsys.readouterr().err
+
+
+# -- defaults that fit (issue 23) --------------------------------------------------------------------
+
+
+def test_site_commands_default_to_the_offline_trained_model_and_compare_shows_its_budget(capsys):
+    for command in ("scan", "discover", "compare"):
+        text = _help(command, capsys)
+        model_help = text.rsplit("--model MODEL", 1)[1].split(" --", 1)[0]  # its help, not the usage line
+        assert "default smollm2-135m]" in model_help, command
+    text = _help("compare", capsys)
+    assert "--max-points MAX_POINTS" in text and "--dictionary DICTIONARY" in text
+    assert "default auto]" in text.rsplit("--dictionary DICTIONARY", 1)[1].split(" --", 1)[0]
+
+
+@pytest.mark.parametrize("model, kind", [("smollm2-135m", "corpus"), ("gguf:/x.gguf", "corpus"), ("gpt2", "pretrained"),
+                                         ("random:tiny", "train"), ("toy", "train")])
+def test_compare_defaults_to_the_models_own_dictionary(model, kind):
+    from sensfind.app.jobs import resolved_dictionary
+    from sensfind.app.site import DiscoverySiteConfig
+    from sensfind.specs import DEFAULT_SAE_RELEASE
+
+    spec = resolved_dictionary("auto", DiscoverySiteConfig(model=model))
+    assert spec.kind == kind and (kind != "pretrained" or spec.value == DEFAULT_SAE_RELEASE)
+
+
+def test_a_corpus_dictionary_of_random_weights_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    from sensfind.app.site import DiscoverySiteConfig
+    from sensfind.core.baselines import save_directions
+
+    monkeypatch.setattr(DiscoverySiteConfig, "build", lambda self: pytest.fail("work started"))
+    save_directions(tmp_path / "d.safetensors", torch.randn(2, 64))
+    assert main(["compare", *TINY, "--directions", str(tmp_path / "d.safetensors"), "--dictionary", "corpus",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--dictionary corpus needs a trained model" in capsys.readouterr().err

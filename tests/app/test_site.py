@@ -18,7 +18,7 @@ DISCOVER_SITE = SCAN_SITE | {"input": 0, "prompts": "builtin"}
 def test_defaults_are_the_command_lines():
     s = SiteConfig()
     assert (s.model, s.hook, s.position, s.dtype, s.device, s.seed, s.tokens) == \
-        ("random:gpt2", "blocks.1.hook_resid_pre", -1, "float32", "auto", 0, None)
+        ("smollm2-135m", "blocks.1.hook_resid_pre", -1, "float32", "auto", 0, None)
     assert [f.name for f in dataclasses.fields(DiscoverySiteConfig)] == list(DISCOVER_SITE)
 
 

@@ -19,7 +19,9 @@ from torch import Tensor
 from sensfind.configs import Config, check_choice, check_int
 from sensfind.errors import InputFileError
 from sensfind.app.site import DiscoverySiteConfig, Site, SiteConfig
-from sensfind.specs import DICTIONARY_KINDS, DIRECTION_KINDS, Spec, dictionary_width, parse_spec
+from sensfind.specs import (DEFAULT_SAE_RELEASE, DICTIONARY_KINDS, DIRECTION_KINDS, Spec, dictionary_width,
+                            parse_model_spec, parse_spec)
+from sensfind.dictionaries.corpus_sae import CorpusSAEConfig, train_corpus_sae
 from sensfind.dictionaries.dictionary import check_dictionary_dir
 from sensfind.core.baselines import isotropic, load_directions
 from sensfind.core.geometry import directions_from_targets, is_base
@@ -103,11 +105,14 @@ class CompareRunConfig(Config):
     """The dictionary ``sensfind compare`` compares with.
 
     Attributes:
-        dictionary: pretrained:RELEASE[/SAE_ID] (hub), disk:PATH (SAELens format) or train:D_SAE (trained on
-            local activations); pretrained:gpt2-small-res-jb takes the SAE at the site's hook
+        dictionary: auto (the model's own: corpus for smollm2-135m, gguf:PATH and hub models, pretrained
+            gpt2-small-res-jb for gpt2, train for random weights and the toy), corpus (the SAE trained on the
+            model's offline corpus at the site's hook, cached: the one sensfind demo trains), disk:PATH (a
+            saved SAE, e.g. runs/demo/sae), pretrained:RELEASE[/SAE_ID] (HuggingFace hub; the release's SAE at
+            the site's hook) or train:D_SAE (trained here on the site's prompts' activations)
     """
 
-    dictionary: str = "pretrained:gpt2-small-res-jb"
+    dictionary: str = "auto"
 
     def __post_init__(self):
         check_dictionary_spec(self.dictionary)
@@ -401,12 +406,37 @@ def check_dictionary_spec(text: str) -> Spec:
     return spec
 
 
-def site_dictionary(text: str, site: DiscoverySiteConfig, built: Site):
-    """``pretrained:RELEASE[/SAE_ID]`` | ``disk:PATH`` | ``train:D_SAE`` -> Dictionary. ``train`` fits an SAE
-    on the site's activations: the toy's inputs, or every position of the site's prompts."""
+def auto_dictionary(site: SiteConfig) -> Spec:
+    """The dictionary ``auto`` stands for at ``site``: the pretrained GPT-2 SAEs for ``gpt2``, the cached
+    corpus SAE for other trained models, an SAE trained here for random weights and the toy."""
+    model = parse_model_spec(site.model)
+    if model.kind in ("toy", "random"):
+        return Spec("train")
+    if model.kind == "hub" and model.value == "gpt2":
+        return Spec("pretrained", DEFAULT_SAE_RELEASE)
+    return Spec("corpus")
 
+
+def resolved_dictionary(text: str, site: SiteConfig) -> Spec:
+    """The dictionary spec ``text`` with ``auto`` resolved for ``site``; ``ValueError`` before any work for a
+    ``corpus`` SAE of a model without a corpus (random weights, the toy)."""
     spec = check_dictionary_spec(text)
+    spec = auto_dictionary(site) if spec.kind == "auto" else spec
+    if spec.kind == "corpus" and parse_model_spec(site.model).kind in ("toy", "random"):
+        raise ValueError(f"--dictionary corpus needs a trained model with a tokenizer (smollm2-135m, gguf:PATH, a hub "
+                         f"model), not {site.model!r}; use train:D_SAE or disk:PATH")
+    return spec
+
+
+def site_dictionary(text: str, site: DiscoverySiteConfig, built: Site):
+    """``auto`` | ``corpus`` | ``pretrained:RELEASE[/SAE_ID]`` | ``disk:PATH`` | ``train:D_SAE`` -> Dictionary.
+    ``corpus`` is the cached SAE of ``train_corpus_sae`` at the site's hook; ``train`` fits an SAE on the
+    site's activations: the toy's inputs, or every position of the site's prompts."""
+
+    spec = resolved_dictionary(text, site)
     subject, model = built.subject, built.model
+    if spec.kind == "corpus":
+        return train_corpus_sae(model, CorpusSAEConfig(hook=subject.hook))
     if spec.kind != "train":
         return load_dictionary_spec(spec, getattr(subject, "hook", None))
     d_sae = dictionary_width(spec) or 4 * subject.base.shape[0]
@@ -421,7 +451,7 @@ def site_dictionary(text: str, site: DiscoverySiteConfig, built: Site):
 
 
 def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: Tensor, *,
-                dictionary: str = "pretrained:gpt2-small-res-jb", sources: dict | None = None,
+                dictionary: str = "auto", sources: dict | None = None,
                 overwrite: bool = False, progress: bool | None = None) -> CompareRun:
     """Compare ``directions`` ``[N, d]`` at ``site`` with the dictionary of the spec ``dictionary`` and the
     real-other directions (``config``: a ``CompareConfig``, whose ``max_points`` bounds every scan);
@@ -432,11 +462,11 @@ def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: 
     stages = Stages()
     out = Path(out)
     check_output_dir(out, overwrite)
-    check_dictionary_spec(dictionary)
+    spec = resolved_dictionary(dictionary, site)
     with staged_dir(out, overwrite=overwrite) as tmp:
         with stages("load", progress, f"loading {site.model} and the real-other activations"):
             built = site.build()
-        with stages("dictionary", progress, f"dictionary {dictionary}"):
+        with stages("dictionary", progress, f"dictionary {spec}" + (" (auto)" if dictionary == "auto" else "")):
             dic = site_dictionary(dictionary, site, built)
         result = compare(built.subject, directions, dic, built.others, config,
                          hook_name=getattr(built.subject, "hook", None), progress=progress)

