@@ -17,11 +17,12 @@ what is allowed when it is not; the loaders for the kinds that mean the same eve
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
 __all__ = ["DICTIONARY_KINDS", "DIRECTION_KINDS", "DEFAULT_SAE_RELEASE", "MODEL_ALTERNATIVES", "ModelSpec", "Spec",
-           "dictionary_width", "parse_model_spec",
+           "check_hook_layer", "dictionary_width", "parse_model_spec",
            "parse_spec", "spec_alternatives"]
 
 # kind -> what follows the colon ("" for a bare kind)
@@ -109,6 +110,20 @@ def parse_model_spec(text, what: str = "model", allow_toy: bool = True) -> Model
     if kind == "gguf" and value:
         return ModelSpec("gguf", value)
     raise ValueError(f"{what} must be {allowed}, got {text!r}")
+
+
+KNOWN_LAYERS = {"smollm2": 30}  # layers of the named models whose architecture is known without loading them
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def check_hook_layer(what: str, hook: str, model: ModelSpec) -> None:
+    """Refuse ``blocks.L.*`` hooks past the last layer of a model whose depth is known without loading it
+    (the local architectures, SmolLM2); other hooks are checked once the model is loaded."""
+    layers = LOCAL_ARCHITECTURES[model.value]["n_layers"] if model.kind == "random" else KNOWN_LAYERS.get(model.kind)
+    m = _BLOCK.match(hook)
+    if layers is not None and m and int(m.group(1)) >= layers:
+        raise ValueError(f"{what} {hook!r} is past the last layer of {model} (blocks 0..{layers - 1}), e.g. "
+                         f"blocks.{min(1, layers - 1)}.hook_resid_pre")
 
 
 def dictionary_width(spec: Spec, what: str = "--dictionary") -> int | None:

@@ -54,7 +54,8 @@ def test_scan_directions_from_file_and_targets(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--hook", "blocks.7.hook_resid_pre"], "unknown hook 'blocks.7.hook_resid_pre'"),
+        (["--hook", "blocks.7.hook_resid_pre"], "'blocks.7.hook_resid_pre' is past the last layer"),  # before loading
+        (["--hook", "blocks.1.hook_nope"], "unknown hook 'blocks.1.hook_nope'"),  # after loading
         (["--position", "40"], "position 40 is out of range"),
         (["--tokens", ""], "--tokens is empty"),
         (["--tokens", "1,x"], "--tokens must be comma-separated integers"),
@@ -331,3 +332,56 @@ def test_a_corpus_dictionary_of_random_weights_is_refused_before_loading(tmp_pat
     assert main(["compare", *TINY, "--directions", str(tmp_path / "d.safetensors"), "--dictionary", "corpus",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--dictionary corpus needs a trained model" in capsys.readouterr().err
+
+
+# -- errors before work (issue 23) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", ""], "--prompt is empty"),
+    (["--hook", "blocks.99.hook_resid_pre"], "past the last layer of smollm2-135m (blocks 0..29)"),
+    (["--model", "random:tiny", "--hook", "blocks.3.hook_resid_pre"], "past the last layer of random:tiny"),
+    (["--tokens", "5,6,7", "--position", "40"], "--position 40 is out of range for 3 tokens"),
+    (["--prompts", "corpus64"], "did you mean corpus:64?"),
+    (["--prompts", "corpus:ten"], "corpus:N or corpus:N:LEN"),
+    (["--prompts", "no/such/prompts.txt"], "'no/such/prompts.txt' does not exist"),
+])
+@pytest.mark.parametrize("command", ["discover", "compare"])
+def test_input_errors_come_before_the_model_loads(command, argv, message, tmp_path, capsys, monkeypatch):
+    import sensfind.app.site as site
+
+    monkeypatch.setattr(site, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    extra = ["--directions", str(tmp_path / "d.safetensors")] if command == "compare" else ["--quiet"]
+    if command == "compare":
+        from sensfind.core.baselines import save_directions
+
+        save_directions(tmp_path / "d.safetensors", torch.randn(2, 576))
+    assert main([command, *argv, *extra, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_prompt_file_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import sensfind.app.site as site
+
+    monkeypatch.setattr(site, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "p.txt").write_text("# only a comment\n\n")
+    assert main(["discover", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o")]) == 2
+    assert "holds no prompts" in capsys.readouterr().err
+    assert main(["scan", "--directions", f"targets:{tmp_path / 'p.txt'}", "--out", str(tmp_path / "o")]) == 2
+    assert "holds no prompts" in capsys.readouterr().err
+
+
+def test_a_position_past_the_prompt_is_refused_right_after_loading(tmp_path, capsys, monkeypatch):
+    import sensfind.app.site as site
+
+    monkeypatch.setattr(site, "prompt_activations", lambda *a, **k: pytest.fail("work started after loading"))
+    assert main(["discover", "--model", "random:tiny", "--prompt", "Hi", "--position", "40", "--quiet",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "position 40 is out of range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["scan", "discover", "compare"])
+def test_help_names_the_corpus_prompts(command, capsys):
+    assert "corpus:N" in _help(command, capsys)

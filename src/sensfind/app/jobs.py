@@ -25,7 +25,7 @@ from sensfind.dictionaries.corpus_sae import CorpusSAEConfig, train_corpus_sae
 from sensfind.dictionaries.dictionary import check_dictionary_dir
 from sensfind.core.baselines import isotropic, load_directions
 from sensfind.core.geometry import directions_from_targets, is_base
-from sensfind.models.prompts import load_prompts, prompt_activations
+from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_activations
 from sensfind.reporting.plots import plot_effect_curves
 from sensfind.runio import save_json, save_tensors, staged_dir
 from sensfind.core.scan import scan, step_grid
@@ -62,8 +62,9 @@ class ScanRunConfig(Config):
     """What ``sensfind scan`` scans, and along which path.
 
     Attributes:
-        directions: random:N (isotropic), file:PATH (.safetensors/.pt/.npy [R, d]), targets:builtin or
-            targets:PATH (directions towards other prompts' activations)
+        directions: random:N (isotropic), file:PATH (.safetensors/.pt/.npy [R, d]), or targets:PROMPTS: directions
+            towards other prompts' activations, PROMPTS being builtin, corpus:N (N windows of the offline corpus),
+            openwebtext:N or a prompt file
         path: the fast path (prefix cache, last position only) or the reference (full forward with a hook)
         max_points: budget of scan points (directions x steps; None: none); a scan over it is refused
             before it starts
@@ -185,6 +186,10 @@ def run_scan(site: SiteConfig, config, out: str | Path, directions: str = "rando
     spec = parse_spec(directions, DIRECTION_KINDS, "--directions")
     if spec.kind == "random" and spec.value.isdigit():
         check_scan_budget(int(spec.value), config.steps, max_points)
+    elif spec.kind == "file":
+        check_scan_budget(load_directions(spec.value).shape[0], config.steps, max_points)  # a bad file: before loading
+    elif spec.kind == "targets":
+        check_prompt_source(spec.value or "builtin")
     with staged_dir(out, overwrite=overwrite) as tmp:
         with stages("load", progress, f"loading {site.model}"):
             model = site.load_model()

@@ -16,12 +16,12 @@ from torch import Tensor
 
 from sensfind.configs import Config, check_choice, check_int
 from sensfind.core.geometry import is_base
-from sensfind.specs import parse_model_spec
+from sensfind.specs import check_hook_layer, parse_model_spec
 from sensfind.models.loading import resolve_device
 from sensfind.models.loading import load_model
 from sensfind.models.transformer_subject import TransformerSubject
 from sensfind.core.toy import ToyConfig, ToyModel
-from sensfind.models.prompts import load_prompts, prompt_activations
+from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_activations
 
 __all__ = ["DTYPES", "DiscoverySiteConfig", "Site", "SiteConfig", "site_from_dict"]
 
@@ -62,17 +62,24 @@ class SiteConfig(Config):
     allow_toy: ClassVar[bool] = False
 
     def __post_init__(self):
-        parse_model_spec(self.model, "model", allow_toy=self.allow_toy)
+        spec = parse_model_spec(self.model, "model", allow_toy=self.allow_toy)
         if not isinstance(self.prompt, str):
             raise ValueError(f"prompt must be a string, got {self.prompt!r}")
         if isinstance(self.tokens, (list, tuple)):  # token ids given as a list: kept in the flat, saved form
             object.__setattr__(self, "tokens", ",".join(map(str, self.tokens)))
-        self.token_ids  # noqa: B018  (checks tokens)
+        ids = self.token_ids
+        if ids is None and not self.prompt and not spec.is_toy:
+            raise ValueError("prompt is empty; give text with at least one token, or token ids with --tokens")
         for name in ("hook", "output_hook"):
             v = getattr(self, name)
             if not (isinstance(v, str) and v) and not (name == "output_hook" and v is None):
                 raise ValueError(f"{name} must be a hook name such as blocks.1.hook_resid_pre, got {v!r}")
+            if v is not None and not spec.is_toy:
+                check_hook_layer(name, v, spec)
         check_int("position", self.position)
+        if ids is not None and not -len(ids) <= self.position < len(ids):
+            raise ValueError(f"position {self.position} is out of range for {len(ids)} tokens "
+                             f"(allowed: {-len(ids)}..{len(ids) - 1})")
         check_choice("dtype", self.dtype, DTYPES)
         resolve_device(self.device)
         check_int("seed", self.seed, 0)
@@ -124,8 +131,9 @@ class DiscoverySiteConfig(SiteConfig):
 
     Attributes:
         input: ``model`` toy only: which input of the toy's stream is the base.
-        prompts: prompt file of the real-other activations (covariance init, baselines, comparison);
-            ``builtin``: the built-in prompts.
+        prompts: the real-other prompts (covariance init, baselines, comparison): builtin (the built-in
+            prompts), corpus:N (N 10-token windows of the offline corpus; corpus:N:LEN for LEN tokens),
+            openwebtext:N (needs the hub) or a prompt file (one per line).
     """
 
     input: int = 0
@@ -137,7 +145,7 @@ class DiscoverySiteConfig(SiteConfig):
         super().__post_init__()
         check_int("input", self.input, 0)
         if not isinstance(self.prompts, str) or not self.prompts:
-            raise ValueError(f"prompts must be a prompt file or 'builtin', got {self.prompts!r}")
+            raise ValueError(f"prompts must be builtin, corpus:N, openwebtext:N or a prompt file, got {self.prompts!r}")
 
     def toy(self):
         """The ground-truth toy model of a ``toy`` site (seeded by ``seed``)."""
@@ -154,8 +162,9 @@ class DiscoverySiteConfig(SiteConfig):
             subject = self.subject()
             return Site(subject, None, subject.real_others(TOY_OTHERS, seed=self.seed + TOY_OTHERS_SEED_OFFSET))
 
+        check_prompt_source(self.prompts)  # before the model loads
         model = self.load_model()
-        subject = self.subject(model)
+        subject = self.subject(model)  # the hook and position are checked here, right after loading
         others = prompt_activations(model, load_prompts(self.prompts, model), subject.hook, self.position)
         return Site(subject, model, others[~is_base(others, subject.base)])
 

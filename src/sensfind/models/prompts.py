@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sensfind.errors import CorpusUnavailableError, DatasetUnavailableError
+from sensfind.errors import CorpusUnavailableError, DatasetUnavailableError, InputFileError
 from sensfind.models.transformer_subject import tokenize_prompt
 from sensfind.models.loading import hf_offline, hub_reachable
 from sensfind.models.loading import cache_root
@@ -40,7 +40,7 @@ from importlib.metadata import PackageNotFoundError, version
 log = logging.getLogger(__name__)
 
 __all__ = ["CORPUS_PACKAGE", "Corpus", "CorpusUnavailableError", "DatasetUnavailableError", "TextWindows",
-           "corpus_texts", "load_corpus", "load_prompts", "openwebtext_windows", "resolve_cache_dir",
+           "check_prompt_source", "corpus_texts", "load_corpus", "load_prompts", "openwebtext_windows", "resolve_cache_dir",
            "prompt_activations", "site_activations_all_positions", "text_windows"]
 
 
@@ -312,6 +312,32 @@ def text_windows(
     corpus = load_corpus(model, cache_dir)
     tokens = corpus.windows(n, length, seed, split).tolist()
     return TextWindows(tokens, f"corpus:{CORPUS_PACKAGE}-{corpus.version}")
+
+
+PROMPT_SOURCES = "builtin, corpus:N (N windows of the offline corpus; corpus:N:LEN for LEN tokens), openwebtext:N or a file"
+_NEAR_MISS = re.compile(r"^(corpus|openwebtext)\W?(\d+)?(?:\W(\d+))?$")
+
+
+def check_prompt_source(source: str | Path) -> None:
+    """Refuse a prompt source without a model, before any work: a malformed ``corpus:``/``openwebtext:``
+    spec, or a file that is missing (with a suggestion where it looks like a spec, ``corpus64`` ->
+    ``corpus:64``), unreadable, binary or empty."""
+    text = str(source)
+    if text == "builtin":
+        return
+    if text.startswith(("corpus:", "openwebtext:")):
+        kind, _, rest = text.partition(":")
+        parts = rest.split(":")
+        if not all(p.isdigit() for p in parts) or len(parts) > (2 if kind == "corpus" else 1) or int(parts[0]) < 1:
+            form = "corpus:N or corpus:N:LEN" if kind == "corpus" else "openwebtext:N"
+            raise ValueError(f"{kind} prompts are {form} with integers >= 1, got {text!r}")
+        return
+    near = _NEAR_MISS.match(text)
+    if near and not Path(text).exists():
+        kind, n, length = near.groups()
+        hint = f"{kind}:{n or 'N'}" + (f":{length}" if length and kind == "corpus" else "")
+        raise InputFileError(f"prompt file {text!r} does not exist; did you mean {hint}? Prompts are {PROMPT_SOURCES}")
+    load_prompts(source)  # a file: missing, unreadable, binary or empty files are refused here
 
 
 def load_prompts(source: str | Path = "builtin", model=None) -> list:
