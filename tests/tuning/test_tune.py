@@ -83,7 +83,7 @@ def test_default_space_is_valid_and_contains_the_defaults():
     space = SearchSpace.default()
     assert set(space.params) == set(_DEFAULT_SPACE)
     params = space.default_params()
-    assert params is not None and params["restarts"] == 32 and params["mode"] == "sphere"
+    assert params is not None and params["restarts"] == 32 and space.params["mode"].value == "sphere"
     cfg, d = _apply(DiscoverConfig(), params), DiscoverConfig()
     for it in (0, 30, 59):
         assert math.isclose(cfg.temperature_at(it), d.temperature_at(it))
@@ -422,3 +422,31 @@ def test_device_is_a_tune_setting_checked_before_any_work(tmp_path, capsys):
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown device 'tpu'" in err[0]
+
+
+def test_default_space_fixes_the_objective_and_searches_the_optimiser():
+    space, d = SearchSpace.default(), DiscoverConfig()
+    for name in ("effect", "mode", "tau"):
+        assert not space.params[name].tuned and space.params[name].value == getattr(d, name)
+    assert {"lr", "optimizer", "restarts", "iterations", "temperature"} <= {n for n, p in space.params.items() if p.tuned}
+
+
+def test_a_budget_no_trial_can_pay_for_is_refused_before_the_study_starts(tmp_path, capsys):
+    space = SearchSpace.from_dict(TINY_SPACE | {"max_points": 100})  # 4 x 12 + 61 + 1 = 110 > 100
+    with pytest.raises(ValueError, match="max_points=100 cannot pay for one restart"):
+        tune(_config(storage="memory", n_trials=1), space, targets=tn.toy_targets([0]),
+             storage=optuna.storages.InMemoryStorage())
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(TINY_SPACE | {"max_points": 100}))
+    assert tn.main(["--space", str(path), "--out", str(tmp_path / "o"), "--n-trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot pay for one restart" in err and not (tmp_path / "o" / "study.db").exists()
+    SearchSpace.from_dict(TINY_SPACE | {"max_points": 110}).check_budget()  # exactly one restart: accepted
+
+
+def test_tune_help_documents_the_space_file_format(capsys):
+    with pytest.raises(SystemExit):
+        tn.main(["--help"])
+    text = capsys.readouterr().out
+    for part in ('"type": "float"', '"type": "categorical"', '"type": "fixed"', "stop_fraction", "--print-space"):
+        assert part in text, part

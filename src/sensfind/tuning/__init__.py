@@ -24,11 +24,11 @@ The compute a trial spent is always recorded (``points``: scan points run throug
 Default search space (``SearchSpace.default()``; ``sensfind tune --print-space`` prints it as JSON)::
 
     parameter          type         range / choices       log   maps to
-    tau                float        0.1 - 2.0             yes   tau (effect units: nats for kl)
+    effect             fixed        kl                          effect   } the objective: fixed, so that
+    mode               fixed        sphere                      mode     } every trial's score measures
+    tau                fixed        0.5                         tau      } the same thing
     temperature        float        0.01 - 0.3            yes   temperature
     temperature_ratio  float        0.05 - 1.0            yes   temperature_final = temperature * ratio
-    mode               categorical  sphere, straight            mode
-    effect             categorical  kl, l2, cos                 effect
     scan_steps         int          8 - 48                      scan_steps
     stop_fraction      float        0.25 - 1.0                  stop = fraction * full range (180 deg / 1)
     optimizer          categorical  sgd, adam                   optimizer
@@ -41,8 +41,11 @@ Default search space (``SearchSpace.default()``; ``sensfind tune --print-space``
 
 Every other ``DiscoverConfig`` field keeps its default. ``DiscoverConfig()`` lies inside this space
 (with the space's fixed values, e.g. a budget) and is enqueued as the first trial of a new study, so the best trial is never worse than the
-defaults on the training subjects. ``tau`` is in the effect's units, so tuning ``effect`` and ``tau``
-together lets the (multivariate TPE) sampler find pairs that work; narrow them when fixing one.
+defaults on the training subjects. The objective (``effect``, ``mode``, ``tau``) is fixed: trials that
+blew up under different effects or thresholds would optimise different things, and their scores would
+not compare. To tune another objective, fix it in a space file (``{"effect": "l2", "tau": 20}``).
+A space whose budget (``max_points``) cannot pay for one restart of its cheapest settings is refused
+before the study starts.
 
 A search-space file (JSON, or YAML by suffix) narrows or widens this per parameter; entries replace
 the default entry of the same name, everything else is kept::

@@ -14,18 +14,19 @@ from sensfind.errors import error_boundary
 from sensfind.flags import add_config_args, load_config_file
 from sensfind.runio import check_output_dir
 from sensfind.tuning._config import TuneConfig
-from sensfind.tuning._space import SearchSpace
+from sensfind.tuning._space import SPACE_FILE_FORMAT, SearchSpace
 from sensfind.tuning._study import tune
 
 
-_DESCRIPTION = "Tuning discovery settings with Optuna: each trial runs ``discover`` with suggested settings."
+_DESCRIPTION = "Tuning discovery settings with Optuna: each trial runs discover with suggested settings."
 
 
 def _add_tune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tune run")
     g.add_argument("--config", default=None, help="JSON file of TuneConfig fields (flags override it)")
     g.add_argument("--out", default=None, help="results directory (default runs/tune-STUDY_NAME)")
-    g.add_argument("--space", default=None, help="search space file (JSON/YAML) merged onto the default space")
+    g.add_argument("--space", default=None, help="search space file (JSON/YAML) merged onto the default space; "
+                   "its format is below")
     g.add_argument("--print-space", action="store_true", help="print the search space as JSON and exit")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no per-trial log lines")
     add_config_args(p, TuneConfig)
@@ -57,7 +58,8 @@ def cmd_tune(args) -> int:
 def add_tune_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``sensfind tune`` on the CLI's subparsers (sets its own ``func``)."""
     p = subparsers.add_parser("tune", help="tune discovery settings with Optuna (distributed, pruned, resumable)",
-                              description=_DESCRIPTION)
+                              description=_DESCRIPTION, epilog=SPACE_FILE_FORMAT,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_tune_args(p)
     p.set_defaults(func=cmd_tune)
     return p
@@ -65,7 +67,8 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sensfind.tuning ARGS``, the same as ``sensfind tune ARGS``."""
-    parser = argparse.ArgumentParser(prog="python -m sensfind.tuning", description=_DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="python -m sensfind.tuning", description=_DESCRIPTION,
+                                     epilog=SPACE_FILE_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     _add_tune_args(parser)
     args = parser.parse_args(argv)

@@ -9,11 +9,25 @@ from typing import Any, Literal
 
 import optuna
 
-from sensfind.core.objective_config import ObjectiveConfig
-from sensfind.configs import field_choices, is_number
+from sensfind.configs import is_number
 from sensfind.discovery.config import DiscoverConfig
+from sensfind.discovery.rounds import round_cost
 from sensfind.runio import read_text
 
+
+SPACE_FILE_FORMAT = """\
+search space file (--space FILE, JSON, or YAML for .yaml/.yml): a JSON object of parameter -> spec,
+merged onto the default space (entries replace the default entry of the same name; print the
+result with --print-space). A spec is one of:
+  {"type": "float", "low": L, "high": H, "log": false}   (int: the same with integers)
+  {"type": "categorical", "choices": [A, B, ...]}
+  {"type": "fixed", "value": V}   or just V               (a fixed parameter is not tuned)
+Parameters: DiscoverConfig fields (every discover flag but --seed and --init) and the derived
+temperature_ratio (temperature_final = temperature x ratio), lr_ratio (lr_final = lr x ratio) and
+stop_fraction (stop = fraction x full range). The default space fixes the objective (effect kl,
+mode sphere, tau 0.5) and searches the optimiser. Example, fixing a budget and tau:
+  {"max_points": 20000, "tau": 1.0, "restarts": {"type": "int", "low": 8, "high": 16},
+   "optimizer": "sgd"}"""
 
 ParamType = Literal["float", "int", "categorical", "fixed"]
 _TYPES = ("float", "int", "categorical", "fixed")
@@ -158,11 +172,11 @@ def _derived_values(cfg: DiscoverConfig) -> dict:
 
 
 _DEFAULT_SPACE = {
-    "tau": {"type": "float", "low": 0.1, "high": 2.0, "log": True},
+    # the objective is fixed (DiscoverConfig's defaults), so that every trial's score measures the same thing
+    **{name: {"type": "fixed", "value": getattr(DiscoverConfig(), name)} for name in ("effect", "mode", "tau")},
+    # the optimiser and its surrogate are searched
     "temperature": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
     "temperature_ratio": {"type": "float", "low": 0.05, "high": 1.0, "log": True},
-    # the objective's categorical settings, with the choices ObjectiveConfig declares
-    **{name: {"type": "categorical", "choices": list(field_choices(ObjectiveConfig)[name])} for name in ("mode", "effect")},
     "scan_steps": {"type": "int", "low": 8, "high": 48},
     "stop_fraction": {"type": "float", "low": 0.25, "high": 1.0},
     "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
@@ -242,3 +256,30 @@ class SearchSpace:
 
     def to_dict(self) -> dict:
         return {name: spec.to_dict() for name, spec in self.params.items()}
+
+    def _extreme(self, name: str, high: bool):
+        """The largest (``high``) or smallest value the space gives ``name`` (its default when absent)."""
+        spec = self.params.get(name)
+        if spec is None:
+            return getattr(DiscoverConfig(), name)
+        if spec.type in ("float", "int"):
+            return spec.high if high else spec.low
+        values = list(spec.choices) if spec.type == "categorical" else [spec.value]
+        if None in values:
+            return None  # no budget among the choices
+        return max(values) if high else min(values)
+
+    def check_budget(self) -> None:
+        """Refuse a space whose largest ``max_points`` cannot pay for one restart of its cheapest settings
+        (``ValueError``, before a study starts)."""
+        budget = self._extreme("max_points", high=True)
+        if budget is None:
+            return
+        cheapest = replace(DiscoverConfig(), init="metric", iterations=self._extreme("iterations", False),
+                           scan_steps=self._extreme("scan_steps", False), final_steps=self._extreme("final_steps", False),
+                           polish_iterations=0)
+        cost = round_cost(cheapest)
+        if budget < cost:
+            raise ValueError(f"search space: max_points={budget} cannot pay for one restart of its cheapest settings "
+                             f"(iterations {cheapest.iterations} x scan_steps {cheapest.scan_steps} + final_steps "
+                             f"{cheapest.final_steps} + 1 = {cost} scan points); raise max_points or lower those")

@@ -96,6 +96,7 @@ def tune(
     With ``out``, results are written there (``TuneResult.save``) and the default storage is ``out/study.db``.
     """
     space = space or SearchSpace.default()
+    space.check_budget()  # a budget no trial can pay for is refused before the study starts
     if out is not None:
         check_output_dir(out, overwrite=True)  # workers share out: only a file or an unwritable place is refused
     targets = list(targets) if targets is not None else _targets(config)  # bad --sae etc. fail before any storage
