@@ -55,7 +55,7 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip=(), only=None, default
         shown = str(f.default).lower() if kind is bool else f.default
         if kind is _int_list and f.default is not None:
             shown = ",".join(map(str, f.default))
-        text = (docs.get(f.name, "") + f" [{allowed}default {shown}]").strip().replace("%", "%%")
+        text = (docs.get(f.name, "").replace("``", "") + f" [{allowed}default {shown}]").strip().replace("%", "%%")
         default = f.default if defaults else None
         if kind is bool:
             g.add_argument(flag, nargs="?", const="true", choices=["true", "false"], default=default, help=text)

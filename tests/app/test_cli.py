@@ -253,7 +253,7 @@ def test_help_lists_every_config_field_with_its_doc_and_choices(command, capsys)
                 continue
             assert f"--{f.name.replace('_', '-')} " in text, (cls.__name__, f.name)
             assert f.name in docs, f"{cls.__name__}.{f.name} has no doc"
-            assert " ".join(docs[f.name].split()[:4]).replace("%%", "%") in text, (cls.__name__, f.name)
+            assert " ".join(docs[f.name].split()[:4]).replace("%%", "%").replace("``", "") in text, (cls.__name__, f.name)
             if f.name in choices:
                 assert f"one of {', '.join(map(str, choices[f.name]))};" in text, (cls.__name__, f.name)
 
@@ -385,3 +385,30 @@ def test_a_position_past_the_prompt_is_refused_right_after_loading(tmp_path, cap
 @pytest.mark.parametrize("command", ["scan", "discover", "compare"])
 def test_help_names_the_corpus_prompts(command, capsys):
     assert "corpus:N" in _help(command, capsys)
+
+
+# -- help text (issue 23) ----------------------------------------------------------------------------
+
+
+def _subparsers():
+    import argparse
+
+    from sensfind.app.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+@pytest.mark.parametrize("command", ["scan", "discover", "compare", "demo", "tune"])
+def test_help_has_no_markup_and_one_text_per_flag(command, capsys):
+    assert "``" not in _help(command, capsys)
+    p = _subparsers()[command]
+    texts = [(a.option_strings[0], a.help) for a in p._actions if a.option_strings and a.help
+             and not a.help.startswith("same as --")]
+    seen = {}
+    for flag, text in texts:
+        assert text not in seen, f"{flag} and {seen.get(text)} share one help text: {text!r}"
+        seen[text] = flag
+    titles = [g.title for g in p._action_groups]
+    assert len(titles) == len(set(titles)), titles

@@ -216,7 +216,7 @@ def _run_args(g, command: str, config: str, overwrite: str = "replace a non-empt
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sensfind", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="sensfind", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -253,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="offline demo: SmolLM2 corpus prompt -> SAE -> discovery -> comparison -> report")
-    add_config_args(p, ModelDemoConfig, only=("model",), defaults=True, title="demo")
-    add_config_args(p, ModelDemoConfig, skip=("model", "sae", "analysis"), title="demo")  # nested: --config
+    add_config_args(p, ModelDemoConfig, only=("model",), defaults=True, title="model")
+    add_config_args(p, ModelDemoConfig, skip=("model", "sae", "analysis"), title="demo with a real model")  # nested: --config
     add_config_args(p, DemoConfig, skip=("seed", "input", "n_others", "compare"), title="demo with --model toy")
     g = p.add_argument_group("demo run")
     g.add_argument("--device", default="cpu", help="torch device for the real model (default cpu)")

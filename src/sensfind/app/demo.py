@@ -57,7 +57,8 @@ class DemoConfig(Config):
         n_train: toy activations the SAE is trained on.
         d_sae: SAE latents.
         sae_epochs: SAE training epochs.
-        restarts, iterations: discovery restarts and iterations per round.
+        restarts: discovery restarts per round.
+        iterations: discovery iterations per round.
         n_others: real-other activations (other inputs of the toy).
         compare: settings of ``compare`` (a ``CompareConfig``; no budget: the toy's points are cheap).
     """
@@ -169,9 +170,10 @@ class ModelDemoConfig(Config):
         seed: which prompt, real-other prompts and context windows are drawn.
         input: which prompt: the ``input``-th window (seeded by ``seed``) of the corpus's test split.
         prompt_length: tokens per prompt window.
-        context_windows, context_length: train-split windows searched for each card's top contexts; their
-            activations (massive ones excluded) also give the mean and covariance of the cov-random
-            baseline and the covariance null.
+        context_windows: train-split windows searched for each card's top contexts; their activations
+            (massive ones excluded) also give the mean and covariance of the cov-random baseline and the
+            covariance null.
+        context_length: tokens per context window.
         n_others: test-split prompts whose last-token activations are the real-other targets.
         analysis: discovery, baselines, matching and refinement sizes (``analysis.AnalysisConfig``).
     """

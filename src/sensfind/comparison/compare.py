@@ -61,9 +61,11 @@ class CompareConfig(EffectConfig):
             an encoder), ``matched`` (top match of each direction), ``sample`` (``n_latents`` random
             ones) — several joined by ``+``, e.g. ``active+matched+sample``.
         n_latents: size of the random sample of latents.
-        probes, probe_deg: rotations of each row by ``probe_deg`` degrees in random directions used to
-            test whether the row is a local optimum of the threshold angle.
-        scan_steps, stop: the fine scan used for every threshold angle here (0..stop degrees).
+        probes: rotations of each row in random directions (by ``probe_deg``) that test whether the row
+            is a local optimum of the threshold angle.
+        probe_deg: the angle in degrees by which each probe rotates a row.
+        scan_steps: points of the fine scan used for every threshold angle here.
+        stop: last angle in degrees of that scan (it starts at 0).
         refine_iterations: discovery iterations when refining from decoder rows (0: no refinement).
         n_random: isotropic random directions scanned as the baseline of the latents' threshold angles.
         max_points: budget of scan points for every scan of the comparison (curves, baselines, latents,

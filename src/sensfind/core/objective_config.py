@@ -40,8 +40,9 @@ class ObjectiveConfig(EffectConfig):
 
     Attributes:
         mode: ``sphere`` (slerp, norm kept; steps are degrees) or ``straight`` (steps are α).
-        start, stop: first and last step. ``None`` means the mode's default: 0–180° for sphere,
-            0–1 for straight (relative), 0–50 for straight (absolute).
+        start: first step of the scan. ``None``: 0 (degrees for sphere, α for straight).
+        stop: last step of the scan. ``None`` means the mode's default: 180° for sphere, 1 for straight
+            (relative), 50 for straight (absolute).
     """
 
     mode: Mode = "sphere"

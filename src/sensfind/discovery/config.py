@@ -50,8 +50,10 @@ class DiscoverConfig(ObjectiveConfig):
             turns every direction by ``lr`` radians whatever the scale of the effect. With it, plain
             RiemannianSGD is the default: on the toy it brings every restart to a planted feature,
             while Adam's per-coordinate scaling (which ignores the sphere's isotropy) stalls far from them.
-        tol, patience: stop early once no restart moved more than ``tol`` radians for ``patience``
-            consecutive iterations.
+        tol: stop early once no restart moved more than this many radians for ``patience`` consecutive
+            iterations.
+        patience: consecutive iterations without a restart moving more than ``tol`` radians after which
+            a round stops early.
     Initialisation and results:
         init: ``metric`` (``metric_directions``: drawn from the effect's second-order growth at the
             base, one forward and backward per restart, counted in the budget) | ``isotropic`` |

@@ -44,7 +44,9 @@ class TuneConfig(Config):
         subjects: toy seeds (``--model toy``), or prompt indices into ``prompts``.
         toy_input: which input of each toy model's stream is the base.
         sae: dictionary directory (``Dictionary.save`` or SAELens format) for metric ``sae``.
-        prompts, hook, position: site of transformer subjects.
+        prompts: prompts of transformer subjects (``subjects`` indexes them): builtin, corpus:N or a file.
+        hook: hook name of the site of transformer subjects.
+        position: token position of the site of transformer subjects (-1: the last).
         device: where transformer subjects run: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
         p_value: significance level of a dictionary match for metric ``sae``.
     """
