@@ -53,6 +53,19 @@ def test_demo_report_has_summary_cards_and_figures(demo_run):
 
 
 @pytest.mark.slow
+def test_every_link_of_the_demo_report_resolves_and_no_latent_is_its_own_nearest(demo_run):
+    out, _, _ = demo_run
+    page = (out / "report.html").read_text()
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    hrefs = set(re.findall(r'href="#([^"]*)"', page))
+    assert hrefs <= ids
+    for card in json.loads((out / "cards.json").read_text()):
+        near = [f"latent-{m['latent']}" for m in card["matches"]]
+        assert card["key"] not in near  # a latent is not its own nearest latent
+        assert {n for n in near if n in ids} <= hrefs  # a nearest latent with a card links to it
+
+
+@pytest.mark.slow
 def test_demo_summary_counts_agree_with_saved_angles(demo_run):
     out, summary, _ = demo_run
     saved = json.loads((out / "summary.json").read_text())

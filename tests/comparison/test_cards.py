@@ -85,10 +85,14 @@ def test_svg_curve_and_page(tmp_path):
                 angle="12°", svg=svg, gains=[dict(token="' the'", p="0.1 → 0.5")], losses=[], has_cov=True,
                 contexts=[dict(before="a <b> c", token="X", after="y", projection="3.2")],
                 matches=[dict(latent=5, cos="+0.900", p_iso="0.001", p_cov="0.002", url=None)])
-    page = render_report(tmp_path / "r.html", "T", "sub", "lead <b>x</b>", [("S", "<table></table>")], [], [card],
-                         [("D", "<pre>z</pre>")])
+    latent = dict(card, key="latent-5", title="Latent 5", css="active", matches=[
+        dict(latent=7, cos="+0.500", p_iso="0.2", p_cov=None, url=None),  # no card: no link
+        dict(latent=8, cos="+0.400", p_iso="0.3", p_cov=None, url="https://example.org/8")])  # no card: its page
+    page = render_report(tmp_path / "r.html", "T", "sub", "lead <b>x</b>", [("S", "<table></table>")], [],
+                         [card, latent], [("D", "<pre>z</pre>")])
     text = page.read_text()
     assert text.index("Summary") < text.index("Feature cards") < text.index("Details")
     assert "a &lt;b&gt; c<mark>X</mark>" in text  # corpus text is escaped, the highlight is markup
     assert "lead <b>x</b>" in text and "<details><summary>D</summary>" in text
     assert 'href="#latent-5"' in text and math.isfinite(float(card["matches"][0]["cos"]))
+    assert 'href="#latent-7"' not in text and 'href="https://example.org/8"' in text

@@ -76,3 +76,15 @@ def test_table_escapes_cells_and_renders_links():
     assert "<td>not reached</td><td>0.123</td>" in html and "<th>h&lt;1&gt;</th>" in html
     page = html_page("t", [("s", ["<i>plain text</i>", html])])
     assert "&lt;i&gt;plain text&lt;/i&gt;" in page and html in page
+
+
+def unresolved_links(page: str) -> list[str]:
+    """The ``href="#..."`` of a page that name no ``id`` on it."""
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    return [h for h in re.findall(r'href="#([^"]*)"', page) if h not in ids]
+
+
+def test_every_link_of_the_compare_report_resolves(compared, tmp_path, no_scans):
+    comp, _ = compared
+    page = write_compare_report(tmp_path, comp, "cmp").read_text()
+    assert unresolved_links(page) == []

@@ -164,15 +164,17 @@ def top_contexts(direction: Tensor, acts: Tensor, index: Tensor, tokens: Tensor,
     return out
 
 
-def _latent_matches(m: Matches, cov: Matches | None, i: int) -> list:
+def _latent_matches(m: Matches, cov: Matches | None, i: int, exclude: int | None = None, k: int | None = None) -> list:
+    """The nearest latents of direction ``i`` (at most ``k``), ``exclude`` (a latent card's own latent) left out."""
     out = []
     cov_p = {}
     if cov is not None:
         cov_p = {int(l): float(p) for l, p in zip(cov.latents[i], cov.p_value[i])}
     for j in range(m.k):
         lat = int(m.latents[i, j])
-        out.append(LatentMatch(lat, float(m.cos[i, j]), float(m.p_value[i, j]), cov_p.get(lat), m.urls[i][j]))
-    return out
+        if lat != exclude:
+            out.append(LatentMatch(lat, float(m.cos[i, j]), float(m.p_value[i, j]), cov_p.get(lat), m.urls[i][j]))
+    return out[:k]
 
 
 def build_cards(analysis, subject, dictionary, contexts, corpus_tokens: Tensor, tokenizer=None,
@@ -215,7 +217,9 @@ def build_cards(analysis, subject, dictionary, contexts, corpus_tokens: Tensor, 
         if not len(ids):
             continue
         rows = analysis.directions[kind]
-        m = match_directions(rows, target, min(cfg.k, dictionary.n_latents), NullConfig("isotropic", cfg.n_null, cfg.seed))
+        # one more than k: a latent's own row is its nearest latent, and is left out of its card
+        m = match_directions(rows, target, min(cfg.k + 1, dictionary.n_latents), NullConfig("isotropic", cfg.n_null,
+                                                                                           cfg.seed))
         t = analysis.threshold(kind)
         for i, lat in enumerate(ids.tolist()):
             facts = [("sign", "+" if float(rows[i] @ target.decoder[lat].to(rows)) >= 0 else "−")]
@@ -229,7 +233,7 @@ def build_cards(analysis, subject, dictionary, contexts, corpus_tokens: Tensor, 
             url = dictionary.neuronpedia_url(lat)
             title = f"Latent {lat} ({kind.split()[1]})"
             card(f"latent-{lat}", title, kind, rows[i], analysis.effects[kind][i], float(t[i]),
-                 _latent_matches(m, None, i), facts + ([("Neuronpedia", url)] if url else []))
+                 _latent_matches(m, None, i, exclude=lat, k=cfg.k), facts + ([("Neuronpedia", url)] if url else []))
     if cards:  # one batch for every card's token changes
         changes = token_changes_batch(subject, torch.stack(pending), [c.angle for c in cards], tokenizer, k_tokens)
         for c, (gains, losses) in zip(cards, changes):

@@ -255,10 +255,12 @@ def render_report(path: Path, title: str, subtitle: str, lead: str, summary_tabl
     """Write one self-contained HTML page from ``templates/report.html.j2``.
 
     ``summary_tables``/``details``: ``(title, html)`` pairs; ``figures``: ``(png path, caption)`` pairs
-    (embedded); ``cards``: dicts from :func:`card_view`; ``lead`` and ``prompt_html`` are trusted HTML."""
+    (embedded); ``cards``: dicts from :func:`card_view`; ``lead`` and ``prompt_html`` are trusted HTML.
+    A nearest latent links to its card where the page has one, else to its Neuronpedia page, if any."""
     figs = [dict(data=base64.b64encode(Path(p).read_bytes()).decode(), caption=c) for p, c in figures]
     page = _render("report.html.j2",
                    title=title, subtitle=subtitle, lead=lead, prompt_html=prompt_html, null_note=null_note,
+                   anchors={c["key"] for c in cards},
                    summary_tables=[dict(title=t, html=h) for t, h in summary_tables], figures=figs, cards=cards,
                    details=[dict(title=t, html=h) for t, h in details])
     path = Path(path)
