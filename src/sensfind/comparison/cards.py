@@ -116,10 +116,17 @@ def decode_token(tokenizer, token: int) -> str:
     return tokenizer.decode([int(token)])
 
 
+VISIBLE_CHANGE = 5e-4  # a gain or loss smaller than this shows as 0.000 -> 0.000 and is left out
+RELEVANT_P = 1e-3  # tokens below this probability both before and after are not ranked
+
+
 @torch.no_grad()
 def token_changes(subject, direction: Tensor, angle_deg: float, tokenizer=None, k: int = 8) -> tuple[list, list]:
-    """(gains, losses): the ``k`` next tokens whose probability rises / falls most when the base is rotated
-    by ``angle_deg`` towards ``direction`` (sphere mode), largest change first."""
+    """(gains, losses): at most ``k`` next tokens each whose probability the direction raises / lowers most
+    when the base is rotated by ``angle_deg`` towards it (sphere mode), ranked by the change of log
+    probability (the factor, so that the prompt's likeliest tokens, which every large rotation lowers,
+    do not fill every card's losses) among tokens with probability >= ``RELEVANT_P`` before or after;
+    changes below ``VISIBLE_CHANGE`` are left out, so a list can be shorter than ``k``, or empty."""
     return token_changes_batch(subject, direction[None], [angle_deg], tokenizer, k)[0]
 
 
@@ -134,12 +141,16 @@ def token_changes_batch(subject, directions: Tensor, angles_deg, tokenizer=None,
     out = []
     for row in p1:
         delta = row - p0
-        kk = min(k, delta.numel())
+        factor = torch.log(row.clamp_min(1e-300)) - torch.log(p0.clamp_min(1e-300))
+        relevant = torch.maximum(row, p0) >= RELEVANT_P
 
-        def rows(idx: Tensor) -> list:
-            return [TokenChange(decode_token(tokenizer, int(i)), float(p0[i]), float(row[i])) for i in idx.tolist()]
+        def rows(score: Tensor, keep: Tensor) -> list:
+            score = torch.where(keep & relevant, score, torch.full_like(score, -math.inf))
+            idx = score.topk(min(k, score.numel())).indices
+            return [TokenChange(decode_token(tokenizer, int(i)), float(p0[i]), float(row[i])) for i in idx.tolist()
+                    if math.isfinite(float(score[i]))]
 
-        out.append((rows(delta.topk(kk).indices), rows((-delta).topk(kk).indices)))
+        out.append((rows(factor, delta >= VISIBLE_CHANGE), rows(-factor, -delta >= VISIBLE_CHANGE)))
     return out
 
 
