@@ -105,6 +105,7 @@ def test_save_writes_the_files_the_demo_and_the_central_result_read(case, tmp_pa
 def test_load_gives_back_what_the_figures_and_tables_use(case, tmp_path):
     _, _, a = case
     b = PromptAnalysis.load(a.save(tmp_path / "a"))
+    assert a.thresholds and all(k in a.thresholds for k in KINDS if len(a.directions[k]))  # zoomed, and saved
     for kind in KINDS:
         assert torch.equal(b.threshold(kind), a.threshold(kind))
     for kind in a.matches:

@@ -188,3 +188,20 @@ def test_real_other_thresholds_drop_targets_equal_to_the_base():
     assert t[0] < t[1]
     with pytest.raises(ValueError, match="all 1 real-other targets equal the base"):
         real_other_thresholds(subject, base[None], cfg)
+
+
+def test_zoomed_threshold_resolves_each_crossing_to_the_fine_grid():
+    from sensfind.core.baselines import isotropic
+    from sensfind.core.scan import ScanConfig, scan, zoomed_threshold
+    from sensfind.core.toy import ToyConfig, ToyModel
+
+    subject = ToyModel(ToyConfig(seed=0)).subject(0)
+    dirs = isotropic(12, subject.base.shape[0], seed=3, dtype=subject.base.dtype)
+    coarse_cfg = ScanConfig(mode="sphere", stop=90.0, steps=31, tau=0.5)  # 3 degree steps
+    coarse = scan(subject, dirs, coarse_cfg)
+    fine = scan(subject, dirs, ScanConfig(mode="sphere", stop=90.0, steps=181, tau=0.5)).threshold  # 0.5 degrees
+    zoomed = zoomed_threshold(subject, dirs, coarse.steps, coarse.effects, coarse_cfg, resolution=0.5)
+    reached = torch.isfinite(coarse.threshold)
+    assert reached.any() and torch.equal(torch.isfinite(zoomed), reached)
+    assert (zoomed[reached] - fine[reached]).abs().max() <= 1e-6  # the same 0.5 degree points, scanned apart
+    assert (zoomed <= coarse.threshold).all()

@@ -42,7 +42,7 @@ from sensfind.discovery.config import DiscoverConfig
 from sensfind.discovery.refinement import Refinement, refine
 from sensfind.discovery.loop import discover
 from sensfind.runio import Result, json_float, load_json, load_tensors, save_json, save_tensors, to_jsonable
-from sensfind.core.scan import ScanConfig, scan, step_grid
+from sensfind.core.scan import ScanConfig, scan, step_grid, zoomed_threshold
 from sensfind.core.blowup import threshold_value
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,9 @@ class AnalysisConfig(Config):
                               max_points=self.max_points)
 
 
+ZOOM_RESOLUTION = 0.5  # degrees: threshold angles are resolved this finely near each threshold
+
+
 @dataclass
 class PromptAnalysis(Result):
     """What ``analyse_prompt`` measured on one subject.
@@ -149,10 +152,14 @@ class PromptAnalysis(Result):
     refinement: Refinement | None
     refined_latents: Tensor
     timings: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)  # kind -> [R] threshold angles resolved by a zoomed scan
 
     def threshold(self, kind: str) -> Tensor:
-        """``[R]`` threshold angles (deg, inf: not reached within ``config.stop``) of a kind."""
+        """``[R]`` threshold angles (deg, inf: not reached within ``config.stop``) of a kind: resolved to
+        ``ZOOM_RESOLUTION`` degrees by a zoomed scan where one was run, else the curve grid's step."""
 
+        if kind in self.thresholds:
+            return self.thresholds[kind].double()
         e = self.effects[kind]
         if e.numel() == 0:
             return torch.empty(0, dtype=torch.float64)
@@ -201,6 +208,8 @@ class PromptAnalysis(Result):
             key = _key(kind)
             tensors[f"effects.{key}"] = self.effects[kind]
             tensors[f"directions.{key}"] = self.directions[kind]
+            if kind in self.thresholds:
+                tensors[f"thresholds.{key}"] = self.thresholds[kind]
         for kind, ids in self.latents.items():
             tensors[f"latents.{_key(kind)}"] = ids
         r = self.refinement
@@ -235,7 +244,8 @@ class PromptAnalysis(Result):
                    effects={k: t[f"effects.{_key(k)}"] for k in kinds},
                    latents={names.get(k, k): t[f"latents.{k}"] for k in latent_keys}, activation=t["activation"],
                    discovery=Discovery.load(directory / "discovery"), matches=matches, real_other=real_other,
-                   refinement=refinement, refined_latents=t["refined_latents"], timings=meta.get("timings", {}))
+                   refinement=refinement, refined_latents=t["refined_latents"], timings=meta.get("timings", {}),
+                   thresholds={k: t[f"thresholds.{_key(k)}"] for k in kinds if f"thresholds.{_key(k)}" in t})
 
 
 def _key(kind: str) -> str:
@@ -291,6 +301,10 @@ def analyse_prompt(
             rows = effective_directions(dictionary.decoder[ids].to(base.dtype), base, "sphere")
             signed = signed_rows(subject, rows, cfg, progress=progress)
             dirs[kind], eff[kind] = signed.rows, signed.effects
+        steps_grid = step_grid(cfg, dtype=base.dtype, device=base.device)
+        # every threshold angle resolved to ZOOM_RESOLUTION degrees: the curve grid alone ties most optima
+        thresholds = {kind: zoomed_threshold(subject, dirs[kind], steps_grid, eff[kind], cfg, ZOOM_RESOLUTION, progress)
+                      for kind in eff if len(dirs[kind])}
     timings["scan_seconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -318,7 +332,7 @@ def analyse_prompt(
     timings["total_seconds"] = time.perf_counter() - t0
     return PromptAnalysis(config=config, steps=step_grid(cfg, dtype=torch.float64), directions=dirs, effects=eff, latents=latents,
                           activation=z[active], discovery=found, matches=matches, real_other=real_other,
-                          refinement=refinement, refined_latents=refined, timings=timings)
+                          refinement=refinement, refined_latents=refined, timings=timings, thresholds=thresholds)
 
 
 

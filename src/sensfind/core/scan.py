@@ -14,6 +14,7 @@ not grow with directions × steps × output width.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,7 @@ __all__ = [
     "step_grid",
     "scan_chunk_rows",
     "real_other_thresholds",
+    "zoomed_threshold",
     "DEFAULT_MAX_MEMORY",
 ]
 
@@ -186,6 +188,31 @@ def scan(
     bar.close()
     effects = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     return Scan(config=config, steps=steps.detach(), effects=effects)
+
+
+@torch.no_grad()
+def zoomed_threshold(subject: Subject, directions: Tensor, steps: Tensor, effects: Tensor, config: ScanConfig,
+                     resolution: float = 0.5, progress: bool | None = False) -> Tensor:
+    """Threshold values ``[R]`` of a coarse scan (``effects [R, K]`` at the shared ``steps [K]`` along
+    ``directions [R, d]``), resolved to ``resolution`` (step units) by a second scan of each reached row
+    between its last step below ``tau`` and its first above. Rows crossing at the first step, or never,
+    keep the coarse value; a grid already that fine is returned as is. Costs ``ceil(Δ / resolution) + 1``
+    points per reached row, ``Δ`` the coarse spacing."""
+    coarse = threshold_value(effects, steps, config.tau)
+    spacing = float((steps[1:] - steps[:-1]).max()) if steps.numel() > 1 else 0.0
+    idx = threshold_index(effects, config.tau)
+    rows = torch.nonzero(idx > 0)[:, 0]
+    if spacing <= resolution or rows.numel() == 0:
+        return coarse
+    n = int(math.ceil(spacing / resolution)) + 1
+    lo, hi = steps[idx[rows] - 1].to(directions.dtype), steps[idx[rows]].to(directions.dtype)
+    grid = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0, 1, n, dtype=directions.dtype)[None]  # [r, n]
+    fine = scan(subject, directions[rows], config, steps=grid.to(subject.base.device), progress=progress,
+                desc="zoomed thresholds")
+    value = threshold_value(fine.effects, fine.steps, config.tau)
+    out = coarse.clone()
+    out[rows] = torch.where(torch.isfinite(value), value, coarse[rows])  # a rounding miss keeps the coarse step
+    return out
 
 
 @torch.no_grad()
