@@ -26,6 +26,8 @@ from .synthetic import LatentStats, Synthetic, latent_stats, synthetic_baseline,
 from .baselines import cov_random_targets, cov_stats, isotropic, load_directions
 from .toy import ToyConfig, ToyModel, ToySample, ToySubject, feature_cosines
 from .subjects import FunctionSubject, Subject, TransformerSubject
+from .linear_response import LinearResponse, LinearResponseConfig, linear_response  # the function shadows its module here
+from .mixture import MixtureConfig, MixtureTest, mixture_test
 
 __all__ = [
     "PoolConfig",
@@ -113,6 +115,12 @@ __all__ = [
     "step_grid",
     "threshold_index",
     "threshold_value",
+    "LinearResponse",
+    "LinearResponseConfig",
+    "linear_response",
+    "MixtureConfig",
+    "MixtureTest",
+    "mixture_test",
 ]
 
 __version__ = "0.1.0"
