@@ -64,6 +64,7 @@ __all__ = ["LinearResponseConfig", "LinearResponse", "PullbackMetric", "linear_r
 Method = Literal["auto", "exact", "krylov"]
 
 _EIGEN_FLOOR = 1e-6  # eigenvalues below this fraction of the top one are converged once their residual is below it
+_NOISE_EPS = 100  # ... or below this many machine epsilons of the subject's dtype (float32: 1.2e-5)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class LinearResponseConfig(Config):
             eigenpair).
         block: vectors per Krylov block (``None``: ``k + 8``, at most the space's dimension).
         tol: Krylov stops when every wanted Ritz residual ``‖G y − θ y‖`` is at most ``tol · |θ|`` (eigenvalues
-            below ``1e-6 · λ1`` count at that floor).
+            below ``1e-6 · λ1``, or below ``100 ε · λ1`` of the subject's dtype, count at that floor).
         max_products: Krylov gives up (``converged=False``) after this many ``G·v`` products.
         batch: largest number of vectors run through the subject at once.
         seed: seeds the Krylov start block.
@@ -181,7 +182,7 @@ class LinearResponse(Result):
     Attributes:
         eigenvalues: ``[k]`` float64, descending; KL(δ) ≈ ½ δᵀGδ (nats per squared activation unit).
         eigenvectors: ``[k, d]`` unit rows (tangent to the sphere in sphere mode), the subject's dtype.
-        residuals: ``[k]`` ``‖G y − λ y‖ / |λ|`` of each pair (``|λ|`` floored at ``1e-6 · λ1``; 0 up to
+        residuals: ``[k]`` ``‖G y − λ y‖ / |λ|`` of each pair (``|λ|`` floored as for ``tol``; 0 up to
             rounding for ``exact``).
         base_norm: ``|x0|``.
         config: the :class:`LinearResponseConfig`.
@@ -256,13 +257,16 @@ def _exact(metric: PullbackMetric, k: int) -> tuple[Tensor, Tensor, Tensor]:
     vals, vecs = torch.linalg.eigh(h)
     vals, vecs = vals.flip(0)[:k], vecs.flip(1)[:, :k]
     y = basis @ vecs  # [d, k]
-    return vals, y.T, _relative_residuals(g @ vecs, y, vals)
+    return vals, y.T, _relative_residuals(g @ vecs, y, vals, metric.dtype)
 
 
-def _relative_residuals(gy: Tensor, y: Tensor, vals: Tensor) -> Tensor:
-    """``[k]`` ``‖G y − θ y‖ / max(|θ|, 1e-6 · |θ1|)`` of Ritz pairs (columns of ``y``, ``gy = G y``):
-    relative to each eigenvalue, with eigenvalues below a millionth of the top one counted at that floor."""
-    floor = (_EIGEN_FLOOR * vals[0].abs()).clamp(min=torch.finfo(torch.float64).tiny)
+def _relative_residuals(gy: Tensor, y: Tensor, vals: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``[k]`` ``‖G y − θ y‖ / max(|θ|, floor · |θ1|)`` of Ritz pairs (columns of ``y``, ``gy = G y``): relative
+    to each eigenvalue, with eigenvalues below ``floor`` of the top one counted at that floor. The floor is
+    ``1e-6``, or ``100 ε`` of the subject's dtype where that is larger (products in float32 carry errors
+    of about ``ε · λ1``, so smaller eigenvalues cannot be resolved to a relative tolerance)."""
+    floor = max(_EIGEN_FLOOR, _NOISE_EPS * torch.finfo(dtype).eps) * vals[0].abs()
+    floor = floor.clamp(min=torch.finfo(torch.float64).tiny)
     return (gy - y * vals).norm(dim=0) / torch.maximum(vals.abs(), floor)
 
 
@@ -299,7 +303,7 @@ def _krylov(metric: PullbackMetric, k: int, config: LinearResponseConfig) -> tup
         vals, vecs = torch.linalg.eigh((h + h.T) / 2)
         vals, vecs = vals.flip(0)[:k], vecs.flip(1)[:, :k]
         y = q @ vecs
-        res = _relative_residuals(w @ vecs, y, vals)
+        res = _relative_residuals(w @ vecs, y, vals, metric.dtype)
         log.debug("krylov: %d products, top eigenvalue %.4g, largest wanted residual %.2e",
                   metric.products, float(vals[0]), float(res.max()))
         if q.shape[1] >= dim or (vals.shape[0] >= k and bool((res <= config.tol).all())):
