@@ -89,7 +89,7 @@ class LinearResponseConfig(Config):
     method: Method = "auto"
     exact_max_d: int = 256
     block: int | None = None
-    tol: float = 1e-4
+    tol: float = 1e-3
     max_products: int = 4000
     batch: int = 64
     seed: int = 0
