@@ -79,6 +79,11 @@ def test_linear_map_random_directions_cross_terms():
     assert plain.p_low <= 2 <= plain.p_high
     crossed = mixture_test(s, u, MixtureConfig(**{**SMALL_TAU.to_dict(), "cross_term": True}))
     assert abs(crossed.p - 2) < 0.15 and crossed.p_low > 1.8 and crossed.p_high < 2.3
+    refit = plain.refit(cross_term=True)  # the same measurements, no new scans
+    assert refit.scan_points == plain.scan_points and torch.equal(refit.thresholds, plain.thresholds)
+    assert (refit.p, refit.p_low, refit.p_high) == (crossed.p, crossed.p_low, crossed.p_high)
+    with pytest.raises(ValueError, match="only the fit settings"):
+        plain.refit(tau=0.1)
 
 
 def test_toy_planted_features_are_privileged_and_rotations_are_less(toy_subject):

@@ -83,7 +83,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +103,7 @@ __all__ = ["MixtureConfig", "MixtureTest", "mixture_test", "critical_angles", "l
 
 _RHO_GRID = 79  # values of the cross term ρ in (-0.975, 0.975) profiled per pair when cross_term is on
 _RHO_MAX = 0.975
+_FIT_FIELDS = {"p_min", "p_max", "n_p", "cross_term", "bootstrap", "seed"}  # what MixtureTest.refit may change
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,20 @@ class MixtureTest(Result):
         return lp_threshold(phi[None], self.thresholds[:, :1], self.thresholds[:, -1:], self.cos_ab[:, None],
                             torch.tensor(p, dtype=torch.float64), self.rho_pair[:, None])
 
+    def refit(self, **changes) -> "MixtureTest":
+        """The same measurements fitted again with changed fit settings (``p_min``, ``p_max``, ``n_p``,
+        ``cross_term``, ``bootstrap``, ``seed``): no new scans. E.g. ``test.refit(cross_term=True)``."""
+        bad = set(changes) - _FIT_FIELDS
+        if bad:
+            raise ValueError(f"refit changes only the fit settings {sorted(_FIT_FIELDS)}; got {sorted(bad)} "
+                             "(those need new scans: run mixture_test again)")
+        config = replace(self.config, **changes)
+        start = time.perf_counter()
+        p, lo, hi, sse, boot, p_pair, rho_pair = _fit_used(self.phi_deg, self.thresholds, self.cos_ab, self.used, config)
+        return replace(self, p=p, p_low=lo, p_high=hi, config=config, p_pair=p_pair, rho_pair=rho_pair,
+                       p_grid=config.p_grid, sse=sse, bootstrap_p=boot,
+                       seconds=self.seconds + time.perf_counter() - start)
+
     def summary(self) -> dict:
         return {"p": self.p, "p_low": self.p_low, "p_high": self.p_high, "n_pairs": self.n_pairs,
                 "n_pairs_tried": int(self.pairs.shape[0]), "n_directions": self.n_directions,
@@ -348,6 +363,19 @@ def _choose_pairs(u: Tensor, config: MixtureConfig) -> Tensor:
     return pairs
 
 
+def _fit_used(phi: Tensor, r: Tensor, cos_ab: Tensor, used: Tensor, config: MixtureConfig):
+    """``fit_p`` on the used pairs, with per-pair values spread back over all pairs (``nan`` where unused)."""
+    nan = torch.full((r.shape[0],), math.nan, dtype=torch.float64)
+    p_pair, rho_pair = nan.clone(), nan.clone()
+    if not used.any():
+        log.warning("mixture test: no pair has every critical size within stop = %g deg; p is undefined", config.stop)
+        return (math.nan, math.nan, math.nan, torch.full_like(config.p_grid, math.nan),
+                torch.empty(0, dtype=torch.float64), p_pair, rho_pair)
+    fit = fit_p(phi, r[used], cos_ab[used], config)
+    p_pair[used], rho_pair[used] = fit["p_pair"], fit["rho_pair"]
+    return fit["p"], fit["p_low"], fit["p_high"], fit["sse"], fit["bootstrap_p"], p_pair, rho_pair
+
+
 def mixture_test(subject: Subject, directions: Tensor, config: MixtureConfig = MixtureConfig()) -> MixtureTest:
     """The Lᵖ mixture test of ``directions`` ``[n, d]`` (pairs formed among them) at ``subject``'s base;
     see the module docstring."""
@@ -376,17 +404,8 @@ def mixture_test(subject: Subject, directions: Tensor, config: MixtureConfig = M
     r = torch.cat([pure[pairs[:, 0], None], thr[pure_ids.numel():].reshape(pairs.shape[0], -1), pure[pairs[:, 1], None]], 1)
     cos_ab = (a.double() * b.double()).sum(1)
     used = torch.isfinite(r).all(1)
-    nan = torch.full((pairs.shape[0],), math.nan, dtype=torch.float64)
-    p_pair, rho_pair = nan.clone(), nan.clone()
+    p, lo, hi, sse, boot, p_pair, rho_pair = _fit_used(phi, r, cos_ab, used, config)
     grid = config.p_grid
-    if used.any():
-        fit = fit_p(phi, r[used], cos_ab[used], config)
-        p_pair[used], rho_pair[used] = fit["p_pair"], fit["rho_pair"]
-        p, lo, hi, sse, boot = fit["p"], fit["p_low"], fit["p_high"], fit["sse"], fit["bootstrap_p"]
-    else:
-        log.warning("mixture test: no pair has every critical size within stop = %g deg; p is undefined", config.stop)
-        p = lo = hi = math.nan
-        sse, boot = torch.full_like(grid, math.nan), torch.empty(0, dtype=torch.float64)
     seconds = time.perf_counter() - start
     log.info("mixture test: p = %.3g [%.3g, %.3g] from %d of %d pairs, %d scan points, %.1f s",
              p, lo, hi, int(used.sum()), pairs.shape[0], points, seconds)
