@@ -7,9 +7,17 @@ import torch
 
 from sensfind.baselines import isotropic
 from sensfind.effects import kl
-from sensfind.linear_response import (LinearResponse, LinearResponseConfig, PullbackMetric, early_growth,
-                                      linear_directions, linear_predictions, linear_response, quadratic_onset_deg,
-                                      rayleigh_quotients)
+from sensfind.linear_response import (
+    LinearResponse,
+    LinearResponseConfig,
+    PullbackMetric,
+    early_growth,
+    linear_directions,
+    linear_predictions,
+    linear_response,
+    quadratic_onset_deg,
+    rayleigh_quotients,
+)
 from sensfind.mixture import MixtureConfig, critical_angles
 from sensfind.subjects import FunctionSubject
 from sensfind.toy import ToyModel
@@ -185,11 +193,11 @@ def test_result_saves_and_loads(tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(mode="diagonal"), "mode must be one of"),
-    (dict(method="lanczos"), "method must be one of"),
-    (dict(tol=0.0), "tol must be >"),
-    (dict(block=0), "block must be an integer >= 1"),
-    (dict(max_products=0), "max_products must be an integer >= 1"),
+    ({"mode": "diagonal"}, "mode must be one of"),
+    ({"method": "lanczos"}, "method must be one of"),
+    ({"tol": 0.0}, "tol must be >"),
+    ({"block": 0}, "block must be an integer >= 1"),
+    ({"max_products": 0}, "max_products must be an integer >= 1"),
 ])
 def test_config_is_validated(bad, match):
     with pytest.raises(ValueError, match=match):

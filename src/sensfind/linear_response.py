@@ -58,8 +58,18 @@ from sensfind.subjects import Subject
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LinearResponseConfig", "LinearResponse", "PullbackMetric", "linear_response", "rayleigh_quotients",
-           "quadratic_onset_deg", "early_growth", "LinearPredictions", "linear_predictions", "linear_directions"]
+__all__ = [
+    "LinearPredictions",
+    "LinearResponse",
+    "LinearResponseConfig",
+    "PullbackMetric",
+    "early_growth",
+    "linear_directions",
+    "linear_predictions",
+    "linear_response",
+    "quadratic_onset_deg",
+    "rayleigh_quotients",
+]
 
 Method = Literal["auto", "exact", "krylov"]
 
@@ -229,7 +239,7 @@ class LinearResponse(Result):
                      {"eigenvalues": self.eigenvalues, "eigenvectors": self.eigenvectors, "residuals": self.residuals})
 
     @classmethod
-    def _read(cls, directory: Path) -> "LinearResponse":
+    def _read(cls, directory: Path) -> LinearResponse:
         meta = load_json(directory / "linear_response.json")
         t = load_tensors(directory / "linear_response.safetensors")
         return cls(eigenvalues=t["eigenvalues"], eigenvectors=t["eigenvectors"], residuals=t["residuals"],

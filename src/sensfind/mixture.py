@@ -98,8 +98,16 @@ from sensfind.subjects import Subject
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MixtureConfig", "MixtureTest", "mixture_test", "critical_angles", "lp_threshold", "fit_p",
-           "plot_mixture_curves", "plot_p_by_kind"]
+__all__ = [
+    "MixtureConfig",
+    "MixtureTest",
+    "critical_angles",
+    "fit_p",
+    "lp_threshold",
+    "mixture_test",
+    "plot_mixture_curves",
+    "plot_p_by_kind",
+]
 
 _RHO_GRID = 79  # values of the cross term ρ in (-0.975, 0.975) profiled per pair when cross_term is on
 _RHO_MAX = 0.975
@@ -306,7 +314,7 @@ class MixtureTest(Result):
         return lp_threshold(phi[None], self.thresholds[:, :1], self.thresholds[:, -1:], self.cos_ab[:, None],
                             torch.tensor(p, dtype=torch.float64), self.rho_pair[:, None])
 
-    def refit(self, **changes) -> "MixtureTest":
+    def refit(self, **changes) -> MixtureTest:
         """The same measurements fitted again with changed fit settings (``p_min``, ``p_max``, ``n_p``,
         ``cross_term``, ``bootstrap``, ``seed``): no new scans. E.g. ``test.refit(cross_term=True)``."""
         bad = set(changes) - _FIT_FIELDS
@@ -341,7 +349,7 @@ class MixtureTest(Result):
             "p": torch.tensor([self.p, self.p_low, self.p_high], dtype=torch.float64)})
 
     @classmethod
-    def _read(cls, directory: Path) -> "MixtureTest":
+    def _read(cls, directory: Path) -> MixtureTest:
         meta = load_json(directory / "mixture.json")
         t = load_tensors(directory / "mixture.safetensors")
         p, lo, hi = (float(v) for v in t.pop("p"))  # exact values (inf, nan) live in the tensors
@@ -461,7 +469,7 @@ def plot_p_by_kind(path: str | Path, tests: dict[str, MixtureTest], title: str =
             continue
         ax.errorbar([i], [p], yerr=[[p - lo], [hi - p]], fmt="o", color=f"C{i}", capsize=4)
         if math.isinf(t.p_high):
-            ax.annotate("", (i, cap * 1.3), (i, cap), arrowprops=dict(arrowstyle="->", color=f"C{i}"))
+            ax.annotate("", (i, cap * 1.3), (i, cap), arrowprops={"arrowstyle": "->", "color": f"C{i}"})
     ax.axhline(2.0, color="k", ls="--", lw=1, label="p = 2 (quadratic form)")
     ax.set_xticks(range(len(tests)), [f"{k}\n({t.n_pairs} pairs)" for k, t in tests.items()], fontsize=8)
     ax.set_yscale("log")
