@@ -10,6 +10,8 @@ from sensfind.app.jobs import run_compare, run_discover, run_scan
 from sensfind.app.site import DiscoverySiteConfig, SiteConfig
 from sensfind.comparison.compare import CompareConfig, Comparison, compare
 from sensfind.comparison.match import match_directions
+from sensfind.core.linear_response import linear_response
+from sensfind.core.mixture import MixtureConfig, mixture_test
 from sensfind.core.objective_config import ObjectiveConfig
 from sensfind.core.scan import Scan, ScanConfig, scan
 from sensfind.core.subject import FunctionSubject, Subject
@@ -40,6 +42,10 @@ __all__ = [
     "ScanConfig",
     "Scan",
     "scan",
+    # are they features? the linear-response control and the mixture (Lp) test
+    "linear_response",
+    "MixtureConfig",
+    "mixture_test",
     # discovery
     "DiscoverConfig",
     "Discovery",
