@@ -218,22 +218,28 @@ def _f(v) -> str:
     return "n.r." if v is None else f"{v:.1f}"
 
 
-def aggregate(config: CentralConfig) -> dict:
+def aggregate(config: CentralConfig, units: list[tuple[Path, list[int]]] | None = None,
+              prompts_skipped: int | None = None) -> dict:
     """Pool the analysed prompts in ``config.out``: ``results.json``, ``figures/*.png`` and ``report.html``
-    (with the cards of the first prompt unless ``no_cards``). Returns the results."""
+    (with the cards of the first prompt unless ``no_cards``). Returns the results. ``units``: the
+    (directory, prompt tokens) of the analyses to pool and ``prompts_skipped`` the massive-activation bases
+    skipped (a sweep's units); default: ``prompts/NNN`` and ``config.json`` in ``config.out``."""
     from .cards import build_cards
     from .plots import plot_boxes
     from .report import _bands, analysis_figures, card_view, refinement_table, render_report, table, threshold_table
 
     out = Path(config.out)
-    cfg = json.loads((out / "config.json").read_text())
-    dirs = sorted(d for d in (out / "prompts").glob("*") if _analysed(d))
+    if units is None:
+        cfg = json.loads((out / "config.json").read_text())
+        units = [(d, cfg["prompts"][int(d.name)]) for d in sorted((out / "prompts").glob("*")) if _analysed(d)]
+        prompts_skipped = cfg["prompts_skipped_massive"]
+    dirs = [d for d, _ in units]
     analyses = [PromptAnalysis.load(d) if (d / PromptAnalysis.MARKER).is_file()
                 else torch.load(d / "analysis.pt", weights_only=False)  # a run from before analyses loaded back
                 for d in dirs]
     if not analyses:
         raise SystemExit(f"no analysed prompts in {out / 'prompts'}")
-    r = pooled_results(analyses, cfg["prompts_skipped_massive"])
+    r = pooled_results(analyses, prompts_skipped)
     save_json(out / "results.json", r)
     a0 = analyses[0]
     figs = analysis_figures(out, analyses, KINDS)
@@ -247,14 +253,14 @@ def aggregate(config: CentralConfig) -> dict:
         figs.append((p, "Threshold angles of the most active SAE latents before and after refinement by discovery, "
                         "beside the discovered optima."))
     demo, _ = settings(config)
-    first = int(dirs[0].name)
+    first = int(dirs[0].name) if dirs[0].name.isdigit() else dirs[0].name
     views = []
     if not config.no_cards:  # cards of the first prompt: the model and corpus are needed again (tokens, contexts)
         from .subjects import TransformerSubject
 
         model, corpus, sae = _load(config, demo)
         ctx_tokens, ctx = contexts(model, corpus, demo)
-        cards = build_cards(a0, TransformerSubject(model, cfg["prompts"][first], hook=demo.hook), sae, ctx, ctx_tokens,
+        cards = build_cards(a0, TransformerSubject(model, units[0][1], hook=demo.hook), sae, ctx, ctx_tokens,
                             model.tokenizer)
         views = [card_view(c, a0.steps, _bands(a0), a0.config.tau) for c in cards]
     tm, n_opt, m = r["threshold_median_deg"], r["n_optima"], r["optima_matching_sae"]

@@ -11,7 +11,8 @@ import errno
 import sys
 from typing import Callable
 
-__all__ = ["SensfindError", "InputFileError", "MissingInputError", "ResultsWriteError", "CheckpointError", "user_errors", "one_line",
+__all__ = ["SensfindError", "InputFileError", "MissingInputError", "ResultsWriteError", "CheckpointError",
+           "EngineUnavailableError", "user_errors", "one_line",
            "error_boundary"]
 
 
@@ -33,6 +34,10 @@ class MissingInputError(SensfindError, FileNotFoundError):
 
 class CheckpointError(InputFileError):
     """A discovery checkpoint is missing, unreadable, corrupt, or belongs to another run."""
+
+
+class EngineUnavailableError(SensfindError):
+    """A sweep engine cannot run here (its optional package is not installed); the message says how to install it."""
 
 
 class ResultsWriteError(SensfindError, OSError):

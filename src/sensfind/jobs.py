@@ -24,7 +24,7 @@ from .specs import DICTIONARY_KINDS, DIRECTION_KINDS, Spec, check_dictionary_dir
 log = logging.getLogger("sensfind")
 
 __all__ = ["CompareRun", "CompareRunConfig", "DiscoverRun", "DiscoverRunConfig", "ScanRun", "ScanRunConfig", "check_dictionary_spec", "check_run_settings", "directions_from_spec",
-           "discovery_run_site", "incomplete_dir", "load_run_config", "run_compare", "run_discover", "run_scan",
+           "discovery_run_site", "discovery_summary", "incomplete_dir", "load_run_config", "run_compare", "run_discover", "run_scan",
            "site_dictionary"]
 
 RANDOM_BASELINE_SEED_OFFSET = 7919  # the isotropic baseline of a discovery run draws apart from the restarts
@@ -224,6 +224,37 @@ def check_run_settings(random_baseline: int = 64, checkpoint_every: int = 10) ->
                          f"got {random_baseline!r}")
 
 
+def discovery_summary(site: DiscoverySiteConfig, subject, found, config, random_baseline: int = 64):
+    """What a discovery run reports beside its optima (``summary.json``): the optima's blowups against
+    ``random_baseline`` isotropic directions scanned on the final grid, the budget spent and, on the toy,
+    the recovery of its planted features. Returns (summary, the isotropic scan, the optima's effects
+    ``[N, final_steps]``)."""
+    from .baselines import isotropic
+    from .scan import scan
+
+    final_cfg = config.final_scan_config
+    with torch.no_grad():
+        random_dirs = isotropic(random_baseline, subject.base.shape[0], seed=site.seed + RANDOM_BASELINE_SEED_OFFSET,
+                                dtype=subject.base.dtype)
+        rand = scan(subject, random_dirs, final_cfg)
+        # the optima's curves come from the final scan that measured them (a resumed old checkpoint: scan)
+        opt = found.final_effects if found.final_effects is not None else scan(subject, found.directions,
+                                                                                 final_cfg).effects
+    summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
+               "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
+               "random_blowup_median": float(rand.threshold.median()),
+               "random_reached": int(torch.isfinite(rand.threshold).sum()),
+               "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
+               "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
+    summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
+    if site.is_toy:
+        from .recovery import recovery
+
+        rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
+        summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in TOY_RECOVERY_KEYS}
+    return summary, rand, opt
+
+
 def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_file: str | None = None,
                  random_baseline: int = 64, checkpoint_every: int = 10, resume: bool = False,
                  overwrite: bool = False, progress: bool = True) -> DiscoverRun:
@@ -233,11 +264,10 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
     The run works in :func:`incomplete_dir` (``out``'s hidden sibling) and checkpoints there every
     ``checkpoint_every`` iterations; ``resume`` continues from that checkpoint when there is one.
     A previous complete run in ``out`` is kept until the new one is complete (``overwrite``)."""
-    from .baselines import isotropic, load_directions
+    from .baselines import load_directions
     from .optimize import discover, initial_directions, load_checkpoint
     from .plots import plot_effect_curves, plot_history
     from .runio import check_output_dir, save_json, staged_dir
-    from .scan import scan
 
     out = Path(out)
     stage = incomplete_dir(out)
@@ -275,29 +305,11 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
         found.save(tmp, overwrite=True)  # beside the run's config.json and checkpoint
         plot_history(tmp / "objective.png", found.history)
         final_cfg = config.final_scan_config
-        with torch.no_grad():
-            random_dirs = isotropic(random_baseline, subject.base.shape[0], seed=site.seed + RANDOM_BASELINE_SEED_OFFSET,
-                                    dtype=subject.base.dtype)
-            rand = scan(subject, random_dirs, final_cfg)
-            # the optima's curves come from the final scan that measured them (a resumed old checkpoint: scan)
-            opt = found.final_effects if found.final_effects is not None else scan(subject, found.directions,
-                                                                                     final_cfg).effects
+        summary, rand, opt = discovery_summary(site, subject, found, config, random_baseline)
         plot_effect_curves(tmp / "effect_vs_angle.png",
                            {"naive-random": (rand.steps, rand.effects), "discovered optima": (rand.steps, opt)},
                            xlabel=final_cfg.axis_label, effect=config.effect, tau=config.tau,
                            title=f"{site.model}: sensitivity optima vs isotropic random directions")
-        summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
-                   "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
-                   "random_blowup_median": float(rand.threshold.median()),
-                   "random_reached": int(torch.isfinite(rand.threshold).sum()),
-                   "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
-                   "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
-        summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
-        if site.is_toy:
-            from .recovery import recovery
-
-            rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
-            summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in TOY_RECOVERY_KEYS}
         save_json(tmp / "summary.json", summary)
         (tmp / "checkpoint.pt").unlink(missing_ok=True)
     return DiscoverRun(found, summary, final_cfg, out)
