@@ -208,6 +208,36 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .optimize import DiscoverConfig
+    from .sweep import SweepConfig, aggregate, run_sweep
+
+    out = _out(args, "sweep")
+    if args.aggregate:
+        aggregate(out)
+        print(f"pooled the finished units -> {out / 'results.json'}")
+        return 0
+    names = {f.name for f in dataclasses.fields(DiscoverySiteConfig)} - {"prompt", "tokens", "input", "prompts"}
+    try:  # --prompts is the sweep's source; the site's real-other prompts are --other-prompts
+        site = DiscoverySiteConfig.from_dict({k: getattr(args, k) for k in names} | {"prompts": args.other_prompts})
+    except ValueError as exc:
+        raise flag_error(exc, names | {"prompts"}) from None
+    discover = _from_file(DiscoverConfig, args, "discover", seed=site.seed)  # --seed seeds the restarts too
+    fields = [f for f in dataclasses.fields(SweepConfig) if f.name not in ("site", "discover")]
+    given = {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name) is not None}
+    given |= {f.name: given[f.name] in (True, "true") for f in fields if isinstance(f.default, bool) and f.name in given}
+    try:
+        config = SweepConfig(site=site, discover=discover, **given)
+    except ValueError as exc:
+        raise flag_error(exc, {f.name for f in fields}) from None
+    if not args.quiet:
+        logging.getLogger("sensfind.sweep").setLevel(logging.INFO)  # a line per unit
+    s = run_sweep(config, out, progress=not args.quiet)
+    print(f"{s.done} done, {s.failed} failed of {s.units} units ({s.skipped} done before this run) in "
+          f"{s.wall_seconds:.0f}s -> {out}")
+    return 0
+
+
 def _run_args(g, command: str, config: str, overwrite: str = "replace a non-empty results directory",
               out: str | None = None) -> None:
     g.add_argument("--config", default=None, help=f"JSON file of {config} fields, or a run's config.json (flags "
@@ -222,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .jobs import CompareRunConfig, DiscoverRunConfig, ScanRunConfig
     from .optimize import DiscoverConfig
     from .scan import ScanConfig
+    from .sweep import SweepConfig
     from .tuning import add_tune_parser
 
     parser = argparse.ArgumentParser(prog="sensfind", description=__doc__.splitlines()[0])
@@ -269,6 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(g, "demo", "ModelDemoConfig (DemoConfig with --model toy)", "replace an existing results directory",
               out="runs/demo")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="discovery (or the full analysis) over many prompts, locally or on a Ray cluster")
+    add_config_args(p, DiscoverySiteConfig, skip=("prompt", "tokens", "input", "prompts"), defaults=True,
+                    title="site template (each unit sets its prompt)")
+    p.add_argument("--other-prompts", default="builtin", help="prompt file of the real-other activations of "
+                   "discover work (covariance init); builtin: the built-in prompts [default builtin]")
+    add_config_args(p, SweepConfig, skip=("site", "discover"), title="sweep")
+    g = p.add_argument_group("output")
+    g.add_argument("--config", default=None, help="JSON file of DiscoverConfig fields, or a run's config.json (flags "
+                   "override it)")
+    g.add_argument("--out", default=None, help="run directory; a sweep run again into it skips the finished units "
+                   "(default runs/sweep-TIMESTAMP)")
+    g.add_argument("--aggregate", action="store_true", help="only pool the finished units in --out into results.json")
+    g.add_argument("--quiet", action="store_true", help="no progress bar nor per-unit lines")
+    add_config_args(p, DiscoverConfig, skip=("seed",))  # --seed (site) seeds the restarts too
+    p.set_defaults(func=cmd_sweep)
     add_tune_parser(sub)
     return parser
 
