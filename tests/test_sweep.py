@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,9 @@ def units(out: Path) -> dict:
         if (d / DONE).is_file():
             rec = json.loads((d / DONE).read_text())
             rec.pop("seconds")
-            found[d.name] = (rec, load_tensors(d / "discovery.safetensors"))
+            rec["summary"].pop("timings", None)
+            found[d.name] = (rec, {f"{p.relative_to(d)}:{k}": v for p in sorted(d.rglob("*.safetensors"))
+                                   for k, v in load_tensors(p).items()})
         else:
             found[d.name] = json.loads((d / FAILED).read_text())["error"]
     return found
@@ -100,6 +103,21 @@ def test_local_pool_and_ray_give_identical_units_on_the_toy(tmp_path, ray_cluste
                       tmp_path / "one", progress=False)
     assert (other.skipped, other.done) == (0, 2) and len(list((tmp_path / "one" / "units").iterdir())) == 6
     assert json.loads((tmp_path / "one" / "results.json").read_text())["n_done"] == 2  # only this sweep's units
+
+
+@pytest.mark.slow
+def test_the_central_analysis_runs_as_a_sweep_with_identical_units_on_local_and_ray(tmp_path, ray_cluster):
+    cfg = SweepConfig(site=DiscoverySiteConfig(model="random:tiny", device="cpu"), prompts="corpus:2", work="analysis",
+                      smoke=True, cards=False, cache_dir=str(tmp_path / "cache"))
+    local = run_sweep(cfg, tmp_path / "local", progress=False)
+    ray = run_sweep(replace(cfg, engine="ray", workers=2, chunk=1), tmp_path / "ray", progress=False)
+    assert local.done == ray.done == 2 and local.failed == ray.failed == 0
+    a = units(tmp_path / "local")
+    assert any(k.startswith("analysis.safetensors:") for _, t in a.values() for k in t)
+    assert_same_units(a, units(tmp_path / "ray"))
+    results = json.loads((tmp_path / "ray" / "results.json").read_text())
+    assert results["n_prompts"] == 2 and set(results["threshold_median_deg"]) >= {"optima", "real-other", "SAE active"}
+    assert (tmp_path / "ray" / "report.html").is_file() and (tmp_path / "ray" / "figures" / "threshold_angles.png").is_file()
 
 
 def test_unit_keys_follow_the_prompt_and_configs_not_the_device():

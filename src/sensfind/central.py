@@ -265,8 +265,8 @@ def aggregate(config: CentralConfig, units: list[tuple[Path, list[int]]] | None 
         views = [card_view(c, a0.steps, _bands(a0), a0.config.tau) for c in cards]
     tm, n_opt, m = r["threshold_median_deg"], r["n_optima"], r["optima_matching_sae"]
     lead = (f"On <b>{r['n_prompts']} corpus prompts</b> ({r['prompts_skipped_massive']} skipped as massive-activation "
-            f"bases), discovery found {n_opt} optima. Median threshold angle: optima {tm['optima']:.1f}°, real-other "
-            f"{tm['real-other']:.1f}°, cov-random {tm['cov-random']:.1f}°, isotropic {tm['isotropic']:.1f}°, active SAE "
+            f"bases), discovery found {n_opt} optima. Median threshold angle: optima {_f(tm['optima'])}°, real-other "
+            f"{_f(tm['real-other'])}°, cov-random {_f(tm['cov-random'])}°, isotropic {_f(tm['isotropic'])}°, active SAE "
             f"latents {_f(tm['SAE active'])}°, inactive {_f(tm['SAE inactive'])}°. "
             f"<b>{r['optima_beating_their_prompts_real_other_median']} of {n_opt}</b> optima blow up "
             f"earlier than their prompt's median real-other direction. <b>{m['isotropic']} of {n_opt}</b> match an SAE "
