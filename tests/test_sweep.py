@@ -201,3 +201,18 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(flags, message, tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("sensfind: error: ") and message in err
     assert not (tmp_path / "out").exists() and not loaded
+
+
+@pytest.mark.slow
+def test_the_benchmark_script_runs_at_tiny_sizes(tmp_path, ray_cluster):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_sweep", ROOT / "scripts" / "bench_sweep.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.main(["--model", "toy", "--prompts", "inputs:2", "--restarts", "4", "--iterations", "5", "--final-steps",
+                    "61", "--random-baseline", "8", "--out", str(tmp_path)])
+    assert {(row["engine"], row["workers"]) for row in r["rows"]} == {("local", 1), ("local", 2), ("ray", 1), ("ray", 2)}
+    assert all(row["units"] == 2 and row["failed"] == 0 and row["units_per_minute"] > 0 for row in r["rows"])
+    assert set(r["ray_overhead_over_local"]) == {1, 2} and set(r["speedup_max_over_min_workers"]) == {"local", "ray"}
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"] == json.loads(json.dumps(r["rows"]))

@@ -552,6 +552,7 @@ def run_sweep(config: SweepConfig, out: str | Path, progress: bool = True) -> Sw
                          r.get("line") or r.get("error") or "done by an earlier attempt", r["seconds"])
             bar.update(len(result))
             bar.set_postfix(done=counts["done"], failed=counts["failed"])
+    _LOADED.clear()  # the in-process engine's model: not kept past the sweep
     for stale in (out / "units").glob(".*.partial-*"):  # stages of units whose worker was killed
         shutil.rmtree(stale, ignore_errors=True)
     summary = _summarise(config, out, units, len(units) - len(todo), seconds, time.perf_counter() - t0, skipped_massive)
