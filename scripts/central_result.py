@@ -5,7 +5,7 @@ discovered optima against isotropic, cov-random and real-other directions and th
 inactive latents (threshold angles on one shared scan grid); the optima matched with the SAE's latents
 against an isotropic and a covariance-matched null; the most active latents refined by discovery.
 The SAE is the demo's (``sensfind.train_corpus_sae`` with its default config: SAELens on corpus activations
-at the site, massive ones excluded, cached). The work is done by ``sensfind.lab.central``.
+at the site, massive ones excluded, cached). The work is done by ``sensfind.app.central``.
 
     python scripts/central_result.py --out runs/central --prompts 20
     python scripts/central_result.py --out runs/central --prompts 20 --shard 0/2   # two processes, then
@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from sensfind.lab.central import CentralConfig, aggregate, analyse_prompts
+from sensfind.app.central import CentralConfig, aggregate, analyse_prompts
 from sensfind.lab.experiment import add_config_flags, config_from_flags
 
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("sensfind").setLevel(logging.WARNING)
-    logging.getLogger("sensfind.lab.central").setLevel(logging.INFO)
+    logging.getLogger("sensfind.app.central").setLevel(logging.INFO)
     torch.set_num_threads(1)
     if not config.aggregate:
         analyse_prompts(config, sys.argv[1:])

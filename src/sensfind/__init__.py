@@ -8,6 +8,7 @@ command-line jobs, and the error types. Everything else is importable from its m
 
 from sensfind.app.jobs import run_compare, run_discover, run_scan
 from sensfind.app.site import DiscoverySiteConfig, SiteConfig
+from sensfind.app.sweep import SweepConfig, run_sweep
 from sensfind.comparison.compare import CompareConfig, Comparison, compare
 from sensfind.comparison.match import match_directions
 from sensfind.core.linear_response import linear_response
@@ -69,6 +70,8 @@ __all__ = [
     "run_scan",
     "run_discover",
     "run_compare",
+    "SweepConfig",
+    "run_sweep",
     # errors
     "SensfindError",
     "ModelUnavailableError",

@@ -8,6 +8,7 @@ import torch
 from sensfind.core.baselines import isotropic
 from sensfind.core.geometry import project_out, tangent_rotations
 from sensfind.core.linear_response import linear_response
+from sensfind.reporting.plots import plot_mixture_curves, plot_p_by_kind
 from sensfind.core.mixture import (
     MixtureConfig,
     MixtureTest,
@@ -15,8 +16,6 @@ from sensfind.core.mixture import (
     fit_p,
     lp_threshold,
     mixture_test,
-    plot_mixture_curves,
-    plot_p_by_kind,
 )
 from sensfind.core.subject import FunctionSubject
 from sensfind.core.toy import ToyModel

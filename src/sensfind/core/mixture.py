@@ -105,8 +105,6 @@ __all__ = [
     "fit_p",
     "lp_threshold",
     "mixture_test",
-    "plot_mixture_curves",
-    "plot_p_by_kind",
 ]
 
 _RHO_GRID = 79  # values of the cross term ρ in (-0.975, 0.975) profiled per pair when cross_term is on
@@ -423,62 +421,3 @@ def mixture_test(subject: Subject, directions: Tensor, config: MixtureConfig = M
 
 
 # -- figures ----------------------------------------------------------------------------------------------
-def plot_mixture_curves(path: str | Path, test: MixtureTest, max_pairs: int = 6, title: str = "") -> Path:
-    """Critical angle vs φ for up to ``max_pairs`` used pairs: measured (markers), the ``p = 2`` model
-    (dashed) and the fitted ``p`` (solid); one colour per pair. Writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    fine = torch.linspace(0, 90, 91, dtype=torch.float64)
-    fitted, quad = test.predicted(phi_deg=fine), test.predicted(2.0, fine)
-    for c, i in enumerate(test.used.nonzero()[:, 0][:max_pairs].tolist()):
-        a, b = test.pairs[i].tolist()
-        ax.plot(test.phi_deg, test.thresholds[i], "o", color=f"C{c}", label=f"pair ({a}, {b})")
-        ax.plot(fine, quad[i], "--", color=f"C{c}", lw=1)
-        ax.plot(fine, fitted[i], "-", color=f"C{c}", lw=1.5)
-    ax.plot([], [], "k--", lw=1, label="p = 2 (quadratic form)")
-    ax.plot([], [], "k-", lw=1.5, label=f"fitted p = {test.p:.3g} [{test.p_low:.3g}, {test.p_high:.3g}]")
-    ax.set_xlabel("mixture angle φ (deg): cos φ·a + sin φ·b")
-    ax.set_ylabel(f"critical angle r*(φ) (deg, KL > {test.config.tau:g})")
-    ax.set_title(title or f"mixture test: {test.n_pairs} pairs")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_p_by_kind(path: str | Path, tests: dict[str, MixtureTest], title: str = "") -> Path:
-    """Fitted ``p`` with its 95% interval for each kind of direction (log axis; ``p = ∞`` drawn at the top
-    of the grid with an arrow), and the ``p = 2`` line. Writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(tests) + 2), 4.5))
-    cap = max(t.config.p_max for t in tests.values()) * 1.5
-    for i, (kind, t) in enumerate(tests.items()):
-        p, lo, hi = (min(v, cap) for v in (t.p, t.p_low, t.p_high))
-        if math.isnan(p):
-            continue
-        ax.errorbar([i], [p], yerr=[[p - lo], [hi - p]], fmt="o", color=f"C{i}", capsize=4)
-        if math.isinf(t.p_high):
-            ax.annotate("", (i, cap * 1.3), (i, cap), arrowprops={"arrowstyle": "->", "color": f"C{i}"})
-    ax.axhline(2.0, color="k", ls="--", lw=1, label="p = 2 (quadratic form)")
-    ax.set_xticks(range(len(tests)), [f"{k}\n({t.n_pairs} pairs)" for k, t in tests.items()], fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("fitted p (95% bootstrap interval over pairs)")
-    ax.set_title(title or "mixture test: p by kind of direction")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

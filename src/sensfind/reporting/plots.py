@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sensfind.core.mixture import MixtureTest
+
 __all__ = ["EFFECT_LABELS", "finish", "plot_before_after", "plot_boxes", "plot_distributions", "plot_effect_curves",
-           "plot_histograms", "plot_history", "plot_latent_geometry", "plot_mean_curves", "plot_median_curves",
+           "plot_histograms", "plot_history", "plot_latent_geometry", "plot_mean_curves", "plot_mixture_curves", "plot_p_by_kind", "plot_median_curves",
            "plot_sae_errors", "plot_simplex", "plot_topk"]
 
 EFFECT_LABELS = {"kl": "KL(p0 || p) (nats)", "l2": "L2 distance at output hook", "cos": "cosine distance at output hook"}
@@ -308,3 +311,56 @@ def plot_topk(path: str | Path, ks: list, kl_k, ce_k, ce_clean, low: dict | None
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_mixture_curves(path: str | Path, test: MixtureTest, max_pairs: int = 6, title: str = "") -> Path:
+    """Critical angle vs φ for up to ``max_pairs`` used pairs: measured (markers), the ``p = 2`` model
+    (dashed) and the fitted ``p`` (solid); one colour per pair. Writes a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fine = torch.linspace(0, 90, 91, dtype=torch.float64)
+    fitted, quad = test.predicted(phi_deg=fine), test.predicted(2.0, fine)
+    for c, i in enumerate(test.used.nonzero()[:, 0][:max_pairs].tolist()):
+        a, b = test.pairs[i].tolist()
+        ax.plot(test.phi_deg, test.thresholds[i], "o", color=f"C{c}", label=f"pair ({a}, {b})")
+        ax.plot(fine, quad[i], "--", color=f"C{c}", lw=1)
+        ax.plot(fine, fitted[i], "-", color=f"C{c}", lw=1.5)
+    ax.plot([], [], "k--", lw=1, label="p = 2 (quadratic form)")
+    ax.plot([], [], "k-", lw=1.5, label=f"fitted p = {test.p:.3g} [{test.p_low:.3g}, {test.p_high:.3g}]")
+    ax.set_xlabel("mixture angle φ (deg): cos φ·a + sin φ·b")
+    ax.set_ylabel(f"critical angle r*(φ) (deg, KL > {test.config.tau:g})")
+    ax.set_title(title or f"mixture test: {test.n_pairs} pairs")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_p_by_kind(path: str | Path, tests: dict[str, MixtureTest], title: str = "") -> Path:
+    """Fitted ``p`` with its 95% interval for each kind of direction (log axis; ``p = ∞`` drawn at the top
+    of the grid with an arrow), and the ``p = 2`` line. Writes a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(tests) + 2), 4.5))
+    cap = max(t.config.p_max for t in tests.values()) * 1.5
+    for i, (kind, t) in enumerate(tests.items()):
+        p, lo, hi = (min(v, cap) for v in (t.p, t.p_low, t.p_high))
+        if math.isnan(p):
+            continue
+        ax.errorbar([i], [p], yerr=[[p - lo], [hi - p]], fmt="o", color=f"C{i}", capsize=4)
+        if math.isinf(t.p_high):
+            ax.annotate("", (i, cap * 1.3), (i, cap), arrowprops={"arrowstyle": "->", "color": f"C{i}"})
+    ax.axhline(2.0, color="k", ls="--", lw=1, label="p = 2 (quadratic form)")
+    ax.set_xticks(range(len(tests)), [f"{k}\n({t.n_pairs} pairs)" for k, t in tests.items()], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("fitted p (95% bootstrap interval over pairs)")
+    ax.set_title(title or "mixture test: p by kind of direction")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

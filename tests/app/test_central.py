@@ -1,8 +1,8 @@
-"""sensfind.lab.central: the central run's config (the run itself is tested in test_demo.py)."""
+"""sensfind.app.central: the central run's config (the run itself is tested in test_demo.py)."""
 
 import pytest
 
-from sensfind.lab.central import CENTRAL, SMOKE, CentralConfig, settings
+from sensfind.app.central import CENTRAL, SMOKE, CentralConfig, settings
 
 
 def test_shard_is_checked_and_parsed():

@@ -30,7 +30,7 @@ from sensfind.dictionaries.corpus_sae import train_corpus_sae
 from sensfind.models.prompts import load_corpus
 from sensfind.comparison.analysis import analyse_prompt
 from sensfind.models.transformer_subject import TransformerSubject
-from sensfind.lab.stats import ks
+from sensfind.reporting.stats import ks
 from sensfind.comparison.cards import build_cards
 from sensfind.reporting.plots import plot_boxes
 from sensfind.reporting.report import _bands, analysis_figures, card_view, refinement_table, render_report, table, threshold_table
@@ -38,7 +38,7 @@ from sensfind.reporting.report import _bands, analysis_figures, card_view, refin
 __all__ = ["CENTRAL", "CHUNK", "SMOKE", "CentralConfig", "aggregate", "analyse_prompts", "contexts", "pooled_results",
            "prompts_and_others", "settings"]
 
-log = logging.getLogger("sensfind.lab.central")
+log = logging.getLogger("sensfind.app.central")
 CHUNK = 1024  # points per forward call: on CPU the per-call cost dominates the per-point cost
 # per-prompt sizes: the demo's (AnalysisConfig defaults), so the demo is one prompt of this run
 CENTRAL = AnalysisConfig()
@@ -218,19 +218,25 @@ def _f(v) -> str:
     return "n.r." if v is None else f"{v:.1f}"
 
 
-def aggregate(config: CentralConfig) -> dict:
+def aggregate(config: CentralConfig, units: list[tuple[Path, list[int]]] | None = None,
+              prompts_skipped: int | None = None) -> dict:
     """Pool the analysed prompts in ``config.out``: ``results.json``, ``figures/*.png`` and ``report.html``
-    (with the cards of the first prompt unless ``no_cards``). Returns the results."""
+    (with the cards of the first prompt unless ``no_cards``). Returns the results. ``units``: the
+    (directory, prompt tokens) of the analyses to pool and ``prompts_skipped`` the massive-activation bases
+    skipped (a sweep's units); default: ``prompts/NNN`` and ``config.json`` in ``config.out``."""
 
     out = Path(config.out)
-    cfg = json.loads((out / "config.json").read_text())
-    dirs = sorted(d for d in (out / "prompts").glob("*") if _analysed(d))
+    if units is None:
+        cfg = json.loads((out / "config.json").read_text())
+        units = [(d, cfg["prompts"][int(d.name)]) for d in sorted((out / "prompts").glob("*")) if _analysed(d)]
+        prompts_skipped = cfg["prompts_skipped_massive"]
+    dirs = [d for d, _ in units]
     analyses = [PromptAnalysis.load(d) if (d / PromptAnalysis.MARKER).is_file()
                 else torch.load(d / "analysis.pt", weights_only=False)  # a run from before analyses loaded back
                 for d in dirs]
     if not analyses:
         raise SystemExit(f"no analysed prompts in {out / 'prompts'}")
-    r = pooled_results(analyses, cfg["prompts_skipped_massive"])
+    r = pooled_results(analyses, prompts_skipped)
     save_json(out / "results.json", r)
     a0 = analyses[0]
     figs = analysis_figures(out, analyses, KINDS)
@@ -244,19 +250,19 @@ def aggregate(config: CentralConfig) -> dict:
         figs.append((p, "Threshold angles of the most active SAE latents before and after refinement by discovery, "
                         "beside the discovered optima."))
     demo, _ = settings(config)
-    first = int(dirs[0].name)
+    first = int(dirs[0].name) if dirs[0].name.isdigit() else dirs[0].name
     views = []
     if not config.no_cards:  # cards of the first prompt: the model and corpus are needed again (tokens, contexts)
 
         model, corpus, sae = _load(config, demo)
         ctx_tokens, ctx = contexts(model, corpus, demo)
-        cards = build_cards(a0, TransformerSubject(model, cfg["prompts"][first], hook=demo.hook), sae, ctx, ctx_tokens,
+        cards = build_cards(a0, TransformerSubject(model, units[0][1], hook=demo.hook), sae, ctx, ctx_tokens,
                             model.tokenizer)
         views = [card_view(c, a0.steps, _bands(a0), a0.config.tau) for c in cards]
     tm, n_opt, m = r["threshold_median_deg"], r["n_optima"], r["optima_matching_sae"]
     lead = (f"On <b>{r['n_prompts']} corpus prompts</b> ({r['prompts_skipped_massive']} skipped as massive-activation "
-            f"bases), discovery found {n_opt} optima. Median threshold angle: optima {tm['optima']:.1f}°, real-other "
-            f"{tm['real-other']:.1f}°, cov-random {tm['cov-random']:.1f}°, isotropic {tm['isotropic']:.1f}°, active SAE "
+            f"bases), discovery found {n_opt} optima. Median threshold angle: optima {_f(tm['optima'])}°, real-other "
+            f"{_f(tm['real-other'])}°, cov-random {_f(tm['cov-random'])}°, isotropic {_f(tm['isotropic'])}°, active SAE "
             f"latents {_f(tm['SAE active'])}°, inactive {_f(tm['SAE inactive'])}°. "
             f"<b>{r['optima_beating_their_prompts_real_other_median']} of {n_opt}</b> optima blow up "
             f"earlier than their prompt's median real-other direction. <b>{m['isotropic']} of {n_opt}</b> match an SAE "
