@@ -32,6 +32,11 @@ def test_discovered_optima_of_the_toy_are_privileged(tmp_path):
     run = tmp_path / "d"
     assert main(["discover", "--model", "toy", "--restarts", "8", "--iterations", "10", "--quiet", "--out",
                  str(run)]) == 0
+    found = json.loads((run / "summary.json").read_text())  # discover reports it too, among its own optima
+    assert len(found["optima_linear_ratio"]) == found["n_optima"]
+    assert found["mixture"]["p_low"] > 2.0 and found["mixture"]["scan_points"] > 0
+    # hard thresholds: the quadratic onset misses the plateau's edge, and KL grows faster than quadratically
+    assert found["linear"]["ratio_median"] < 0.5 and found["linear"]["early_growth_2deg_median"] > 2.0
     out = tmp_path / "m"
     assert main(["mixture", "--run", str(run), "--bootstrap", "200", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -45,7 +45,7 @@ def finished_toy_run(out: Path) -> dict:
 
 def interrupted_toy_run(out: Path, monkeypatch) -> Path:
     """A discover run stopped (Ctrl-C) after its last checkpoint: its checkpoint waits in the stage."""
-    opt = sys.modules["sensfind.app.jobs"]  # where the job looks discover up
+    opt = sys.modules["sensfind.discovery.loop"]
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -114,6 +114,11 @@ def _saved_discovery(args, out: Path):
     return (load_run_config(out / "config.json", "discover"), out / "config.json") if finished else None
 
 
+def _p(v) -> str:
+    """An exponent p for a line: inf (JSON null) as ∞."""
+    return "∞" if v is None or v == float("inf") else f"{v:.3g}"
+
+
 def cmd_discover(args) -> int:
     site_from_args(DiscoverRunConfig, args)  # refuse bad run-level flags before anything else
     if args.resume and args.out is None:
@@ -151,6 +156,11 @@ def cmd_discover(args) -> int:
     line = (f"{len(found)} distinct optima from {len(found.restart_directions)} restarts in {found.rounds_run} round(s) "
             f"({found.points_evaluated}{budget} scan points, stopped: {found.stop_reason}); best blowup "
             f"{summary['best_blowup']:.3g} {run.final_config.unit} vs random median {summary['random_blowup_median']:.3g}")
+    if "linear" in summary:
+        line += f"; threshold / quadratic onset median {summary['linear'].get('ratio_median', float('nan')):.2g}"
+    if "mixture" in summary:
+        m = summary["mixture"]
+        line += f"; Lp mixture among optima p = {_p(m['p'])} [{_p(m['p_low'])}, {_p(m['p_high'])}]"
     if "toy_recovery" in summary:
         tr = summary["toy_recovery"]
         line += f"; {tr['fraction_reached']:.0%} of restarts reached a planted feature ({tr['n_distinct_features']} distinct)"
@@ -253,7 +263,7 @@ def cmd_mixture(args) -> int:
     out = _out(args, "mixture")
     r = run_mixture(site, config, out, directions, overwrite=args.overwrite, kind=kind)
     s = r.summary
-    print(f"{r.direction_kind}: p = {s['p']:.3g} [{s['p_low']:.3g}, {s['p_high']:.3g}] (95%) from {s['n_pairs']} pairs, "
+    print(f"{r.direction_kind}: p = {_p(s['p'])} [{_p(s['p_low'])}, {_p(s['p_high'])}] (95%) from {s['n_pairs']} pairs, "
           f"{s['scan_points']} scan points in {s['seconds']:.1f}s; threshold / quadratic onset median "
           f"{s['linear'].get('ratio_median', float('nan')):.3g} -> {out}")
     return 0

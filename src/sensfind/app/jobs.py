@@ -242,9 +242,24 @@ def check_run_settings(random_baseline: int = 64, checkpoint_every: int = 10) ->
                          f"got {random_baseline!r}")
 
 
-def discovery_summary(site: DiscoverySiteConfig, subject, found, config, random_baseline: int = 64):
+def privileged_summary(subject, found, config, mixture_pairs: int = 6, seed: int = 0) -> dict:
+    """Are the optima features? Each optimum's threshold over its quadratic (linear-response) onset and
+    its early growth at 2° and 4°, and the mixture (Lp) test among the optima (``mixture_pairs`` pairs at
+    most; 0 or fewer than two optima: none). Its scan points are reported apart from discovery's."""
+    pred = linear_predictions(subject, found.directions, tau=config.tau, thresholds=found.blowup_deg)
+    out = {"linear": pred.summary(), "optima_linear_ratio": pred.ratio, "optima_early_growth": pred.early_growth}
+    if mixture_pairs and len(found) >= 2:
+        test = mixture_test(subject, found.directions, MixtureConfig(max_pairs=mixture_pairs, tau=config.tau,
+                                                                     bootstrap=500, seed=seed))
+        out["mixture"] = {k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points", "seconds")}
+    return out
+
+
+def discovery_summary(site: DiscoverySiteConfig, subject, found, config, random_baseline: int = 64,
+                      mixture_pairs: int = 6):
     """What a discovery run reports beside its optima (``summary.json``): the optima's blowups against
-    ``random_baseline`` isotropic directions scanned on the final grid, the budget spent and, on the toy,
+    ``random_baseline`` isotropic directions scanned on the final grid, the budget spent, whether the
+    optima look privileged (:func:`privileged_summary`, for next-token KL in sphere mode) and, on the toy,
     the recovery of its planted features. Returns (summary, the isotropic scan, the optima's effects
     ``[N, final_steps]``)."""
 
@@ -263,8 +278,9 @@ def discovery_summary(site: DiscoverySiteConfig, subject, found, config, random_
                "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
                "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
     summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
+    if config.effect == "kl" and config.mode == "sphere":  # the pullback metric is the KL's second order
+        summary |= privileged_summary(subject, found, config, mixture_pairs, seed=site.seed)
     if site.is_toy:
-
         rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
         summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in TOY_RECOVERY_KEYS}
     return summary, rand, opt
