@@ -64,7 +64,7 @@ models are tens of degrees, where the response is far from its quadratic form (`
 threshold by a factor ≈ 0.4 on SmolLM2), so the test measures the shape of the iso-effect contour at τ
 in the plane of a pair, and a ``p`` away from 2 is not by itself a thresholding mechanism.
 
-Measured on the subjects of ``tests/test_mixture.py`` (fixed seeds, default settings unless said):
+Measured on the subjects of ``tests/core/test_mixture.py`` (fixed seeds, default settings unless said):
 a linear map then softmax at τ = 0.02, G's eigenvectors p = 2.0 [1.93, 2.03], random directions
 2.6 [1.8, 4.8] (``cross_term=True``: 2.0 [1.97, 2.03]); the toy's planted features (switching an
 inactive feature on) p = ∞ [10.4, ∞], the same rotated by 30°/45°/60° 19.7 / 5.5 / 3.5, isotropic
