@@ -189,7 +189,7 @@ def gemma3():
     return sf.load_model(GEMMA3)
 
 
-PROMPTS = ["The Eiffel Tower is located in the city of", "def fibonacci(n):\n    return", "She opened the door and saw"]
+PROMPTS = ["The Eiffel Tower is located in the city of", "def fibonacci(n):\n    return"]
 
 
 @pytest.mark.slow
@@ -202,21 +202,11 @@ def test_logits_agree_with_transformers_and_paris(gemma3):
     for prompt in PROMPTS:
         tokens = tokenize_prompt(gemma3, prompt)
         assert int(tokens[0, 0]) == 2 and int(tokens[0, 1]) != 2  # one BOS, as transformers' tokenizer gives
-        assert tokens[0].tolist() == hf_tokens(path, prompt)
         with torch.no_grad():
             ours, theirs = gemma3(tokens)[0], hf(tokens).logits[0]
         assert float((ours - theirs).abs().max()) <= 1e-3 * float(theirs.abs().max()), prompt
-    del hf
-    tokens = tokenize_prompt(gemma3, PROMPTS[0])
-    with torch.no_grad():
-        out = gemma3.generate(tokens, max_new_tokens=3, do_sample=False, verbose=False)
-    assert "Paris" in gemma3.tokenizer.decode(out[0, tokens.shape[1]:])
-
-
-def hf_tokens(path, prompt):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)(prompt)["input_ids"]
+        if prompt == PROMPTS[0]:
+            assert gemma3.tokenizer.decode([int(ours[-1].argmax())]) == " Paris"
 
 
 @pytest.mark.slow
@@ -229,17 +219,16 @@ def test_token_id_prompts_get_the_bos(gemma3, tiny_gemma):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layer", [1, 6, 17])
-def test_compact_matches_reference_float32(gemma3, layer):
-    """<= 1e-4 x max |logit| in float32, gradients included, at three positions and both modes."""
-    for position in [-1, 3]:
-        subject = sf.TransformerSubject(gemma3, PROMPTS[0], hook=f"blocks.{layer}.hook_resid_pre", position=position)
-        assert subject._compact is not None
-        for mode in ["sphere", "straight"]:
-            (fast, ref), (g_fast, g_ref) = _fast_and_reference(subject, _acts(subject, mode, seed=layer))
-            assert (ref - subject.base_output).abs().max() > 1e-2
-            assert float((fast - ref).abs().max()) <= 1e-4 * float(ref.abs().max()), (layer, position, mode)
-            assert float((g_fast - g_ref).abs().max()) <= 1e-3 * float(g_ref.abs().max()), (layer, position, mode)
+@pytest.mark.parametrize("layer,position,mode", [(1, -1, "sphere"), (6, 3, "straight"), (17, -1, "straight")])
+def test_compact_matches_reference_float32(gemma3, layer, position, mode):
+    """<= 1e-4 x max |logit| in float32, gradients included (to 1e-3 of their scale: a float32 KL gradient
+    is a difference of probabilities)."""
+    subject = sf.TransformerSubject(gemma3, PROMPTS[0], hook=f"blocks.{layer}.hook_resid_pre", position=position)
+    assert subject._compact is not None
+    (fast, ref), (g_fast, g_ref) = _fast_and_reference(subject, _acts(subject, mode, n_dirs=1, seed=layer))
+    assert (ref - subject.base_output).abs().max() > 1e-2
+    assert float((fast - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    assert float((g_fast - g_ref).abs().max()) <= 1e-3 * float(g_ref.abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -250,16 +239,13 @@ def gemma3_64(gemma3):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layer", [1, 11])
-def test_compact_matches_reference_float64(gemma3_64, layer):
-    for position in [-1, 0, 5]:
-        subject = sf.TransformerSubject(gemma3_64, PROMPTS[0], hook=f"blocks.{layer}.hook_resid_pre", position=position)
-        assert subject._compact is not None
-        for mode in ["sphere", "straight"]:
-            (fast, ref), (g_fast, g_ref) = _fast_and_reference(subject, _acts(subject, mode, n_dirs=1, seed=layer))
-            scale = float(ref.abs().max())
-            assert float((fast - ref).abs().max()) <= 1e-8 * scale, (layer, position, mode)
-            assert float((g_fast - g_ref).abs().max()) <= 1e-8 * float(g_ref.abs().max()), (layer, position, mode)
+@pytest.mark.parametrize("layer,position,mode", [(1, -1, "sphere"), (1, 5, "straight"), (11, -1, "straight")])
+def test_compact_matches_reference_float64(gemma3_64, layer, position, mode):
+    subject = sf.TransformerSubject(gemma3_64, PROMPTS[0], hook=f"blocks.{layer}.hook_resid_pre", position=position)
+    assert subject._compact is not None
+    (fast, ref), (g_fast, g_ref) = _fast_and_reference(subject, _acts(subject, mode, n_dirs=1, steps=4, seed=layer))
+    assert float((fast - ref).abs().max()) <= 1e-8 * float(ref.abs().max())
+    assert float((g_fast - g_ref).abs().max()) <= 1e-8 * float(g_ref.abs().max())
 
 
 @pytest.mark.slow
