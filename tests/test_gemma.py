@@ -287,6 +287,14 @@ def test_corpus_windows_and_a_tiny_corpus_sae(gemma3, tmp_path):
     assert windows.shape == (4, 12) and int(windows.max()) < gemma3.cfg.d_vocab
     text = gemma3.tokenizer.decode(windows[0])
     assert gemma3.tokenizer(text, add_special_tokens=False)["input_ids"][:4] == windows[0, :4].tolist()
+    # windows run behind the BOS, as the subjects built on them do
+    from sensfind.corpus_sae import window_activations
+
+    acts = window_activations(gemma3, windows[:2], "blocks.1.hook_resid_pre")
+    assert acts.shape == (2, 12, 640)
+    subject = sf.TransformerSubject(gemma3, windows[1].tolist())
+    assert subject.tokens.shape[1] == 13
+    torch.testing.assert_close(acts[1, -1], subject.base, rtol=1e-5, atol=1e-4)
     config = CorpusSAEConfig(expansion=1, n_windows=8, window=16, epochs=1, batch_size=64, eval_windows=2)
     dic = train_corpus_sae(gemma3, config, cache_dir=tmp_path)
     assert dic.decoder.shape == (640, 640)
