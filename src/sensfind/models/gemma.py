@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from sensfind.errors import ModelUnavailableError
-from sensfind.models.loading import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +52,12 @@ def gemma3_terms_path() -> Path:
     return Path(_package().__file__).parent / "data" / "GEMMA_TERMS.html"
 
 
-def gemma3_path() -> Path:
+def gemma3_path(cache: Path) -> Path:
     """The GGUF of Gemma 3 270M (base, Q4_K_M), assembled once from the installed chunk packages into
-    ``cache_root()/gguf`` and checked against the package's SHA-256 (a cached file that fails the check is
-    assembled again)."""
+    ``cache/gguf`` (``sensfind.models.loading`` passes its ``cache_root()``) and checked against the
+    package's SHA-256 (a cached file that fails the check is assembled again)."""
     pkg = _package()
-    target = cache_root() / "gguf" / pkg.MODEL_NAME
+    target = Path(cache) / "gguf" / pkg.MODEL_NAME
     try:
         try:
             return Path(pkg.assemble(target))

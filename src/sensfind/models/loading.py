@@ -33,6 +33,7 @@ import torch
 from sensfind.errors import ModelUnavailableError
 from sensfind.specs import LOCAL_ARCHITECTURES, SMOLLM2
 from sensfind.specs import parse_model_spec
+from sensfind.models.gemma import convert_gemma3, gemma3_config, gemma3_path
 import platformdirs
 from safetensors.torch import save_file
 from safetensors.torch import load_file
@@ -224,8 +225,6 @@ def _convert_gguf(path: Path, target: Path, arch: str = "llama") -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     if arch == "gemma3":
-        from sensfind.models.gemma import convert_gemma3, gemma3_config  # not at the top: gemma imports this module
-
         cfg = gemma3_config(hf_model.config, torch.float32)
         state = convert_gemma3(hf_model, cfg)
     else:
@@ -308,9 +307,7 @@ def load_model(name: str, seed: int = 0, device: str | torch.device = "cpu", dty
     if spec.kind == "gguf":
         return load_gguf(spec.value, device=device, dtype=dtype)
     if spec.kind == "gemma3":
-        from sensfind.models.gemma import gemma3_path  # not at the top: gemma imports this module
-
-        return load_gguf(gemma3_path(), device=device, dtype=dtype)
+        return load_gguf(gemma3_path(cache_root()), device=device, dtype=dtype)
     offline = not hub_reachable()
     if offline:
         log.info("HuggingFace hub unreachable: looking for %r in the local HF cache only", name)
