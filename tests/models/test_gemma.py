@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sensfind as sf
-from families import tiny_model
+from families import GEMMA3_TINY, tiny_model
 from sensfind.models import blocks, gemma
 from sensfind.models.loading import cache_root
 from sensfind.core.effects import get_effect
@@ -22,13 +22,7 @@ from sensfind.specs import GEMMA3, parse_model_spec
 from sensfind.models.transformer_subject import required_bos, tokenize_prompt
 
 PROMPT_IDS = [464, 168, 157, 423, 11, 290, 257, 131, 373, 95]
-# a tiny Gemma 3: pre- and post-norms, per-head QK norms, one key/value head, GeGLU, local layers with a
-# 4-token window (shorter than the prompt, so the window cuts) and their own rotary base
-GEMMA3_TINY = dict(normalization_type="RMS", positional_embedding_type="rotary", rotary_adjacent_pairs=False,
-                   n_key_value_heads=1, gated_mlp=True, act_fn="gelu_pytorch_tanh", final_rms=True,
-                   use_normalization_before_and_after=True, use_qk_norm=True, use_local_attn=True,
-                   attn_types=["local", "global", "local"], window_size=4, rotary_base_local=1e4,
-                   original_architecture="Gemma3ForCausalLM")
+
 
 
 def _acts(subject, mode, n_dirs=2, steps=5, seed=0):
