@@ -13,6 +13,13 @@ FAMILIES = {
                              rotary_adjacent_pairs=False, n_key_value_heads=1, act_fn="gelu", final_rms=True),
     "gpt2": dict(normalization_type="LN", positional_embedding_type="standard", act_fn="gelu_new"),
 }
+# a tiny Gemma 3: pre- and post-norms, per-head QK norms, one key/value head, GeGLU, local layers with a
+# 4-token window (shorter than a 10-token prompt, so the window cuts) and their own rotary base
+GEMMA3_TINY = dict(normalization_type="RMS", positional_embedding_type="rotary", rotary_adjacent_pairs=False,
+                   n_key_value_heads=1, gated_mlp=True, act_fn="gelu_pytorch_tanh", final_rms=True,
+                   use_normalization_before_and_after=True, use_qk_norm=True, use_local_attn=True,
+                   attn_types=["local", "global", "local"], window_size=4, rotary_base_local=1e4,
+                   original_architecture="Gemma3ForCausalLM")
 
 
 def tiny_model(dtype=torch.float64, seed=0, **overrides):

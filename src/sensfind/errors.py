@@ -13,7 +13,8 @@ from typing import Callable
 
 __all__ = ["SensfindError", "InputFileError", "MissingInputError", "CheckpointError", "ResultsWriteError",
            "CLIError", "ModelUnavailableError", "DictionaryUnavailableError", "DatasetUnavailableError",
-           "CorpusUnavailableError", "NonFiniteOutputError", "StorageError", "StudyMismatchError", "one_line",
+           "CorpusUnavailableError", "NonFiniteOutputError", "StorageError", "StudyMismatchError", "EngineUnavailableError",
+           "one_line",
            "error_boundary"]
 
 
@@ -35,6 +36,10 @@ class MissingInputError(SensfindError, FileNotFoundError):
 
 class CheckpointError(InputFileError):
     """A discovery checkpoint is missing, unreadable, corrupt, or belongs to another run."""
+
+
+class EngineUnavailableError(SensfindError):
+    """A sweep engine cannot run here (its optional package is not installed); the message says how to install it."""
 
 
 class ResultsWriteError(SensfindError, OSError):

@@ -62,16 +62,17 @@ def test_run_discover_refuses_given_init_without_directions(tmp_path):
 
 
 def test_run_discover_plots_the_optima_from_their_final_scan_without_scanning_them_again(tmp_path, monkeypatch):
-    import sensfind.app.jobs as jobs_module  # the module that calls scan, holding its own name for it
+    import sys
 
+    scan_module = sys.modules["sensfind.app.jobs"]  # where the job looks scan up
     calls = []
-    real_scan = jobs_module.scan
+    real_scan = scan_module.scan
 
     def counting_scan(subject, directions, config, *a, **kw):
         calls.append(directions.shape[0])
         return real_scan(subject, directions, config, *a, **kw)
 
-    monkeypatch.setattr(jobs_module, "scan", counting_scan)
+    monkeypatch.setattr(scan_module, "scan", counting_scan)
     run = run_discover(DiscoverySiteConfig(model="toy"), DiscoverConfig(restarts=4, iterations=5, final_steps=31),
                        tmp_path / "d", random_baseline=8, progress=False)
     assert calls == [8]  # the isotropic baseline only

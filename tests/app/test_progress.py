@@ -51,7 +51,7 @@ def test_discover_and_compare_show_every_scan_unless_quiet(tmp_path, capsys):
     loud, quiet = run_twice(TOY_RUN, tmp_path / "d", capsys)
     assert {"discover", "random baseline"} <= bars(loud) and "%|" not in quiet
     timings = json.loads((tmp_path / "d" / "loud" / "summary.json").read_text())["timings"]
-    assert {"load_seconds", "discover_seconds", "random_baseline_seconds", "report_seconds"} <= set(timings)
+    assert {"load_seconds", "discover_seconds", "baselines_seconds", "report_seconds"} <= set(timings)
     run = tmp_path / "d" / "loud"
     loud, quiet = run_twice(["compare", "--run", str(run), "--dictionary", "train:64", "--refine-iterations", "2",
                              "--n-latents", "2"], tmp_path / "c", capsys)

@@ -65,7 +65,7 @@ def interrupted_toy_run(out: Path, monkeypatch) -> Path:
 def test_1_discover_failing_after_overwrite_keeps_the_old_complete_run(tmp_path, monkeypatch):
     out = tmp_path / "run"
     before = finished_toy_run(out)
-    plots = sys.modules["sensfind.app.jobs"]  # the module that calls it, holding its own name for it
+    plots = sys.modules["sensfind.app.jobs"]  # where the job looks the figure up
 
     def bug(*args, **kwargs):  # a genuine bug after the optimisation: a traceback, not one line
         raise RuntimeError("plotting bug")
@@ -83,7 +83,7 @@ def test_1_discover_failing_with_an_error_after_overwrite_keeps_the_old_run(tmp_
     out = tmp_path / "run"
     before = finished_toy_run(out)
     capsys.readouterr()
-    recovery = sys.modules["sensfind.app.jobs"]  # the module that calls it, holding its own name for it
+    recovery = sys.modules["sensfind.app.jobs"]  # where the job looks recovery up
 
     def non_finite(*args, **kwargs):
         raise NonFiniteOutputError("the subject's output became non-finite")
@@ -173,7 +173,7 @@ def test_2_discover_final_and_baseline_scans_are_chunked(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_3_random_baseline_below_one_is_refused_before_the_optimisation(tmp_path, capsys, monkeypatch, value):
-    opt = sys.modules["sensfind.app.jobs"]  # the module that calls it, holding its own name for it
+    opt = sys.modules["sensfind.app.jobs"]  # where the job looks discover up
 
     monkeypatch.setattr(opt, "discover", lambda *a, **k: pytest.fail("the optimisation ran"))
     out = tmp_path / "never"
@@ -578,7 +578,7 @@ def test_15_results_are_readable_by_the_group_under_the_umask(tmp_path):
 
 
 def test_15_genuine_bugs_keep_their_traceback(tmp_path, monkeypatch):
-    scan_module = sys.modules["sensfind.app.jobs"]  # the module that calls it, holding its own name for it
+    scan_module = sys.modules["sensfind.app.jobs"]  # where the job looks scan up
 
     def bug(*args, **kwargs):
         raise KeyError("a bug")

@@ -216,6 +216,13 @@ def _llama(request):
     return sf.TransformerSubject(HookedTransformer(cfg).eval(), [3, 14, 15, 92], hook="blocks.1.hook_resid_pre")
 
 
+def _gemma3(request):
+    from families import GEMMA3_TINY, tiny_model
+
+    model = tiny_model(dtype=torch.float32, **GEMMA3_TINY)
+    return sf.TransformerSubject(model, [2, 464, 168, 157, 423, 11, 290, 257, 131, 373], hook="blocks.1.hook_resid_pre")
+
+
 def _toy(request):
     from sensfind.core.toy import ToyConfig, ToyModel
 
@@ -234,6 +241,7 @@ SUBJECTS = {
     "transformer-gpt2-float32": lambda request: _transformer(request, "tiny_model", position=2),
     "transformer-reference-path": _reference_path,
     "transformer-llama-float32": _llama,
+    "transformer-gemma3-float32": _gemma3,
     "toy": _toy,
     "tuning-probe": _probe,
 }

@@ -25,8 +25,10 @@ from sensfind.dictionaries.corpus_sae import CorpusSAEConfig, train_corpus_sae
 from sensfind.dictionaries.dictionary import check_dictionary_dir
 from sensfind.core.baselines import isotropic, load_directions
 from sensfind.core.geometry import directions_from_targets, is_base
+from sensfind.core.linear_response import linear_directions, linear_predictions
+from sensfind.core.mixture import MixtureConfig, MixtureTest, mixture_test
 from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_activations
-from sensfind.reporting.plots import plot_effect_curves
+from sensfind.reporting.plots import plot_effect_curves, plot_mixture_curves
 from sensfind.runio import save_json, save_tensors, staged_dir
 from sensfind.core.scan import scan, step_grid
 from sensfind.discovery.rounds import round_cost
@@ -47,7 +49,7 @@ from sensfind.reporting.report import write_compare_report
 log = logging.getLogger("sensfind")
 
 __all__ = ["CompareRun", "CompareRunConfig", "DiscoverRun", "DiscoverRunConfig", "ScanRun", "ScanRunConfig", "check_dictionary_spec", "check_run_settings", "directions_from_spec",
-           "discovery_run_site", "incomplete_dir", "load_run_config", "run_compare", "run_discover", "run_scan",
+           "discovery_run_site", "discovery_summary", "incomplete_dir", "load_run_config", "run_compare", "run_discover", "run_scan",
            "site_dictionary"]
 
 RANDOM_BASELINE_SEED_OFFSET = 7919  # the isotropic baseline of a discovery run draws apart from the restarts
@@ -62,9 +64,10 @@ class ScanRunConfig(Config):
     """What ``sensfind scan`` scans, and along which path.
 
     Attributes:
-        directions: random:N (isotropic), file:PATH (.safetensors/.pt/.npy [R, d]), or targets:PROMPTS: directions
-            towards other prompts' activations, PROMPTS being builtin, corpus:N (N windows of the offline corpus),
-            openwebtext:N or a prompt file
+        directions: random:N (isotropic), linear:N (top eigenvectors of the linear response, both signs),
+            file:PATH (.safetensors/.pt/.npy [R, d]), or targets:PROMPTS: directions towards other prompts'
+            activations, PROMPTS being builtin, corpus:N (N windows of the offline corpus), openwebtext:N or a
+            prompt file
         path: the fast path (prefix cache, last position only) or the reference (full forward with a hook)
         max_points: budget of scan points (directions x steps; None: none); a scan over it is refused
             before it starts
@@ -132,17 +135,20 @@ class ScanRun:
 
 
 def directions_from_spec(spec: str, site: SiteConfig, model, subject) -> tuple[Tensor, str]:
-    """``random:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions [R, d], kind)."""
+    """``random:N`` | ``linear:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions
+    [R, d], kind). ``linear:N``: the top eigenvectors of the pullback metric at the base, both signs."""
 
     parsed = parse_spec(spec, DIRECTION_KINDS, "--directions")
     kind, value = parsed.kind, parsed.value
-    if kind == "random":
+    if kind in ("random", "linear"):
         try:
             n = int(value or 16)
         except ValueError as exc:
-            raise ValueError(f"--directions random:N needs an integer N, got {value!r}") from exc
+            raise ValueError(f"--directions {kind}:N needs an integer N, got {value!r}") from exc
         if n < 1:
-            raise ValueError(f"--directions random:N needs N >= 1, got {n}")
+            raise ValueError(f"--directions {kind}:N needs N >= 1, got {n}")
+        if kind == "linear":
+            return linear_directions(subject, n), "linear"
         return isotropic(n, subject.d, seed=site.seed), "naive-random"
     if kind == "file":
         return load_directions(value), "file"
@@ -276,22 +282,75 @@ def check_run_settings(random_baseline: int = 64, checkpoint_every: int = 10) ->
 BASELINE_SHARE = 4  # a discovery run with a budget spends at most 1/BASELINE_SHARE of it on the random baseline
 
 
-def discover_budget(config, random_baseline: int) -> tuple[object, int, dict]:
+def discover_budget(config, random_baseline: int, mixture_pairs: int = 6) -> tuple[object, int, int, dict]:
     """How a discovery run with ``config.max_points`` splits its budget: the discovery's own config (its
-    ``max_points`` less the baseline), the random baseline's directions, and what was cut
-    (``{"random_baseline": (asked, kept)}``). Without a budget nothing is cut. ``ValueError`` when what
-    is left cannot pay for one restart."""
+    ``max_points`` less the baseline), the random baseline's directions, the mixture test's pairs (none
+    under a budget: its cost is not known before it runs) and what was cut (name -> ``[asked, kept]``).
+    Without a budget nothing is cut. ``ValueError`` when what is left cannot pay for one restart."""
     if config.max_points is None:
-        return config, random_baseline, {}
+        return config, random_baseline, mixture_pairs, {}
     steps = config.final_steps
     n = min(random_baseline, config.max_points // (BASELINE_SHARE * steps))
     cut = {"random_baseline": [random_baseline, n]} if n < random_baseline else {}
+    if mixture_pairs:
+        cut["mixture_pairs"] = [mixture_pairs, 0]
     left = config.max_points - n * steps
     if left < round_cost(config):
         raise ValueError(f"max_points={config.max_points} cannot pay for one restart (start + iterations * scan_steps "
                          f"+ final_steps = {round_cost(config)} scan points) beside the random baseline "
                          f"({n} x {steps} points); raise --max-points or lower --iterations/--scan-steps/--final-steps")
-    return dataclasses.replace(config, max_points=left), n, cut
+    return dataclasses.replace(config, max_points=left), n, 0, cut
+
+
+def privileged_summary(subject, found, config, mixture_pairs: int = 6, seed: int = 0) -> dict:
+    """Are the optima features? Each optimum's threshold over its quadratic (linear-response) onset and
+    its early growth at 2° and 4°, and the mixture (Lp) test among the optima (``mixture_pairs`` pairs at
+    most; 0 or fewer than two optima: none). Its scan points are reported apart from discovery's."""
+    pred = linear_predictions(subject, found.directions, tau=config.tau, thresholds=found.blowup_deg)
+    out = {"linear": pred.summary(), "optima_linear_ratio": pred.ratio, "optima_early_growth": pred.early_growth}
+    if mixture_pairs and len(found) >= 2:
+        test = mixture_test(subject, found.directions, MixtureConfig(max_pairs=mixture_pairs, tau=config.tau,
+                                                                     bootstrap=500, seed=seed))
+        out["mixture"] = {k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points")}
+    return out
+
+
+def discovery_summary(site: DiscoverySiteConfig, subject, found, config, random_baseline: int = 64,
+                      mixture_pairs: int = 6, progress: bool | None = False):
+    """What a discovery run reports beside its optima (``summary.json``): the optima's blowups against
+    ``random_baseline`` isotropic directions scanned on the final grid (0: none), the scan points spent
+    (``points``: discovery, random baseline, a rescan of the optima, the mixture test), whether the
+    optima look privileged (:func:`privileged_summary`, for next-token KL in sphere mode) and, on the toy,
+    the recovery of its planted features. Returns (summary, the isotropic scan or None, the optima's
+    effects ``[N, final_steps]``)."""
+
+    final_cfg = config.final_scan_config
+    points = {"discover": found.points_evaluated, "random_baseline": random_baseline * final_cfg.steps}
+    with torch.no_grad():
+        random_dirs = isotropic(max(random_baseline, 1), subject.base.shape[0],
+                                seed=site.seed + RANDOM_BASELINE_SEED_OFFSET, dtype=subject.base.dtype)[:random_baseline]
+        rand = scan(subject, random_dirs, final_cfg, progress=progress, desc="random baseline") if random_baseline else None
+        # the optima's curves come from the final scan that measured them (a resumed old checkpoint: scan)
+        if found.final_effects is not None:
+            opt = found.final_effects
+        else:
+            opt = scan(subject, found.directions, final_cfg, progress=progress, desc="optima").effects
+            points["optima"] = len(found) * final_cfg.steps
+    summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
+               "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
+               "random_blowup_median": float(rand.threshold.median()) if rand is not None else None,
+               "random_reached": int(torch.isfinite(rand.threshold).sum()) if rand is not None else 0,
+               "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
+               "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
+    summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
+    if config.effect == "kl" and config.mode == "sphere":  # the pullback metric is the KL's second order
+        summary |= privileged_summary(subject, found, config, mixture_pairs, seed=site.seed)
+        points["mixture"] = int(summary.get("mixture", {}).get("scan_points", 0))
+    if site.is_toy:
+        rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
+        summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in TOY_RECOVERY_KEYS}
+    summary["points"] = points
+    return summary, rand, opt
 
 
 def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_file: str | None = None,
@@ -317,10 +376,10 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
         raise ValueError(f"{str(out)!r} has an interrupted run (in {str(stage)!r}); continue it with --resume, "
                          "or start over with --overwrite")
     check_run_settings(random_baseline, checkpoint_every)
-    run_config, n_random, cut = discover_budget(config, random_baseline)  # before any work
+    run_config, n_random, mixture_pairs, cut = discover_budget(config, random_baseline)  # before any work
     if cut:
-        log.warning("discover: the random baseline is cut from %d to %d directions to fit max_points=%d",
-                    random_baseline, n_random, config.max_points)
+        log.warning("discover: to fit max_points=%d scan points, cut %s (asked -> kept)", config.max_points,
+                    ", ".join(f"{k} {a} -> {b}" for k, (a, b) in cut.items()))
     check_output_dir(out, overwrite=overwrite or resuming)
     with stages("load", progress, f"loading {site.model} and the real-other activations"):
         subject, model, others = site.build()
@@ -352,17 +411,10 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
                              checkpoint=tmp / "checkpoint.pt", checkpoint_every=checkpoint_every, resume=resuming)
         found.save(tmp, overwrite=True)  # beside the run's config.json and checkpoint
         final_cfg = config.final_scan_config
-        spent = {"discover": found.points_evaluated, "random_baseline": n_random * final_cfg.steps}
-        with torch.no_grad(), stages("random_baseline"):
-            random_dirs = isotropic(max(n_random, 1), subject.base.shape[0],
-                                    seed=site.seed + RANDOM_BASELINE_SEED_OFFSET, dtype=subject.base.dtype)[:n_random]
-            rand = scan(subject, random_dirs, final_cfg, progress=progress, desc="random baseline") if n_random else None
-            # the optima's curves come from the final scan that measured them (a resumed old checkpoint: scan)
-            if found.final_effects is not None:
-                opt = found.final_effects
-            else:
-                opt = scan(subject, found.directions, final_cfg, progress=progress, desc="optima").effects
-                spent["optima"] = len(found) * final_cfg.steps
+        with stages("baselines"):
+            summary, rand, opt = discovery_summary(site, subject, found, config, n_random, mixture_pairs, progress)
+        summary["budget"] = {"max_points": config.max_points, "points": summary.pop("points"), "cut": cut}
+        summary["budget"]["total_points"] = sum(summary["budget"]["points"].values())
         with stages("report"):
             plot_history(tmp / "objective.png", found.history)
             curves = {"discovered optima": (step_grid(final_cfg, dtype=opt.dtype), opt)}
@@ -370,19 +422,6 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
                 curves = {"naive-random": (rand.steps, rand.effects)} | curves
             plot_effect_curves(tmp / "effect_vs_angle.png", curves, xlabel=final_cfg.axis_label, effect=config.effect,
                                tau=config.tau, title=f"{site.model}: sensitivity optima vs isotropic random directions")
-        summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
-                   "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
-                   "random_blowup_median": float(rand.threshold.median()) if rand is not None else None,
-                   "random_reached": int(torch.isfinite(rand.threshold).sum()) if rand is not None else 0,
-                   "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
-                   "rounds_run": found.rounds_run, "stop_reason": found.stop_reason,
-                   "budget": {"max_points": config.max_points, "points": spent, "total_points": sum(spent.values()),
-                              "cut": cut}}
-        summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
-        if site.is_toy:
-
-            rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
-            summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in TOY_RECOVERY_KEYS}
         summary["timings"] = stages.timings()
         save_json(tmp / "summary.json", summary)
         (tmp / "checkpoint.pt").unlink(missing_ok=True)
@@ -488,3 +527,54 @@ def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: 
                                          "fraction_local_optima": s["dictionary_sensitivity"]["fraction_local_optima"],
                                          "timings": stages.timings()})
     return CompareRun(result, directions, dic, out)
+
+
+# -- mixture -------------------------------------------------------------------------------------------
+
+@dataclass
+class MixtureRun:
+    """A mixture (Lp) test run: the test, the linear-response predictions of its directions, the summary
+    (as in ``summary.json``), the direction kind and the directory."""
+
+    test: MixtureTest
+    predictions: object
+    summary: dict
+    direction_kind: str
+    out: Path
+
+
+def run_mixture(site: DiscoverySiteConfig, config: MixtureConfig, out: str | Path, directions: str | Tensor = "random:8",
+                overwrite: bool = False, kind: str | None = None) -> MixtureRun:
+    """The mixture (Lp) test of ``directions`` (a spec, or a tensor ``[n, d]`` such as a discovery run's
+    optima, named ``kind``) at ``site``'s subject, with each direction's linear-response predictions
+    (quadratic onset, measured-to-predicted threshold ratio, early growth). Writes the test
+    (``mixture.json``, ``mixture.safetensors``), config.json, summary.json and ``mixture_curves.png``."""
+    out = Path(out)
+    with staged_dir(out, overwrite=overwrite) as tmp:
+        model = None if site.is_toy else site.load_model()
+        subject = site.subject(model)
+        if isinstance(directions, str):
+            dirs, kind = directions_from_spec(directions, site, model, subject)
+        else:
+            dirs, kind = directions.to(subject.base.dtype), kind or "given"
+        test = mixture_test(subject, dirs, config)
+        pure = test.thresholds[:, [0, -1]] if test.n_pairs else None
+        thresholds = None
+        if pure is not None:  # each direction's own threshold: from the pairs it took part in (phi = 0 or 90)
+            thresholds = torch.full((dirs.shape[0],), float("nan"), dtype=torch.float64)
+            for (a, b), (ra, rb) in zip(test.pairs.tolist(), pure.tolist()):
+                thresholds[a], thresholds[b] = ra, rb
+        predictions = linear_predictions(subject, dirs, tau=config.tau, thresholds=thresholds)
+        summary = {"direction_kind": kind, "n_directions": int(dirs.shape[0]), **test.summary(),
+                   "linear": predictions.summary()}
+        test.save(tmp, overwrite=True)
+        save_json(tmp / "config.json", {"command": "mixture", "site": site.to_dict(), "mixture": config.to_dict(),
+                                        "directions": directions if isinstance(directions, str) else kind})
+        save_json(tmp / "summary.json", summary)
+        save_tensors(tmp / "directions.safetensors", {"directions": dirs, "rayleigh": predictions.rayleigh,
+                                                      "onset_deg": predictions.onset_deg,
+                                                      "early_growth": predictions.early_growth})
+        if test.n_pairs:
+            plot_mixture_curves(tmp / "mixture_curves.png", test,
+                                title=f"{site.model} {site.hook}: {kind}, p = {test.p:.3g} [{test.p_low:.3g}, {test.p_high:.3g}]")
+    return MixtureRun(test, predictions, summary, kind, out)

@@ -40,7 +40,8 @@ from importlib.metadata import PackageNotFoundError, version
 log = logging.getLogger(__name__)
 
 __all__ = ["CORPUS_PACKAGE", "Corpus", "CorpusUnavailableError", "DatasetUnavailableError", "TextWindows",
-           "check_prompt_source", "corpus_texts", "load_corpus", "load_prompts", "openwebtext_windows", "resolve_cache_dir",
+           "check_prompt_source", "corpus_texts", "load_corpus", "load_prompts", "openwebtext_windows",
+           "parse_corpus_source", "resolve_cache_dir",
            "prompt_activations", "site_activations_all_positions", "text_windows"]
 
 
@@ -314,6 +315,17 @@ def text_windows(
     return TextWindows(tokens, f"corpus:{CORPUS_PACKAGE}-{corpus.version}")
 
 
+def parse_corpus_source(source: str) -> tuple[int, int]:
+    """``corpus:N`` / ``corpus:N:LEN`` -> (N windows, LEN tokens each, default 10)."""
+    parts = str(source).split(":")[1:]
+    try:
+        if not str(source).startswith("corpus:") or len(parts) not in (1, 2):
+            raise ValueError
+        return int(parts[0]), int(parts[1]) if len(parts) == 2 else 10
+    except ValueError as exc:
+        raise ValueError(f"corpus prompts are corpus:N or corpus:N:LEN with integers N and LEN, got {source!r}") from exc
+
+
 PROMPT_SOURCES = "builtin, corpus:N (N windows of the offline corpus; corpus:N:LEN for LEN tokens), openwebtext:N or a file"
 _NEAR_MISS = re.compile(r"^(corpus|openwebtext)\W?(\d+)?(?:\W(\d+))?$")
 
@@ -347,13 +359,7 @@ def load_prompts(source: str | Path = "builtin", model=None) -> list:
     if str(source).startswith("corpus:"):
         if model is None:
             raise ValueError("corpus prompts need the model (for its tokenizer)")
-        parts = str(source).split(":")[1:]
-        try:
-            if len(parts) not in (1, 2):
-                raise ValueError
-            n, length = int(parts[0]), int(parts[1]) if len(parts) == 2 else 10
-        except ValueError as exc:
-            raise ValueError(f"corpus prompts are corpus:N or corpus:N:LEN with integers N and LEN, got {source!r}") from exc
+        n, length = parse_corpus_source(source)
         return text_windows(model, n, length, source="corpus").tokens
     if str(source).startswith("openwebtext:"):
         if model is None:
