@@ -5,13 +5,14 @@ Each test is named after the defect it pins down (numbers as in the issue).
 """
 
 import errno
+import io
 import json
 import os
 import stat
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +51,12 @@ def interrupted_toy_run(out: Path, monkeypatch) -> Path:
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    with monkeypatch.context() as m:
+    err = io.StringIO()
+    with monkeypatch.context() as m, redirect_stderr(err):
         m.setattr(opt, "_result", interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            main([*TOY, "--out", str(out)])
+        assert main([*TOY, "--out", str(out)]) == 130
+    assert err.getvalue() == (f"sensfind: interrupted; the run is kept in {str(incomplete_dir(out))!r}; continue it "
+                              f"with: sensfind discover --resume --out {out}\n")
     ckpt = incomplete_dir(out) / "checkpoint.pt"
     assert ckpt.is_file() and not out.exists()
     return ckpt
@@ -65,7 +68,7 @@ def interrupted_toy_run(out: Path, monkeypatch) -> Path:
 def test_1_discover_failing_after_overwrite_keeps_the_old_complete_run(tmp_path, monkeypatch):
     out = tmp_path / "run"
     before = finished_toy_run(out)
-    plots = sys.modules["sensfind.reporting.plots"]
+    plots = sys.modules["sensfind.app.jobs"]  # where the job looks the plot function up
 
     def bug(*args, **kwargs):  # a genuine bug after the optimisation: a traceback, not one line
         raise RuntimeError("plotting bug")
@@ -83,7 +86,7 @@ def test_1_discover_failing_with_an_error_after_overwrite_keeps_the_old_run(tmp_
     out = tmp_path / "run"
     before = finished_toy_run(out)
     capsys.readouterr()
-    recovery = sys.modules["sensfind.core.recovery"]
+    recovery = sys.modules["sensfind.app.jobs"]  # where the job looks recovery up
 
     def non_finite(*args, **kwargs):
         raise NonFiniteOutputError("the subject's output became non-finite")
@@ -578,7 +581,7 @@ def test_15_results_are_readable_by_the_group_under_the_umask(tmp_path):
 
 
 def test_15_genuine_bugs_keep_their_traceback(tmp_path, monkeypatch):
-    scan_module = sys.modules["sensfind.core.scan"]
+    scan_module = sys.modules["sensfind.app.jobs"]  # where the job looks scan up
 
     def bug(*args, **kwargs):
         raise KeyError("a bug")

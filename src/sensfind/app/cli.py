@@ -1,7 +1,9 @@
 """The ``sensfind`` command line. Each subcommand maps its flags one-to-one onto a config dataclass.
 
 Bad input prints one line (``sensfind: error: ...``) and exits with status 2; nothing half-written
-is left in the results directory.
+is left in the results directory. Ctrl-C prints ``sensfind: interrupted`` and exits with status 130.
+Libraries (transformers, TransformerLens, SAELens, the hub) say only warnings and errors unless
+``--verbose``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -16,7 +20,7 @@ from pathlib import Path
 from sensfind.app.jobs import incomplete_dir
 from sensfind.errors import InputFileError, error_boundary
 from sensfind.errors import CLIError
-from sensfind.flags import add_config_args, config_from_args, flag_error, load_config_file
+from sensfind.flags import OneLineParser, add_config_args, config_from_args, flag_error, load_config_file
 from sensfind.app.site import DiscoverySiteConfig, SiteConfig
 from sensfind.app.jobs import ScanRunConfig, run_scan
 from sensfind.core.scan import ScanConfig
@@ -31,7 +35,26 @@ from sensfind.app.demo import DemoConfig, ModelDemoConfig, run_demo, run_model_d
 from sensfind.runio import check_output_dir
 from sensfind.tuning import add_tune_parser
 
-__all__ = ["CLIError", "build_parser", "incomplete_dir", "main"]
+__all__ = ["CLIError", "LIBRARY_LOGGERS", "build_parser", "incomplete_dir", "main", "quiet_libraries"]
+
+# the libraries whose informational output (logging below WARNING, progress bars) the command line hides
+LIBRARY_LOGGERS = ("transformers", "transformer_lens", "sae_lens", "huggingface_hub", "datasets", "accelerate")
+
+
+def quiet_libraries() -> None:
+    """Libraries log only warnings and errors, and draw no download or conversion progress bars (their
+    bars read these variables when first imported; those already imported are told directly)."""
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "warning"
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
+VERBOSE_HELP = "log diagnostics, libraries' informational output and progress bars included"
 
 
 def site_from_args(cls, args, **fixed):
@@ -143,6 +166,11 @@ def cmd_discover(args) -> int:
                            progress=not args.quiet)
     except ValueError as exc:
         raise flag_error(exc, {"random_baseline", "checkpoint_every"}) from None
+    except KeyboardInterrupt:
+        if not (incomplete_dir(out) / "checkpoint.pt").is_file():
+            raise
+        raise KeyboardInterrupt(f"the run is kept in {str(incomplete_dir(out))!r}; continue it with: sensfind "
+                                f"discover --resume --out {shlex.quote(str(out))}") from None
     found, summary = run.discovery, run.summary
     budget = f" of {config.max_points}" if config.max_points is not None else ""
     line = (f"{len(found)} distinct optima from {len(found.restart_directions)} restarts in {found.rounds_run} round(s) "
@@ -214,8 +242,8 @@ def _run_args(g, command: str, config: str, overwrite: str = "replace a non-empt
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sensfind", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
+    parser = OneLineParser(prog="sensfind", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="scan effect vs angle/step along directions at a site")
@@ -260,19 +288,31 @@ def build_parser() -> argparse.ArgumentParser:
               out="runs/demo")
     p.set_defaults(func=cmd_demo)
     add_tune_parser(sub)
+    for p in sub.choices.values():  # also after the command: sensfind scan --verbose ...
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command. Bad input (and unwritable results) print ``sensfind: error: ...`` and exit 2 with
-    nothing half-written; anything else is a bug and keeps its traceback."""
+    """Run a command. Bad input (the flags' own syntax included) and unwritable results print
+    ``sensfind: error: ...`` and exit 2 with nothing half-written; Ctrl-C prints ``sensfind: interrupted``
+    and exits 130 (the previous results intact, the partial work removed); anything else is a bug and
+    keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return error_boundary(lambda: _run(argv))
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
     args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return error_boundary(lambda: args.func(args))
+    if not args.verbose:
+        quiet_libraries()
+    return args.func(args)
 
 
 if __name__ == "__main__":

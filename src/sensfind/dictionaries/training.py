@@ -42,10 +42,10 @@ class TrainSAEConfig(Config):
         architecture: ``standard`` (sparsity from ``l1_coefficient``) or ``topk`` (sparsity ``k``).
         l1_coefficient: weight of the L1 sparsity penalty (on latent activations times decoder norms).
             With ``normalize_activations`` on it is independent of the activations' scale. Standard only.
-        k: latents kept per activation. Top-k only.
+        k: latents kept per activation (at most 65536). Top-k only.
         lr: Adam learning rate (constant).
-        batch_size: activations per training step; at most the number of activations.
-        epochs: passes over the activations (reshuffled each pass).
+        batch_size: activations per training step; at most the number of activations, and at most 65536.
+        epochs: passes over the activations (reshuffled each pass; at most 1000).
         normalize_activations: scale inputs to mean norm ``sqrt(d)`` while training (SAELens'
             ``expected_average_only_in``); the scale is folded into the saved weights afterwards.
         device: where to train.
@@ -69,8 +69,8 @@ class TrainSAEConfig(Config):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.lr == 0:
             raise ValueError("lr must be > 0, got 0")
-        for name in ("batch_size", "epochs", "k"):
-            check_int(name, getattr(self, name), 1)
+        for name, hi in (("batch_size", 65536), ("epochs", 1000), ("k", 65536)):
+            check_int(name, getattr(self, name), 1, maximum=hi)
         check_bool("normalize_activations", self.normalize_activations)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be a device string such as 'cpu' or 'cuda', got {self.device!r}")
