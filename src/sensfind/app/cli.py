@@ -32,20 +32,25 @@ from sensfind.comparison.compare import CompareConfig
 from sensfind.app.jobs import CompareRunConfig, run_compare
 from sensfind.discovery.optima import Discovery
 from sensfind.app.demo import DemoConfig, ModelDemoConfig, run_demo, run_model_demo
-from sensfind.runio import check_output_dir
+from sensfind.runio import check_output_dir, out_lock
 from sensfind.tuning import add_tune_parser
 
-__all__ = ["CLIError", "LIBRARY_LOGGERS", "build_parser", "incomplete_dir", "main", "quiet_libraries"]
+__all__ = ["CLIError", "LIBRARY_LOGGERS", "build_parser", "incomplete_dir", "library_output", "main"]
 
 # the libraries whose informational output (logging below WARNING, progress bars) the command line hides
 LIBRARY_LOGGERS = ("transformers", "transformer_lens", "sae_lens", "huggingface_hub", "datasets", "accelerate")
 
 
-def quiet_libraries() -> None:
-    """Libraries log only warnings and errors, and draw no download or conversion progress bars (their
-    bars read these variables when first imported; those already imported are told directly)."""
+def library_output(verbose: bool) -> None:
+    """Without ``verbose``, libraries log only warnings and errors and draw no download, conversion or
+    training progress bars (the hub's and transformers' bars read these variables when first imported;
+    those already imported are told directly; SAELens' training bars follow its logger's level). With it,
+    their informational logs are shown too."""
     for name in LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info")
+        return
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["TRANSFORMERS_VERBOSITY"] = "warning"
     if "huggingface_hub" in sys.modules:
@@ -139,6 +144,12 @@ def cmd_discover(args) -> int:
     if args.resume and args.out is None:
         raise CLIError("--resume needs --out DIR: the run directory to continue")
     out = _out(args, "discover")
+    check_output_dir(out, overwrite=True)  # a file in its place, an unwritable place: refused before the lock
+    with out_lock(out):  # another run on out is refused at once, whatever it is doing
+        return _discover(args, out)
+
+
+def _discover(args, out: Path) -> int:
     saved = _saved_discovery(args, out)
     if saved == "done":
         print(f"the run in {out} is already finished; nothing to do (add --overwrite to run it again)")
@@ -310,8 +321,7 @@ def _run(argv: list[str]) -> int:
     args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        quiet_libraries()
+    library_output(args.verbose)
     return args.func(args)
 
 

@@ -70,8 +70,8 @@ class AnalysisConfig(Config):
         n_random, n_cov, n_real_other: isotropic, cov-random and real-other directions scanned (at most 100000).
         max_active: at most this many active latents (the most active) are scanned (at most 10000).
         n_inactive: inactive latents (encoded 0 on the base) scanned, a seeded sample (at most 10000).
-        n_refine: active latents (most active first) refined by discovery; ``refine_iterations`` steps (each at
-            most 10000).
+        n_refine, refine_iterations: active latents (most active first) refined by discovery, and its
+            iterations (each at most 10000).
         curve_steps, stop: the shared scan grid (0..stop degrees) of every threshold angle here (``curve_steps``
             at most 100000).
         tau: effect threshold (nats of next-token KL).

@@ -93,9 +93,9 @@ class CorpusSAEConfig(Config):
             raise ValueError(f"hook must be a TransformerLens hook name, got {self.hook!r}")
         for name, hi in (("expansion", 256), ("n_windows", 100_000), ("eval_windows", 10_000)):
             check_int(name, getattr(self, name), 1, maximum=hi)
-        if not is_int(self.window) or not 2 <= self.window <= 1024:
-            raise ValueError(f"window must be an integer >= 2 (a next-token loss needs two tokens) and <= 1024, "
-                             f"got {self.window!r}")
+        if not is_int(self.window) or self.window < 2:
+            raise ValueError(f"window must be an integer >= 2 (a next-token loss needs two tokens), got {self.window!r}")
+        check_int("window", self.window, 2, maximum=1024)
         if self.n_windows * self.window > MAX_ACTIVATIONS:
             raise ValueError(f"n_windows x window must be at most {MAX_ACTIVATIONS} activations (held in memory), "
                              f"got {self.n_windows} x {self.window}")

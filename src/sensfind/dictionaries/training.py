@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -219,7 +221,8 @@ def _fit(acts: Tensor, hook_name: str | None, d_sae: int, seed: int, config: Tra
         sae = sae_cls(sae_cfg)
         batches = _ShuffledBatches(acts, config.batch_size, seed)
         trainer = sae_lens.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
-        sae = trainer.fit()
+        with _sae_lens_bars():
+            sae = trainer.fit()
     seconds = time.perf_counter() - start
     sae.save_inference_model(out)
     with torch.no_grad():
@@ -229,6 +232,15 @@ def _fit(acts: Tensor, hook_name: str | None, d_sae: int, seed: int, config: Tra
         l0 = float((latents > 0).float().sum(1).mean())
     log.info("trained SAE in %.1f s: explained variance %.3f, L0 %.2f", seconds, 1 - fvu, l0)
     return dict(train_seconds=seconds, explained_variance=1 - fvu, l0=l0, steps=steps)
+
+
+def _sae_lens_bars():
+    """SAELens draws its own progress bars on stderr; where its logger is set above INFO (the command line
+    without ``--verbose``), they are not shown (a context that swallows what the trainer writes to stderr;
+    log records still reach their handlers)."""
+    if logging.getLogger("sae_lens").level > logging.INFO:
+        return contextlib.redirect_stderr(io.StringIO())
+    return contextlib.nullcontext()
 
 
 def _load_trained(path: Path, source: str, keep_path: bool = True) -> Dictionary:

@@ -20,7 +20,7 @@ import torch
 
 from sensfind.models.loading import load_model
 from sensfind.comparison.analysis import KINDS, AnalysisConfig, PromptAnalysis
-from sensfind.configs import Config, check_int
+from sensfind.configs import MAX_SEED, Config, check_int
 from sensfind.runio import save_json
 from sensfind.app.demo import ModelDemoConfig
 from sensfind.comparison.analysis import massive_last_token
@@ -53,8 +53,8 @@ class CentralConfig(Config):
     Attributes:
         model: the pretrained model
         out: run directory
-        prompts: corpus prompts analysed
-        seed: seeds the prompts, the SAE and the analyses
+        prompts: corpus prompts analysed (at most 10000)
+        seed: seeds the prompts, the SAE and the analyses (at most 4294967295)
         shard: I/N: this process does prompts i with i % N == I
         reverse: take this shard's prompts last first (a second worker)
         aggregate: only aggregate the prompts already in out
@@ -75,8 +75,8 @@ class CentralConfig(Config):
     cache_dir: str | None = None
 
     def __post_init__(self):
-        check_int("prompts", self.prompts, minimum=1)
-        check_int("seed", self.seed, minimum=0)
+        check_int("prompts", self.prompts, minimum=1, maximum=10_000)
+        check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         index, _, count = self.shard.partition("/")
         if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
             raise ValueError(f"shard must be I/N with 0 <= I < N, got {self.shard!r}")
