@@ -233,9 +233,9 @@ def _lock_owner(fd: int) -> str:
     return text if text.isdigit() else "unknown"
 
 
-def _acquire(out: Path) -> int:
-    """The locked descriptor of ``out``'s lock file; ``DirectoryBusyError`` naming the owner's pid if a
-    live process holds it."""
+def _acquire(out: Path, wait: bool) -> int:
+    """The locked descriptor of ``out``'s lock file; if a live process holds it, wait for it (``wait``) or
+    raise ``DirectoryBusyError`` naming its pid."""
     path = _lock_file(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +247,7 @@ def _acquire(out: Path) -> int:
         except OSError as exc:
             raise ResultsWriteError(out, f"cannot create its lock file {str(path)!r}: {exc.strerror or exc}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             owner = _lock_owner(fd)
             os.close(fd)
@@ -275,10 +275,11 @@ def _release(out: Path, fd: int) -> None:
 
 
 @contextmanager
-def out_lock(out: str | Path) -> Iterator[None]:
+def out_lock(out: str | Path, wait: bool = False) -> Iterator[None]:
     """Hold the lock of the results directory ``out`` for the block: a second run on it (another
-    process) is refused at once with ``DirectoryBusyError`` naming the holder's pid. Taking it removes
-    what killed runs left beside ``out`` (``remove_litter``). Re-entrant within a process."""
+    process) is refused at once with ``DirectoryBusyError`` naming the holder's pid, or waits for it
+    (``wait``: short writes such as saving a result into a directory that workers share). Taking it
+    removes what killed runs left beside ``out`` (``remove_litter``). Re-entrant within a process."""
     out = Path(out)
     key = os.path.abspath(_lock_file(out))
     if key in _held:
@@ -288,7 +289,7 @@ def out_lock(out: str | Path) -> Iterator[None]:
         finally:
             _held[key][1] -= 1
         return
-    fd = _acquire(out)
+    fd = _acquire(out, wait)
     _held[key] = [fd, 1]
     try:
         remove_litter(out)
@@ -392,6 +393,7 @@ def staged_dir(
     *,
     stage: str | Path | None = None,
     keep: Callable[[BaseException], bool] | None = None,
+    wait: bool = False,
 ) -> Iterator[Path]:
     """Yield a directory beside ``out`` to write results into; when the block completes it replaces
     ``out`` (a previous run there is kept until that moment), when it raises it is removed.
@@ -401,13 +403,13 @@ def staged_dir(
     resumable work such as a discovery checkpoint) instead of a fresh temporary one. ``keep(exc)``:
     keep the stage when the block raises ``exc`` (e.g. an interrupt, to resume later).
 
-    The block runs holding ``out_lock(out)``: another run on ``out`` is refused at once, and what killed
-    runs left beside ``out`` is removed first. A full disk or read-only file system while writing becomes
+    The block runs holding ``out_lock(out)``: another run on ``out`` is refused at once (or waited for:
+    ``wait``), and what killed runs left beside ``out`` is removed first. A full disk or read-only file system while writing becomes
     one ``ResultsWriteError``.
     """
     out = Path(out)
     check_output_dir(out, overwrite)
-    with out_lock(out):
+    with out_lock(out, wait):
         tmp = _make_stage(out, Path(stage) if stage is not None else None)
         try:
             yield tmp
@@ -468,6 +470,7 @@ def _fill(result: Result, directory: Path) -> None:
 def save_result(result: Result, directory: str | Path, overwrite: bool = False) -> Path:
     """Save ``result`` into ``directory``.
 
+    While another process writes into ``directory`` (holds its ``out_lock``), this waits for it.
     A missing or empty directory is written whole or not at all (``staged_dir``). A non-empty one is refused
     unless ``overwrite``; then each of the result's files (and subdirectories) replaces the one of the same
     name, other entries are left alone, and an existing ``config.json`` (the record of the run that made the
@@ -479,13 +482,13 @@ def save_result(result: Result, directory: str | Path, overwrite: bool = False) 
             raise ValueError(f"{str(out)!r} is not empty; save into a new or empty directory, or pass overwrite=True")
         _merge(result, out)
         return out
-    with staged_dir(out, overwrite=True) as tmp:
+    with staged_dir(out, overwrite=True, wait=True) as tmp:
         _fill(result, tmp)
     return out
 
 
 def _merge(result: Result, out: Path) -> None:
-    with out_lock(out):
+    with out_lock(out, wait=True):  # e.g. tuning workers sharing out: one saves after the other
         _merge_locked(result, out)
 
 

@@ -766,12 +766,14 @@ def test_22_2_a_corrupt_sae_weights_file_is_one_line_naming_it(tmp_path, capsys,
 
 
 @pytest.mark.parametrize("command", ["scan", "discover"])
-@pytest.mark.parametrize("hook", ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_q", "blocks.0.attn.hook_z"])
+@pytest.mark.parametrize("flag, hook", [("--hook", "blocks.1.attn.hook_pattern"), ("--hook", "blocks.1.attn.hook_q"),
+                                        ("--hook", "blocks.0.attn.hook_z"),
+                                        ("--output-hook", "blocks.2.attn.hook_pattern")])
 def test_22_2_a_hook_that_is_not_one_vector_per_position_is_one_line_right_after_loading(
-        tmp_path, capsys, monkeypatch, command, hook):
+        tmp_path, capsys, monkeypatch, command, flag, hook):
     site = sys.modules["sensfind.app.site"]
     monkeypatch.setattr(site, "prompt_activations", lambda *a, **k: pytest.fail("work went on after the load"))
-    assert main([command, *TINY, "--hook", hook, "--out", str(tmp_path / "o")]) == 2
+    assert main([command, *TINY, flag, hook, "--out", str(tmp_path / "o")]) == 2
     err = one_line_error(capsys)
     assert hook in err and "one vector per token position" in err and "hook_resid_pre" in err
     assert list(tmp_path.iterdir()) == []
@@ -975,6 +977,7 @@ with out_lock(out):
     (out.parent / f".{out.name}.partial-live").mkdir()  # the partial results of a live run
     print("ready", flush=True)
     sys.stdin.read()  # until the test closes stdin (or kills us)
+    (out.parent / "released").touch()
 """
 
 
@@ -1045,6 +1048,22 @@ def test_22_5_a_live_runs_partial_results_are_left_alone(tmp_path, capsys, live_
     proc.wait()
     assert main([*argv, "--out", str(out)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_22_6_saving_a_result_into_a_directory_another_process_writes_waits_for_it(tmp_path, live_run):
+    """Tuning workers share their --out: a worker saving its results waits for the other, never fails."""
+    import threading
+
+    from sensfind.core.scan import Scan, ScanConfig
+
+    out, proc = live_run
+    out.mkdir()
+    (out / "study.db").write_text("shared")
+    threading.Timer(0.5, proc.stdin.close).start()  # the other worker finishes its save a little later
+    scan = Scan(ScanConfig(steps=3), torch.linspace(0, 180, 3), torch.zeros(2, 3))
+    scan.save(out, overwrite=True)
+    assert (tmp_path / "released").is_file()  # it waited until the other process let go
+    assert (out / "scan.safetensors").is_file() and (out / "study.db").read_text() == "shared"
 
 
 _SLOW_DISCOVER = """
