@@ -281,7 +281,7 @@ def out_lock(out: str | Path, wait: bool = False) -> Iterator[None]:
     (``wait``: short writes such as saving a result into a directory that workers share). Taking it
     removes what killed runs left beside ``out`` (``remove_litter``). Re-entrant within a process."""
     out = Path(out)
-    key = os.path.abspath(_lock_file(out))
+    key = os.path.join(os.path.realpath(out.parent), _lock_file(out).name)  # one key however out is spelled
     if key in _held:
         _held[key][1] += 1
         try:

@@ -969,15 +969,19 @@ def test_22_4_specs_and_files_are_checked_before_the_model_loads(tmp_path, capsy
 # -- 22.5 litter of killed runs, and 22.6 a second run on the same --out -----------------------------------
 
 _HOLD_LOCK = """
-import sys, time
+import fcntl, os, sys
 from pathlib import Path
-from sensfind.runio import out_lock
-out = Path(sys.argv[1])
-with out_lock(out):
-    (out.parent / f".{out.name}.partial-live").mkdir()  # the partial results of a live run
-    print("ready", flush=True)
-    sys.stdin.read()  # until the test closes stdin (or kills us)
-    (out.parent / "released").touch()
+out = Path(sys.argv[1])  # what sensfind.runio.out_lock does, without importing sensfind (a quick start)
+lock = out.parent / f".{out.name}.lock"
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+(out.parent / f".{out.name}.partial-live").mkdir()  # the partial results of a live run
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes stdin (or kills us)
+(out.parent / "released").touch()
+os.unlink(lock)
+os.close(fd)
 """
 
 
