@@ -957,6 +957,7 @@ def test_22_4_bad_directions_files_are_refused_before_the_model_loads(tmp_path, 
     (["discover", *TINY, "--prompts", "/no/such/prompts.txt"], "does not exist"),
     (["discover", *TINY, "--prompts", "corpus:0"], "corpus:N or corpus:N:LEN"),
     (["discover", *TINY, "--init", "given", "--init-file", "/no/such/init.npy"], "does not exist"),
+    (["demo", "--quick", "--device", "gpu"], "unknown device 'gpu'"),
 ])
 def test_22_4_specs_and_files_are_checked_before_the_model_loads(tmp_path, capsys, no_work, directions_file, argv,
                                                                  words):

@@ -31,6 +31,7 @@ from sensfind.core.baselines import load_directions
 from sensfind.comparison.compare import CompareConfig
 from sensfind.app.jobs import CompareRunConfig, run_compare
 from sensfind.discovery.optima import Discovery
+from sensfind.models.loading import resolve_device
 from sensfind.app.demo import DemoConfig, ModelDemoConfig, run_demo, run_model_demo
 from sensfind.runio import check_output_dir, out_lock
 from sensfind.tuning import add_tune_parser
@@ -226,6 +227,8 @@ def cmd_demo(args) -> int:
     given = {k: getattr(args, k) for k in sorted(flags) if getattr(args, k, None) is not None}  # others: refused
     config = config_from_args(cls, argparse.Namespace(), start, f"--config {args.config!r}" if args.config else
                               "the flags", given | ({} if toy else {"model": args.model}))
+    if not toy:
+        resolve_device(args.device)  # an unknown or missing device is refused before the model loads
     out = check_output_dir(args.out, args.overwrite)
     if toy:
         summary = run_demo(out, config, progress=not args.quiet, overwrite=args.overwrite)
