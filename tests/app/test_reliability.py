@@ -1,7 +1,10 @@
-"""Reliability of the command line (issue 10): a finished run is never lost, memory stays bounded, and
-every bad input is one line ``sensfind: error: ...`` with exit status 2 and nothing half-written.
+"""Reliability of the command line (issues 10 and 22): a finished run is never lost, memory stays bounded,
+every bad input is one line ``sensfind: error: ...`` with exit status 2 and nothing half-written, checked
+before any work; every count is bounded; Ctrl-C is one line and exit 130; a second run on the same
+``--out`` is refused and killed runs' leftovers are removed.
 
-Each test is named after the defect it pins down (numbers as in the issue).
+Each test is named after the defect it pins down (numbers as in the issue; ``test_22_N``: issue 22's
+cause N, ``test_22_7``: its property-based test).
 """
 
 import errno
