@@ -28,7 +28,7 @@ from sensfind.lab.landscape import corner_summary, landscape, random_corner_repo
 from sensfind.reporting.plots import plot_simplex
 from sensfind.lab.pool import pick, split_pool
 from sensfind.runio import save_json, save_tensors
-from sensfind.lab.stats import fmt, table
+from sensfind.reporting.stats import fmt, table
 
 NAME = "landscape"
 

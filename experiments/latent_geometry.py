@@ -29,7 +29,7 @@ from sensfind.reporting.plots import plot_latent_geometry
 from sensfind.lab.pool import split_pool
 from sensfind.lab.pool_sae import dictionary_info
 from sensfind.runio import save_json, save_tensors
-from sensfind.lab.stats import describe, fmt, ks, table
+from sensfind.reporting.stats import describe, fmt, ks, table
 
 NAME = "latent_geometry"
 

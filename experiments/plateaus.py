@@ -24,7 +24,7 @@ from sensfind.reporting.plots import plot_distributions, plot_effect_curves
 from sensfind.lab.pool import split_pool
 from sensfind.runio import save_json, save_tensors
 from sensfind.core.scan import step_grid
-from sensfind.lab.stats import fmt, table
+from sensfind.reporting.stats import fmt, table
 
 NAME = "plateaus"
 

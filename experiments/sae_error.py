@@ -23,7 +23,7 @@ from sensfind.lab.pool import split_pool
 from sensfind.lab.pool_sae import dictionary_info
 from sensfind.lab.reconstruction import measure_sae_errors
 from sensfind.runio import save_json, save_tensors
-from sensfind.lab.stats import table
+from sensfind.reporting.stats import table
 
 NAME = "sae_error"
 

@@ -26,7 +26,7 @@ from sensfind.reporting.plots import plot_distributions
 from sensfind.lab.pool import split_pool
 from sensfind.runio import save_json, save_tensors
 from sensfind.core.scan import step_grid
-from sensfind.lab.stats import fmt, table
+from sensfind.reporting.stats import fmt, table
 
 NAME = "sensitive_directions"
 

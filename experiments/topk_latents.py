@@ -24,7 +24,7 @@ from sensfind.lab.pool import PUBLISHED_MODEL, split_pool
 from sensfind.lab.pool_sae import dictionary_info
 from sensfind.lab.reconstruction import measure_topk
 from sensfind.runio import save_json, save_tensors
-from sensfind.lab.stats import table
+from sensfind.reporting.stats import table
 
 NAME = "topk_latents"
 

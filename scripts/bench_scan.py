@@ -49,7 +49,9 @@ from functools import partial
 import torch
 
 import sensfind
-from sensfind import ScanConfig, TransformerSubject, get_effect, load_model, perturb, scan
+from sensfind import ScanConfig, TransformerSubject, load_model, scan
+from sensfind.core.effects import get_effect
+from sensfind.core.geometry import perturb
 from sensfind.lab.speed import flops_per_point, matmul_gflops, paired_median, peak_rss_gib, timed, tune_malloc
 
 log = logging.getLogger("bench_scan")

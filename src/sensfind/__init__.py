@@ -8,8 +8,11 @@ command-line jobs, and the error types. Everything else is importable from its m
 
 from sensfind.app.jobs import run_compare, run_discover, run_scan
 from sensfind.app.site import DiscoverySiteConfig, SiteConfig
+from sensfind.app.sweep import SweepConfig, run_sweep
 from sensfind.comparison.compare import CompareConfig, Comparison, compare
 from sensfind.comparison.match import match_directions
+from sensfind.core.linear_response import linear_response
+from sensfind.core.mixture import MixtureConfig, mixture_test
 from sensfind.core.objective_config import ObjectiveConfig
 from sensfind.core.scan import Scan, ScanConfig, scan
 from sensfind.core.subject import FunctionSubject, Subject
@@ -40,6 +43,10 @@ __all__ = [
     "ScanConfig",
     "Scan",
     "scan",
+    # are they features? the linear-response control and the mixture (Lp) test
+    "linear_response",
+    "MixtureConfig",
+    "mixture_test",
     # discovery
     "DiscoverConfig",
     "Discovery",
@@ -63,6 +70,8 @@ __all__ = [
     "run_scan",
     "run_discover",
     "run_compare",
+    "SweepConfig",
+    "run_sweep",
     # errors
     "SensfindError",
     "ModelUnavailableError",

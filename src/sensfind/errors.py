@@ -14,8 +14,8 @@ from typing import Callable
 
 __all__ = ["SensfindError", "InputFileError", "MissingInputError", "CheckpointError", "ResultsWriteError",
            "CLIError", "DirectoryBusyError", "ModelUnavailableError", "DictionaryUnavailableError", "DatasetUnavailableError",
-           "CorpusUnavailableError", "NonFiniteOutputError", "StorageError", "StudyMismatchError", "one_line",
-           "error_boundary", "INTERRUPTED_STATUS"]
+           "CorpusUnavailableError", "NonFiniteOutputError", "StorageError", "StudyMismatchError", "EngineUnavailableError",
+           "one_line", "error_boundary", "INTERRUPTED_STATUS"]
 
 INTERRUPTED_STATUS = 130  # the shell's status of a command ended by SIGINT (128 + 2)
 
@@ -38,6 +38,10 @@ class MissingInputError(SensfindError, FileNotFoundError):
 
 class CheckpointError(InputFileError):
     """A discovery checkpoint is missing, unreadable, corrupt, or belongs to another run."""
+
+
+class EngineUnavailableError(SensfindError):
+    """A sweep engine cannot run here (its optional package is not installed); the message says how to install it."""
 
 
 class ResultsWriteError(SensfindError, OSError):

@@ -26,7 +26,7 @@ __all__ = ["DICTIONARY_KINDS", "DIRECTION_KINDS", "DEFAULT_SAE_RELEASE", "MAX_D_
 
 # kind -> what follows the colon ("" for a bare kind)
 DICTIONARY_KINDS: Mapping[str, str] = {"pretrained": "RELEASE[/SAE_ID]", "disk": "PATH", "train": "D_SAE"}
-DIRECTION_KINDS: Mapping[str, str] = {"random": "N", "file": "PATH", "targets": "PATH|builtin"}
+DIRECTION_KINDS: Mapping[str, str] = {"random": "N", "linear": "N", "file": "PATH", "targets": "PATH|builtin"}
 DEFAULT_SAE_RELEASE = "gpt2-small-res-jb"
 TOY = "toy"
 

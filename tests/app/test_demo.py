@@ -94,8 +94,8 @@ def test_demo_sae_is_cached(demo_run, smollm2, monkeypatch):
 @pytest.mark.slow
 def test_central_result_smoke(tmp_path):
     out = tmp_path / "central"
-    cmd = [sys.executable, str(ROOT / "scripts" / "central_result.py"), "--smoke", "--prompts", "2", "--out", str(out),
-           "--cache-dir", str(tmp_path / "cache")]
+    cmd = [sys.executable, "-m", "sensfind.app.cli", "sweep", "--work", "analysis", "--smoke", "--model", "smollm2-135m",
+           "--prompts", "corpus:2", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1800)
     results = json.loads((out / "results.json").read_text())
     assert results["n_prompts"] == 2 and results["n_optima"] >= 2

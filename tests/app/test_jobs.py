@@ -64,7 +64,7 @@ def test_run_discover_refuses_given_init_without_directions(tmp_path):
 def test_run_discover_plots_the_optima_from_their_final_scan_without_scanning_them_again(tmp_path, monkeypatch):
     import sys
 
-    scan_module = sys.modules["sensfind.core.scan"]
+    scan_module = sys.modules["sensfind.app.jobs"]  # where the job looks scan up
     calls = []
     real_scan = scan_module.scan
 

@@ -71,7 +71,7 @@ def interrupted_toy_run(out: Path, monkeypatch) -> Path:
 def test_1_discover_failing_after_overwrite_keeps_the_old_complete_run(tmp_path, monkeypatch):
     out = tmp_path / "run"
     before = finished_toy_run(out)
-    plots = sys.modules["sensfind.app.jobs"]  # where the job looks the plot function up
+    plots = sys.modules["sensfind.app.jobs"]  # where the job looks the figure up
 
     def bug(*args, **kwargs):  # a genuine bug after the optimisation: a traceback, not one line
         raise RuntimeError("plotting bug")
@@ -179,7 +179,7 @@ def test_2_discover_final_and_baseline_scans_are_chunked(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_3_random_baseline_below_one_is_refused_before_the_optimisation(tmp_path, capsys, monkeypatch, value):
-    opt = sys.modules["sensfind.discovery.loop"]
+    opt = sys.modules["sensfind.app.jobs"]  # where the job looks discover up
 
     monkeypatch.setattr(opt, "discover", lambda *a, **k: pytest.fail("the optimisation ran"))
     out = tmp_path / "never"
@@ -653,7 +653,7 @@ def _config_classes_with_counts():
     from sensfind.dictionaries.corpus_sae import CorpusSAEConfig
     from sensfind.dictionaries.training import TrainSAEConfig
     from sensfind.discovery.config import DiscoverConfig
-    from sensfind.lab.central import CentralConfig
+    from sensfind.app.central import CentralConfig
     from sensfind.lab.experiment import ScanSettings
     from sensfind.lab.pool import PoolConfig
     from sensfind.lab.pool_sae import PoolSAEConfig
@@ -1172,8 +1172,8 @@ def test_22_7_random_values_of_every_flag_are_one_line_and_leave_nothing_behind(
     monkeypatch.setattr(sys.modules["sensfind.app.site"], "load_model", work)
     for name in ("train_sae", "discover", "compare", "load_dictionary_spec"):
         monkeypatch.setattr(sys.modules["sensfind.app.jobs"], name, work)
-    monkeypatch.setattr(sys.modules["sensfind.app.cli"], "run_demo", work)
-    monkeypatch.setattr(sys.modules["sensfind.app.cli"], "run_model_demo", work)
+    for name in ("run_demo", "run_model_demo", "run_sweep", "aggregate", "run_mixture"):
+        monkeypatch.setattr(sys.modules["sensfind.app.cli"], name, work)
     monkeypatch.setattr(sys.modules["sensfind.tuning._cli"], "tune", work)
     files = tmp_path / "files"
     files.mkdir()
@@ -1198,7 +1198,8 @@ def test_22_7_random_values_of_every_flag_are_one_line_and_leave_nothing_behind(
                       st.floats(allow_nan=True, allow_infinity=True).map(str), st.text(max_size=12))
     base = {"scan": ["--model", "random:tiny", "--tokens", "5,6,7"], "discover": ["--model", "toy"],
             "compare": ["--model", "toy", "--directions", str(files / "d.safetensors"), "--dictionary", "train:64"],
-            "demo": ["--model", "toy", "--quick"], "tune": ["--subjects", "0", "--n-trials", "1"]}
+            "demo": ["--model", "toy", "--quick"], "tune": ["--subjects", "0", "--n-trials", "1"],
+            "mixture": ["--model", "toy"], "sweep": ["--model", "random:tiny", "--prompts", "corpus:2"]}
     counter = iter(range(10**6))
 
     @st.composite

@@ -125,3 +125,18 @@ def test_an_analysis_without_refinement_or_real_other_round_trips(case, tmp_path
 def test_loading_a_directory_without_an_analysis_names_the_missing_file(tmp_path):
     with pytest.raises(InputFileError, match="holds no prompt analysis .analysis.safetensors missing"):
         PromptAnalysis.load(tmp_path)
+
+
+def test_the_mixture_test_and_the_linear_control_per_kind(tmp_path):
+    a = toy_analysis(dataclasses.replace(SMALL, mixture_pairs=3, restarts=8, iterations=15))
+    assert "linear" in a.directions and a.effects["linear"].shape[0] == 8
+    assert {"optima", "isotropic", "linear"} <= set(a.privileged)
+    for kind, r in a.privileged.items():
+        assert 1 <= r["n_pairs"] <= 3 and r["scan_points"] > 0, kind
+    # the toy's optima are its planted, hard-thresholded features: privileged, unlike isotropic directions
+    assert a.privileged["optima"]["p_low"] > 2.0
+    iso = a.privileged["isotropic"]
+    assert iso["p_low"] <= 2.0 and (iso["p_high"] is None or iso["p_high"] >= 2.0)  # None: the interval reaches ∞
+    back = PromptAnalysis.load(a.save(tmp_path / "a"))
+    assert back.privileged == a.privileged
+    assert "privileged" in back.summary()

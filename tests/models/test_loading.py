@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sensfind as sf
-from sensfind.models import loading as models
+from sensfind.models.loading import loading as models
 from sensfind.app.cli import main
 
 PROMPTS = ["The capital of France is", "Once upon a time, there was a little", "def add(a, b):\n    return",

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from sensfind.app.jobs import incomplete_dir
+from sensfind.app.jobs import incomplete_dir, read_direction_inputs, run_mixture
+from sensfind.core.mixture import MixtureConfig
 from sensfind.errors import InputFileError, error_boundary
 from sensfind.errors import CLIError
 from sensfind.flags import OneLineParser, add_config_args, config_from_args, flag_error, load_config_file
@@ -35,6 +36,7 @@ from sensfind.models.loading import resolve_device
 from sensfind.app.demo import DemoConfig, ModelDemoConfig, run_demo, run_model_demo
 from sensfind.runio import check_output_dir, out_lock
 from sensfind.tuning import add_tune_parser
+from sensfind.app.sweep import SweepConfig, aggregate, run_sweep
 
 __all__ = ["CLIError", "LIBRARY_LOGGERS", "build_parser", "incomplete_dir", "library_output", "main"]
 
@@ -140,6 +142,11 @@ def _saved_discovery(args, out: Path):
     return (load_run_config(out / "config.json", "discover"), out / "config.json") if finished else None
 
 
+def _p(v) -> str:
+    """An exponent p for a line: inf (JSON null) as ∞."""
+    return "∞" if v is None or v == float("inf") else f"{v:.3g}"
+
+
 def cmd_discover(args) -> int:
     site_from_args(DiscoverRunConfig, args)  # refuse bad run-level flags before anything else
     if args.resume and args.out is None:
@@ -188,6 +195,11 @@ def _discover(args, out: Path) -> int:
     line = (f"{len(found)} distinct optima from {len(found.restart_directions)} restarts in {found.rounds_run} round(s) "
             f"({found.points_evaluated}{budget} scan points, stopped: {found.stop_reason}); best blowup "
             f"{summary['best_blowup']:.3g} {run.final_config.unit} vs random median {summary['random_blowup_median']:.3g}")
+    if "linear" in summary:
+        line += f"; threshold / quadratic onset median {summary['linear'].get('ratio_median', float('nan')):.2g}"
+    if "mixture" in summary:
+        m = summary["mixture"]
+        line += f"; Lp mixture among optima p = {_p(m['p'])} [{_p(m['p_low'])}, {_p(m['p_high'])}]"
     if "toy_recovery" in summary:
         tr = summary["toy_recovery"]
         line += f"; {tr['fraction_reached']:.0%} of restarts reached a planted feature ({tr['n_distinct_features']} distinct)"
@@ -247,6 +259,57 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+
+    out = _out(args, "sweep")
+    if args.aggregate:
+        aggregate(out)
+        print(f"pooled the finished units -> {out / 'results.json'}")
+        return 0
+    names = {f.name for f in dataclasses.fields(DiscoverySiteConfig)} - {"prompt", "tokens", "input", "prompts"}
+    try:  # --prompts is the sweep's source; the site's real-other prompts are --other-prompts
+        site = DiscoverySiteConfig.from_dict({k: getattr(args, k) for k in names} | {"prompts": args.other_prompts})
+    except ValueError as exc:
+        raise flag_error(exc, names | {"prompts"}) from None
+    discover = _from_file(DiscoverConfig, args, "discover", seed=site.seed)  # --seed seeds the restarts too
+    fields = [f for f in dataclasses.fields(SweepConfig) if f.name not in ("site", "discover")]
+    given = {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name) is not None}
+    given |= {f.name: given[f.name] in (True, "true") for f in fields if isinstance(f.default, bool) and f.name in given}
+    try:
+        config = SweepConfig(site=site, discover=discover, **given)
+    except ValueError as exc:
+        raise flag_error(exc, {f.name for f in fields}) from None
+    if not args.quiet:
+        logging.getLogger("sensfind.app.sweep").setLevel(logging.INFO)  # a line per unit
+    s = run_sweep(config, out, progress=not args.quiet)
+    print(f"{s.done} done, {s.failed} failed of {s.units} units ({s.skipped} done before this run) in "
+          f"{s.wall_seconds:.0f}s -> {out}")
+    return 0
+
+
+def cmd_mixture(args) -> int:
+    if args.run is not None and args.directions is not None:
+        raise CLIError("give one of --run DIR (a discovery run's optima) or --directions SPEC, not both")
+    if args.run is not None:
+        run = Path(args.run)
+        if not (run / "config.json").is_file():
+            raise CLIError(f"--run {str(run)!r} is not a discovery run directory (config.json missing)")
+        site = discovery_run_site(run / "config.json")  # the run's site, whatever the site flags say
+        directions, kind = Discovery.load(run).directions, "discovered optima"
+    else:
+        site = site_from_args(DiscoverySiteConfig, args)
+        directions, kind = args.directions or "random:8", None
+        read_direction_inputs(directions)  # its spelling, counts and files, before the model loads
+    config = _from_file(MixtureConfig, args, "mixture", seed=site.seed)
+    out = _out(args, "mixture")
+    r = run_mixture(site, config, out, directions, overwrite=args.overwrite, kind=kind)
+    s = r.summary
+    print(f"{r.direction_kind}: p = {_p(s['p'])} [{_p(s['p_low'])}, {_p(s['p_high'])}] (95%) from {s['n_pairs']} pairs, "
+          f"{s['scan_points']} scan points in {s['seconds']:.1f}s; threshold / quadratic onset median "
+          f"{s['linear'].get('ratio_median', float('nan')):.3g} -> {out}")
+    return 0
+
+
 def _run_args(g, command: str, config: str, overwrite: str = "replace a non-empty results directory",
               out: str | None = None) -> None:
     g.add_argument("--config", default=None, help=f"JSON file of {config} fields, or a run's config.json (flags "
@@ -290,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, CompareConfig, skip=("seed",))
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("mixture", help="the Lp mixture test of privileged directions, with linear-response predictions")
+    add_config_args(p, DiscoverySiteConfig, defaults=True, title="site")
+    g = p.add_argument_group("directions (one of)")
+    g.add_argument("--run", default=None, help="a discovery run directory: its optima (its site is reused)")
+    g.add_argument("--directions", default=None, help="or a spec: random:N, linear:N (top eigenvectors of the "
+                   "linear response), file:PATH, targets:builtin|PATH [default random:8]")
+    _run_args(p.add_argument_group("output"), "mixture", "MixtureConfig")
+    add_config_args(p, MixtureConfig, skip=("seed",))  # --seed (site) seeds the bootstrap too
+    p.set_defaults(func=cmd_mixture)
+
     p = sub.add_parser("demo", help="offline demo: SmolLM2 corpus prompt -> SAE -> discovery -> comparison -> report")
     add_config_args(p, ModelDemoConfig, only=("model",), defaults=True, title="demo")
     add_config_args(p, ModelDemoConfig, skip=("model", "sae", "analysis"), title="demo")  # nested: --config
@@ -301,6 +374,22 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(g, "demo", "ModelDemoConfig (DemoConfig with --model toy)", "replace an existing results directory",
               out="runs/demo")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="discovery (or the full analysis) over many prompts, locally or on a Ray cluster")
+    add_config_args(p, DiscoverySiteConfig, skip=("prompt", "tokens", "input", "prompts"), defaults=True,
+                    title="site template (each unit sets its prompt)")
+    p.add_argument("--other-prompts", default="builtin", help="prompt file of the real-other activations of "
+                   "discover work (covariance init); builtin: the built-in prompts [default builtin]")
+    add_config_args(p, SweepConfig, skip=("site", "discover"), title="sweep")
+    g = p.add_argument_group("output")
+    g.add_argument("--config", default=None, help="JSON file of DiscoverConfig fields, or a run's config.json (flags "
+                   "override it)")
+    g.add_argument("--out", default=None, help="run directory; a sweep run again into it skips the finished units "
+                   "(default runs/sweep-TIMESTAMP)")
+    g.add_argument("--aggregate", action="store_true", help="only pool the finished units in --out into results.json")
+    g.add_argument("--quiet", action="store_true", help="no progress bar nor per-unit lines")
+    add_config_args(p, DiscoverConfig, skip=("seed",))  # --seed (site) seeds the restarts too
+    p.set_defaults(func=cmd_sweep)
     add_tune_parser(sub)
     for p in sub.choices.values():  # also after the command: sensfind scan --verbose ...
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)

@@ -23,8 +23,10 @@ from sensfind.specs import DICTIONARY_KINDS, DIRECTION_KINDS, Spec, dictionary_w
 from sensfind.dictionaries.dictionary import check_dictionary_dir
 from sensfind.core.baselines import isotropic, load_directions
 from sensfind.core.geometry import directions_from_targets, is_base
+from sensfind.core.linear_response import linear_directions, linear_predictions
+from sensfind.core.mixture import MixtureConfig, MixtureTest, mixture_test
 from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_activations
-from sensfind.reporting.plots import plot_effect_curves
+from sensfind.reporting.plots import plot_effect_curves, plot_mixture_curves
 from sensfind.runio import out_lock, remove_litter, save_json, save_tensors, staged_dir
 from sensfind.core.scan import scan
 from sensfind.runio import load_json
@@ -43,13 +45,14 @@ from sensfind.reporting.report import write_compare_report
 log = logging.getLogger("sensfind")
 
 __all__ = ["CompareRun", "CompareRunConfig", "DiscoverRun", "DiscoverRunConfig", "ScanRun", "ScanRunConfig", "check_dictionary_spec", "check_run_settings", "directions_from_spec",
-           "discovery_run_site", "incomplete_dir", "load_run_config", "run_compare", "run_discover", "run_scan",
+           "discovery_run_site", "discovery_summary", "incomplete_dir", "load_run_config", "run_compare", "run_discover", "run_scan",
            "site_dictionary"]
 
 RANDOM_BASELINE_SEED_OFFSET = 7919  # the isotropic baseline of a discovery run draws apart from the restarts
 TRAIN_SEED_OFFSET = 10  # the toy's stream an SAE of ``train:D_SAE`` is trained on
 TOY_RECOVERY_KEYS = ("threshold", "fraction_reached", "n_distinct_features", "distinct_features")
 MAX_RANDOM_DIRECTIONS = 100_000  # random:N of scan, and a discovery run's random baseline
+MAX_LINEAR_DIRECTIONS = 1024  # linear:N of scan (eigenvectors of the pullback metric: at most d anyway)
 MAX_CHECKPOINT_EVERY = 10_000
 
 
@@ -60,8 +63,9 @@ class ScanRunConfig(Config):
     """What ``sensfind scan`` scans, and along which path.
 
     Attributes:
-        directions: random:N (isotropic; N at most 100000), file:PATH (.safetensors/.pt/.npy [R, d]),
-            targets:builtin or targets:PATH (directions towards other prompts' activations)
+        directions: random:N (isotropic; N at most 100000), linear:N (top eigenvectors of the linear response,
+            both signs; N at most 1024), file:PATH (.safetensors/.pt/.npy [R, d]), targets:builtin or
+            targets:PATH (directions towards other prompts' activations)
         path: the fast path (prefix cache, last position only) or the reference (full forward with a hook)
     """
 
@@ -121,16 +125,18 @@ class ScanRun:
 
 
 def check_directions_spec(spec: str, what: str = "directions") -> Spec:
-    """A direction spec checked without the model: its kind, ``random:N``'s count, a path for ``file:``."""
+    """A direction spec checked without the model: its kind, the count of ``random:N`` and ``linear:N``, a
+    path for ``file:``."""
     parsed = parse_spec(spec, DIRECTION_KINDS, what)
-    if parsed.kind == "random":
-        value = parsed.value or "16"
+    if parsed.kind in ("random", "linear"):
+        kind, value = parsed.kind, parsed.value or "16"
+        limit = MAX_RANDOM_DIRECTIONS if kind == "random" else MAX_LINEAR_DIRECTIONS
         if not value.lstrip("-").isdigit():
-            raise ValueError(f"{what} random:N needs an integer N, got {value!r}")
+            raise ValueError(f"{what} {kind}:N needs an integer N, got {value!r}")
         if int(value) < 1:
-            raise ValueError(f"{what} random:N needs N >= 1, got {value}")
-        if int(value) > MAX_RANDOM_DIRECTIONS:
-            raise ValueError(f"{what} random:N needs N <= {MAX_RANDOM_DIRECTIONS} (its limit), got {value}")
+            raise ValueError(f"{what} {kind}:N needs N >= 1, got {value}")
+        if int(value) > limit:
+            raise ValueError(f"{what} {kind}:N needs N <= {limit} (its limit), got {value}")
     if parsed.kind == "file" and not parsed.value:
         raise ValueError(f"{what} file:PATH needs the path of a .safetensors/.pt/.npy file, got {spec!r}")
     return parsed
@@ -149,13 +155,17 @@ def read_direction_inputs(spec: str):
 
 def directions_from_spec(spec: str, site: SiteConfig, model, subject, loaded: Tensor | None = None
                          ) -> tuple[Tensor, str]:
-    """``random:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions [R, d], kind).
+    """``random:N`` | ``linear:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions
+    [R, d], kind). ``linear:N``: the top eigenvectors of the pullback metric at the base, both signs.
     ``loaded``: the file's directions, if already read (``read_direction_inputs``)."""
 
     parsed = check_directions_spec(spec, "--directions")
     kind, value = parsed.kind, parsed.value
-    if kind == "random":
-        return isotropic(int(value or 16), subject.d, seed=site.seed), "naive-random"
+    if kind in ("random", "linear"):
+        n = int(value or 16)
+        if kind == "linear":
+            return linear_directions(subject, n), "linear"
+        return isotropic(n, subject.d, seed=site.seed), "naive-random"
     if kind == "file":
         return (load_directions(value) if loaded is None else loaded), "file"
     prompts = load_prompts(value or "builtin", model)
@@ -264,6 +274,50 @@ def check_run_settings(random_baseline: int = 64, checkpoint_every: int = 10) ->
     check_int("random_baseline", random_baseline, 1, maximum=MAX_RANDOM_DIRECTIONS)
 
 
+def privileged_summary(subject, found, config, mixture_pairs: int = 6, seed: int = 0) -> dict:
+    """Are the optima features? Each optimum's threshold over its quadratic (linear-response) onset and
+    its early growth at 2° and 4°, and the mixture (Lp) test among the optima (``mixture_pairs`` pairs at
+    most; 0 or fewer than two optima: none). Its scan points are reported apart from discovery's."""
+    pred = linear_predictions(subject, found.directions, tau=config.tau, thresholds=found.blowup_deg)
+    out = {"linear": pred.summary(), "optima_linear_ratio": pred.ratio, "optima_early_growth": pred.early_growth}
+    if mixture_pairs and len(found) >= 2:
+        test = mixture_test(subject, found.directions, MixtureConfig(max_pairs=mixture_pairs, tau=config.tau,
+                                                                     bootstrap=500, seed=seed))
+        out["mixture"] = {k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points", "seconds")}
+    return out
+
+
+def discovery_summary(site: DiscoverySiteConfig, subject, found, config, random_baseline: int = 64,
+                      mixture_pairs: int = 6):
+    """What a discovery run reports beside its optima (``summary.json``): the optima's blowups against
+    ``random_baseline`` isotropic directions scanned on the final grid, the budget spent, whether the
+    optima look privileged (:func:`privileged_summary`, for next-token KL in sphere mode) and, on the toy,
+    the recovery of its planted features. Returns (summary, the isotropic scan, the optima's effects
+    ``[N, final_steps]``)."""
+
+    final_cfg = config.final_scan_config
+    with torch.no_grad():
+        random_dirs = isotropic(random_baseline, subject.base.shape[0], seed=site.seed + RANDOM_BASELINE_SEED_OFFSET,
+                                dtype=subject.base.dtype)
+        rand = scan(subject, random_dirs, final_cfg)
+        # the optima's curves come from the final scan that measured them (a resumed old checkpoint: scan)
+        opt = found.final_effects if found.final_effects is not None else scan(subject, found.directions,
+                                                                                 final_cfg).effects
+    summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
+               "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
+               "random_blowup_median": float(rand.threshold.median()),
+               "random_reached": int(torch.isfinite(rand.threshold).sum()),
+               "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
+               "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
+    summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
+    if config.effect == "kl" and config.mode == "sphere":  # the pullback metric is the KL's second order
+        summary |= privileged_summary(subject, found, config, mixture_pairs, seed=site.seed)
+    if site.is_toy:
+        rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
+        summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in TOY_RECOVERY_KEYS}
+    return summary, rand, opt
+
+
 def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_file: str | None = None,
                  random_baseline: int = 64, checkpoint_every: int = 10, resume: bool = False,
                  overwrite: bool = False, progress: bool = True) -> DiscoverRun:
@@ -320,28 +374,11 @@ def _discover_locked(site, config, out: Path, init_file, random_baseline, checkp
         found.save(tmp, overwrite=True)  # beside the run's config.json and checkpoint
         plot_history(tmp / "objective.png", found.history)
         final_cfg = config.final_scan_config
-        with torch.no_grad():
-            random_dirs = isotropic(random_baseline, subject.base.shape[0], seed=site.seed + RANDOM_BASELINE_SEED_OFFSET,
-                                    dtype=subject.base.dtype)
-            rand = scan(subject, random_dirs, final_cfg)
-            # the optima's curves come from the final scan that measured them (a resumed old checkpoint: scan)
-            opt = found.final_effects if found.final_effects is not None else scan(subject, found.directions,
-                                                                                     final_cfg).effects
+        summary, rand, opt = discovery_summary(site, subject, found, config, random_baseline)
         plot_effect_curves(tmp / "effect_vs_angle.png",
                            {"naive-random": (rand.steps, rand.effects), "discovered optima": (rand.steps, opt)},
                            xlabel=final_cfg.axis_label, effect=config.effect, tau=config.tau,
                            title=f"{site.model}: sensitivity optima vs isotropic random directions")
-        summary = {"n_optima": len(found), "best_blowup": float(found.blowup_deg.min()),
-                   "optima_blowup": found.blowup_deg, "optima_counts": found.counts,
-                   "random_blowup_median": float(rand.threshold.median()),
-                   "random_reached": int(torch.isfinite(rand.threshold).sum()),
-                   "points_evaluated": found.points_evaluated, "iterations_run": len(found.history),
-                   "rounds_run": found.rounds_run, "stop_reason": found.stop_reason}
-        summary |= subject.norm_info() if hasattr(subject, "norm_info") else {}
-        if site.is_toy:
-
-            rec = recovery(found.restart_directions, subject.signed_features(), subject.base)
-            summary["toy_recovery"] = {k: v for k, v in rec.to_dict().items() if k in TOY_RECOVERY_KEYS}
         save_json(tmp / "summary.json", summary)
         (tmp / "checkpoint.pt").unlink(missing_ok=True)
     return DiscoverRun(found, summary, final_cfg, out)
@@ -414,3 +451,54 @@ def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: 
                                         "dictionary": dictionary} | (sources or {}))
         write_compare_report(tmp, result, f"sensfind compare: {site.model} vs {dic.source}")
     return CompareRun(result, directions, dic, out)
+
+
+# -- mixture -------------------------------------------------------------------------------------------
+
+@dataclass
+class MixtureRun:
+    """A mixture (Lp) test run: the test, the linear-response predictions of its directions, the summary
+    (as in ``summary.json``), the direction kind and the directory."""
+
+    test: MixtureTest
+    predictions: object
+    summary: dict
+    direction_kind: str
+    out: Path
+
+
+def run_mixture(site: DiscoverySiteConfig, config: MixtureConfig, out: str | Path, directions: str | Tensor = "random:8",
+                overwrite: bool = False, kind: str | None = None) -> MixtureRun:
+    """The mixture (Lp) test of ``directions`` (a spec, or a tensor ``[n, d]`` such as a discovery run's
+    optima, named ``kind``) at ``site``'s subject, with each direction's linear-response predictions
+    (quadratic onset, measured-to-predicted threshold ratio, early growth). Writes the test
+    (``mixture.json``, ``mixture.safetensors``), config.json, summary.json and ``mixture_curves.png``."""
+    out = Path(out)
+    with staged_dir(out, overwrite=overwrite) as tmp:
+        model = None if site.is_toy else site.load_model()
+        subject = site.subject(model)
+        if isinstance(directions, str):
+            dirs, kind = directions_from_spec(directions, site, model, subject)
+        else:
+            dirs, kind = directions.to(subject.base.dtype), kind or "given"
+        test = mixture_test(subject, dirs, config)
+        pure = test.thresholds[:, [0, -1]] if test.n_pairs else None
+        thresholds = None
+        if pure is not None:  # each direction's own threshold: from the pairs it took part in (phi = 0 or 90)
+            thresholds = torch.full((dirs.shape[0],), float("nan"), dtype=torch.float64)
+            for (a, b), (ra, rb) in zip(test.pairs.tolist(), pure.tolist()):
+                thresholds[a], thresholds[b] = ra, rb
+        predictions = linear_predictions(subject, dirs, tau=config.tau, thresholds=thresholds)
+        summary = {"direction_kind": kind, "n_directions": int(dirs.shape[0]), **test.summary(),
+                   "linear": predictions.summary()}
+        test.save(tmp, overwrite=True)
+        save_json(tmp / "config.json", {"command": "mixture", "site": site.to_dict(), "mixture": config.to_dict(),
+                                        "directions": directions if isinstance(directions, str) else kind})
+        save_json(tmp / "summary.json", summary)
+        save_tensors(tmp / "directions.safetensors", {"directions": dirs, "rayleigh": predictions.rayleigh,
+                                                      "onset_deg": predictions.onset_deg,
+                                                      "early_growth": predictions.early_growth})
+        if test.n_pairs:
+            plot_mixture_curves(tmp / "mixture_curves.png", test,
+                                title=f"{site.model} {site.hook}: {kind}, p = {test.p:.3g} [{test.p_low:.3g}, {test.p_high:.3g}]")
+    return MixtureRun(test, predictions, summary, kind, out)

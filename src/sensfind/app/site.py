@@ -155,14 +155,15 @@ class DiscoverySiteConfig(SiteConfig):
     def subject(self, model=None):
         return self.toy().subject(self.input) if self.is_toy else super().subject(model)
 
-    def build(self) -> Site:
+    def build(self, model=None) -> Site:
         """The subject, its model and the real-other activations (other prompts' activations at the
-        site; for the toy, other inputs of its stream)."""
+        site; for the toy, other inputs of its stream). ``model``: the site's model, already loaded (many
+        sites of one model: a sweep); default :meth:`load_model`."""
         if self.is_toy:
             subject = self.subject()
             return Site(subject, None, subject.real_others(TOY_OTHERS, seed=self.seed + TOY_OTHERS_SEED_OFFSET))
         check_prompt_source(self.prompts)  # a bad prompt file is refused before the model loads
-        model = self.load_model()
+        model = self.load_model() if model is None else model
         subject = self.subject(model)
         others = prompt_activations(model, load_prompts(self.prompts, model), subject.hook, self.position)
         return Site(subject, model, others[~is_base(others, subject.base)])

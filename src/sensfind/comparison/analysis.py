@@ -44,6 +44,8 @@ from sensfind.discovery.loop import discover
 from sensfind.runio import Result, json_float, load_json, load_tensors, save_json, save_tensors, to_jsonable
 from sensfind.core.scan import ScanConfig, scan, step_grid
 from sensfind.core.blowup import threshold_value
+from sensfind.core.linear_response import linear_directions, linear_predictions
+from sensfind.core.mixture import MixtureConfig, mixture_test
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,9 @@ class AnalysisConfig(Config):
         k, n_null, alpha: dictionary matches per optimum (at most 1000), null size (at most 100000),
             significance level.
         seed: seeds discovery, baselines and samples (at most 4294967295).
+        mixture_pairs: are the kinds privileged? When > 0: the top eigenvectors of the linear response
+            (kind ``linear``, both signs) are scanned too, and every kind gets the Lp mixture test over at
+            most this many pairs and its thresholds' ratio to their quadratic onsets (0: neither; at most 10000).
     """
 
     max_points: int | None = 6_000
@@ -99,8 +104,10 @@ class AnalysisConfig(Config):
     n_null: int = 1000
     alpha: float = 0.01
     seed: int = 0
+    mixture_pairs: int = 0
 
     def __post_init__(self):
+        check_int("mixture_pairs", self.mixture_pairs, 0, maximum=10_000)
         for name in ("restarts", "scan_steps", "n_random", "n_cov", "curve_steps", "k", "n_null"):
             check_int(name, getattr(self, name), 2 if name in ("scan_steps", "curve_steps") else 1, maximum=_LIMITS[name])
         for name in ("iterations", "n_real_other", "max_active", "n_inactive", "n_refine", "refine_iterations"):
@@ -136,6 +143,8 @@ class PromptAnalysis(Result):
         matches: null kind -> ``Matches`` of the optima with the (base-projected) dictionary.
         real_other: the optima against real-other directions.
         refinement: the refined latents (``refined_latents``) before and after discovery.
+        privileged: kind -> the Lp mixture test's ``p`` (95% interval, pairs, scan points) and the median
+            threshold over quadratic onset and early growth (``config.mixture_pairs`` > 0; else empty).
 
     ``save(directory)`` writes ``analysis.json`` (config and summary), ``analysis.safetensors`` (steps,
     curves, directions, latent ids, refinement tensors), ``config.json`` and the subdirectories
@@ -158,6 +167,7 @@ class PromptAnalysis(Result):
     refinement: Refinement | None
     refined_latents: Tensor
     timings: dict = field(default_factory=dict)
+    privileged: dict = field(default_factory=dict)
 
     def threshold(self, kind: str) -> Tensor:
         """``[R]`` threshold angles (deg, inf: not reached within ``config.stop``) of a kind."""
@@ -197,6 +207,7 @@ class PromptAnalysis(Result):
             r = self.refinement
             out["refinement"] = {"latents": self.refined_latents.tolist(), **to_jsonable(r.to_dict())}
         out["timings"] = self.timings
+        out["privileged"] = self.privileged
         out["points_evaluated_discovery"] = self.discovery.points_evaluated
         return out
 
@@ -244,7 +255,8 @@ class PromptAnalysis(Result):
                    effects={k: t[f"effects.{_key(k)}"] for k in kinds},
                    latents={names.get(k, k): t[f"latents.{k}"] for k in latent_keys}, activation=t["activation"],
                    discovery=Discovery.load(directory / "discovery"), matches=matches, real_other=real_other,
-                   refinement=refinement, refined_latents=t["refined_latents"], timings=meta.get("timings", {}))
+                   refinement=refinement, refined_latents=t["refined_latents"], timings=meta.get("timings", {}),
+                   privileged=meta.get("privileged", {}))
 
 
 def _key(kind: str) -> str:
@@ -285,7 +297,9 @@ def analyse_prompt(
     dirs["real-other"] = directions_from_targets(base, others[: config.n_real_other].to(base.dtype))
     eff: dict[str, Tensor] = {}
     with torch.no_grad():
-        for kind in ("optima", "isotropic", "cov-random", "real-other"):
+        if config.mixture_pairs:
+            dirs["linear"] = linear_directions(subject, 8)
+        for kind in [k for k in ("optima", "isotropic", "cov-random", "real-other", "linear") if k in dirs]:
             eff[kind] = scan(subject, dirs[kind], cfg).effects if len(dirs[kind]) else torch.empty(0, config.curve_steps)
         # latents: active on the base (most active first) and a sample of inactive ones
         z = dictionary.encode(base[None].float())[0].detach().cpu()
@@ -316,6 +330,22 @@ def analyse_prompt(
     timings["match_seconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    privileged = {}
+    if config.mixture_pairs:
+        mconf = MixtureConfig(max_pairs=config.mixture_pairs, tau=config.tau, bootstrap=500, seed=config.seed)
+        for kind, rows in dirs.items():
+            rows = rows[::2] if kind == "linear" else rows  # one sign of each eigenvector: an orthogonal set
+            if len(rows) < 2:
+                continue
+            test = mixture_test(subject, rows, mconf)
+            thresholds = threshold_value(eff[kind], step_grid(cfg, dtype=torch.float64), config.tau).double()
+            pred = linear_predictions(subject, dirs[kind], tau=config.tau, thresholds=thresholds).summary()
+            row = {**{k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points")},
+                   **{k: pred.get(k) for k in ("ratio_median", "early_growth_2deg_median", "early_growth_4deg_median")}}
+            privileged[kind] = to_jsonable(row)  # as saved: non-finite numbers are None
+    timings["privileged_seconds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     refinement = None
     n_ref = min(config.n_refine, len(active))
     refined = active[:n_ref]
@@ -327,7 +357,8 @@ def analyse_prompt(
     timings["total_seconds"] = time.perf_counter() - t0
     return PromptAnalysis(config=config, steps=step_grid(cfg, dtype=torch.float64), directions=dirs, effects=eff, latents=latents,
                           activation=z[active], discovery=found, matches=matches, real_other=real_other,
-                          refinement=refinement, refined_latents=refined, timings=timings)
+                          refinement=refinement, refined_latents=refined, timings=timings,
+                          privileged=privileged)
 
 
 

@@ -351,9 +351,10 @@ def sae_quality(model, dictionary: Dictionary, windows, hook: str | None = None,
 # Training, cached
 
 
-def _model_key(model, hook: str) -> str:
-    """Hash of what the activations at ``hook`` depend on: the architecture and the weights up to it."""
-    m = _BLOCK.match(hook)
+def _model_key(model, hook: str | None) -> str:
+    """Hash of what the activations at ``hook`` depend on: the architecture and the weights up to it
+    (``None``: every weight, what the output depends on)."""
+    m = _BLOCK.match(hook) if hook is not None else None
     last = int(m.group(1)) if m else None
     h = hashlib.blake2b(digest_size=16)
     cfg = model.cfg

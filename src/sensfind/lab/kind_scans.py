@@ -20,7 +20,7 @@ from torch import Tensor
 from sensfind.core.baselines import cov_random_targets, isotropic
 from sensfind.core.geometry import directions_from_targets
 from sensfind.lab.pool import pick
-from sensfind.lab.stats import describe, ks
+from sensfind.reporting.stats import describe, ks
 from sensfind.lab.latents import decoder_rows
 
 __all__ = ["PERTURBATION_KINDS", "SAE_KINDS", "DirectionKinds", "KindScans", "check_direction_kinds", "plateau_bases",

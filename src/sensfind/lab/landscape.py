@@ -26,7 +26,7 @@ from sensfind.core.geometry import check_directions, effective_directions
 from sensfind.runio import load_json, load_tensors, save_json, save_tensors
 from sensfind.core.scan import ScanConfig, scan
 from sensfind.core.subject import Subject
-from sensfind.lab.stats import describe
+from sensfind.reporting.stats import describe
 import numpy as np
 
 __all__ = ["Landscape", "corner_summary", "landscape", "random_corner_report", "simplex_grid", "simplex_directions"]
@@ -180,7 +180,7 @@ def random_corner_report(land: Landscape) -> dict:
 
 def corner_summary(reports: list[dict], cap: float = 180.0) -> dict:
     """Over ``reports`` of :func:`random_corner_report` (one per landscape): how often the corner is a local
-    and the global optimum, its and the random corners' thresholds (``sensfind.lab.stats.describe``, never
+    and the global optimum, its and the random corners' thresholds (``sensfind.reporting.stats.describe``, never
     reached counted at ``cap``), its margin to its neighbours and their mean angle to it."""
 
     if not reports:

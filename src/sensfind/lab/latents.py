@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from sensfind.lab.stats import describe, ks
+from sensfind.reporting.stats import describe, ks
 from sensfind.lab.pool import pick
 from sensfind.core.effects import kl
 from sensfind.core.scan import base_output
@@ -57,7 +57,7 @@ def log10_density(density: Tensor, n_pool: int) -> Tensor:
 
 
 def describe_latent_groups(de: Tensor, log_density: Tensor, groups: dict[str, Tensor], reference: Tensor) -> dict:
-    """Per group of latent ids: its size, D/E cosines and log densities (``sensfind.lab.stats.describe``) and KS
+    """Per group of latent ids: its size, D/E cosines and log densities (``sensfind.reporting.stats.describe``) and KS
     tests of both against the latents ``reference``."""
 
     ref_de, ref_dens = de[reference], log_density[reference]

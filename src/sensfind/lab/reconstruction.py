@@ -19,7 +19,7 @@ from torch import Tensor
 
 from sensfind.core.baselines import cov_random_targets, isotropic
 from sensfind.lab.latents import latent_noise, same_norm, substitution_kl, topk_codes, topk_grid
-from sensfind.lab.stats import describe, ks, ratio_of_means
+from sensfind.reporting.stats import describe, ks, ratio_of_means
 from sensfind.lab.synthetic import decode
 from sensfind.core.effects import kl
 from sensfind.core.scan import base_output

@@ -40,7 +40,8 @@ from importlib.metadata import PackageNotFoundError, version
 log = logging.getLogger(__name__)
 
 __all__ = ["CORPUS_PACKAGE", "Corpus", "CorpusUnavailableError", "DatasetUnavailableError", "TextWindows",
-           "corpus_texts", "check_prompt_source", "load_corpus", "load_prompts", "openwebtext_windows", "resolve_cache_dir",
+           "corpus_texts", "check_prompt_source", "load_corpus", "load_prompts", "openwebtext_windows",
+           "parse_corpus_source", "resolve_cache_dir",
            "prompt_activations", "site_activations_all_positions", "text_windows"]
 
 
@@ -339,6 +340,15 @@ def check_prompt_source(source: str | Path) -> None:
         _window_spec(str(source))
     elif str(source) != "builtin":
         load_prompts(source)
+
+
+def parse_corpus_source(source: str) -> tuple[int, int]:
+    """``corpus:N`` / ``corpus:N:LEN`` -> (N windows, LEN tokens each, default 10); N at most 100000, LEN at
+    most 1024."""
+    if not str(source).startswith("corpus:"):
+        raise ValueError(f"corpus prompts are corpus:N or corpus:N:LEN with integers N and LEN, got {source!r}")
+    _, n, length = _window_spec(source)
+    return n, length
 
 
 def load_prompts(source: str | Path = "builtin", model=None) -> list:

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from sensfind.core.mixture import MixtureTest
 
 __all__ = ["EFFECT_LABELS", "finish", "plot_before_after", "plot_boxes", "plot_distributions", "plot_effect_curves",
-           "plot_histograms", "plot_history", "plot_latent_geometry", "plot_mean_curves", "plot_median_curves",
+           "plot_histograms", "plot_history", "plot_latent_geometry", "plot_mean_curves", "plot_mixture_curves", "plot_p_by_kind", "plot_median_curves",
            "plot_sae_errors", "plot_simplex", "plot_topk"]
 
 EFFECT_LABELS = {"kl": "KL(p0 || p) (nats)", "l2": "L2 distance at output hook", "cos": "cosine distance at output hook"}
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported on first use (it takes about a second to import)."""
+    import matplotlib  # lazy: a second to import; `import sensfind` stays fast
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # lazy: as above
+
+    return plt
 
 
 def plot_effect_curves(
@@ -28,6 +37,7 @@ def plot_effect_curves(
     max_lines: int = 64,
 ) -> Path:
     """Effect vs step, one colour per group. ``groups[name] = (steps [K] or [R, K], effects [R, K])``."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, (steps, effects)) in enumerate(groups.items()):
         effects = effects.detach().cpu().double()
@@ -43,6 +53,7 @@ def plot_effect_curves(
 
 def finish(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: str = "", legend_loc: str = "best") -> Path:
     """Label, legend, grid, save as PNG and close: the common tail of every figure here."""
+    plt = _pyplot()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -58,6 +69,7 @@ def finish(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: str = "",
 
 def plot_history(path: str | Path, history: list[dict]) -> Path:
     """Objective (soft blowup, mean and best over restarts) and median hard blowup per iteration."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     it = [h["iteration"] for h in history]
     if history:
@@ -73,6 +85,7 @@ def plot_histograms(path: str | Path, groups: dict, xlabel: str, title: str, lin
                     bins: int = 30) -> Path:
     """Overlaid density histograms of ``groups[name] = values`` (non-finite values dropped), with
     dashed vertical ``lines[name] = [x, ...]``."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     finite = [v[torch.isfinite(v)].double() for v in groups.values()]
     finite = [v for v in finite if v.numel()]
@@ -91,6 +104,7 @@ def plot_histograms(path: str | Path, groups: dict, xlabel: str, title: str, lin
 
 def plot_before_after(path: str | Path, before, after, xlabel: str, ylabel: str, title: str) -> Path:
     """Scatter of paired values with the no-change diagonal."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(before, after, s=14, label="one item")
     lo = min(min(before), min(after), 0.0)
@@ -101,6 +115,7 @@ def plot_before_after(path: str | Path, before, after, xlabel: str, ylabel: str,
 def plot_boxes(path: str | Path, groups: dict, ylabel: str, title: str, cap: float | None = None) -> Path:
     """One box (quartiles, whiskers to 1.5 IQR) per ``groups[name] = values`` with the values as jittered
     dots; non-finite values ("not reached") are drawn at ``cap`` (if given) and counted in the label."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     g = torch.Generator().manual_seed(0)
     labels = []
@@ -125,6 +140,7 @@ def plot_boxes(path: str | Path, groups: dict, ylabel: str, title: str, cap: flo
 def plot_median_curves(path: str | Path, steps, groups: dict, xlabel: str, effect: str, tau: float | None = None,
                        title: str = "") -> Path:
     """Median effect curve of each group with its 10-90% band. ``groups[name] = effects [R, K]`` at ``steps [K]``."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = torch.as_tensor(steps, dtype=torch.float64).tolist()
     for i, (name, e) in enumerate(groups.items()):
@@ -143,6 +159,7 @@ def plot_median_curves(path: str | Path, steps, groups: dict, xlabel: str, effec
 def plot_distributions(path: str | Path, groups: dict, xlabel: str, title: str, cap: float | None = None) -> Path:
     """Histogram (left) and empirical CDF (right) of ``groups[name] = values``; non-finite values ("not
     reached") are drawn at ``cap`` when given (and dropped otherwise) and counted in the legend."""
+    plt = _pyplot()
     fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
     arrays = [np.asarray(v, dtype=float) for v in groups.values()]
     allv = np.concatenate([np.where(np.isfinite(v), v, cap if cap is not None else np.nan) for v in arrays])
@@ -166,6 +183,7 @@ def plot_distributions(path: str | Path, groups: dict, xlabel: str, title: str, 
 def plot_mean_curves(path: str | Path, groups: dict, xlabel: str, ylabel: str, title: str,
                      tau: float | None = None) -> Path:
     """Mean effect ± 1 sd per group; ``groups[name] = (steps [K], effects [R, K])``."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, (steps, effects)) in enumerate(groups.items()):
         e, x = effects.detach().double().cpu(), steps.detach().double().cpu()
@@ -181,6 +199,7 @@ def plot_mean_curves(path: str | Path, groups: dict, xlabel: str, ylabel: str, t
 def plot_simplex(path: str | Path, land, title: str, cap: float = 180.0) -> Path:
     """Threshold angle over a 2-simplex of directions (a ``sensfind.Landscape``), corners annotated;
     points where τ was never reached are drawn at ``cap`` and marked."""
+    plt = _pyplot()
     import matplotlib.tri as mtri  # lazy: only figures need it
 
     corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
@@ -215,6 +234,7 @@ def plot_simplex(path: str | Path, land, title: str, cap: float = 180.0) -> Path
 def plot_latent_geometry(path: str | Path, de, log_density, alive, groups: dict, alpha: float, title: str) -> Path:
     """D/E cosine against log firing density per latent (left; the last group starred) and the D/E
     histogram of each group (right). ``groups[name] = latent ids``."""
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax1.scatter(log_density[alive], de[alive], s=6, alpha=0.4, color="C0", label="live latents")
     if (~alive).any():
@@ -239,6 +259,7 @@ def plot_sae_errors(path: str | Path, kl_sae, kl_iso, kl_cov, latent: dict, sigm
     """Left: KL of substituting the SAE reconstruction per base, beside same-norm isotropic and
     covariance-shaped errors (``[n]``, ``[n, r]``, ``[n, r]``). Right: mean KL of latent noise against
     random noise of the same norm per noise level (``latent[str(sigma)][key] = describe(...)``)."""
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     order = np.argsort(kl_sae)
     x = np.arange(kl_sae.size)
@@ -267,6 +288,7 @@ def plot_sae_errors(path: str | Path, kl_sae, kl_iso, kl_cov, latent: dict, sigm
 def plot_topk(path: str | Path, ks: list, kl_k, ce_k, ce_clean, low: dict | None, title: str) -> Path:
     """KL (and next-token CE, when ``ce_k`` is given) of the top-k reconstruction against ``k`` (mean ±
     s.e. over bases, ``[n, K]``); ``low`` (``l0``, ``kl``, ``ce`` per base) adds a low-L0 SAE's point."""
+    plt = _pyplot()
     panels = [(kl_k, "KL(p0 || p) (nats)", "kl")] + ([(ce_k, "next-token cross-entropy (nats)", "ce")] if ce_k is not None else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     x = np.array(ks, dtype=float)
@@ -289,3 +311,56 @@ def plot_topk(path: str | Path, ks: list, kl_k, ce_k, ce_clean, low: dict | None
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_mixture_curves(path: str | Path, test: MixtureTest, max_pairs: int = 6, title: str = "") -> Path:
+    """Critical angle vs φ for up to ``max_pairs`` used pairs: measured (markers), the ``p = 2`` model
+    (dashed) and the fitted ``p`` (solid); one colour per pair. Writes a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fine = torch.linspace(0, 90, 91, dtype=torch.float64)
+    fitted, quad = test.predicted(phi_deg=fine), test.predicted(2.0, fine)
+    for c, i in enumerate(test.used.nonzero()[:, 0][:max_pairs].tolist()):
+        a, b = test.pairs[i].tolist()
+        ax.plot(test.phi_deg, test.thresholds[i], "o", color=f"C{c}", label=f"pair ({a}, {b})")
+        ax.plot(fine, quad[i], "--", color=f"C{c}", lw=1)
+        ax.plot(fine, fitted[i], "-", color=f"C{c}", lw=1.5)
+    ax.plot([], [], "k--", lw=1, label="p = 2 (quadratic form)")
+    ax.plot([], [], "k-", lw=1.5, label=f"fitted p = {test.p:.3g} [{test.p_low:.3g}, {test.p_high:.3g}]")
+    ax.set_xlabel("mixture angle φ (deg): cos φ·a + sin φ·b")
+    ax.set_ylabel(f"critical angle r*(φ) (deg, KL > {test.config.tau:g})")
+    ax.set_title(title or f"mixture test: {test.n_pairs} pairs")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_p_by_kind(path: str | Path, tests: dict[str, MixtureTest], title: str = "") -> Path:
+    """Fitted ``p`` with its 95% interval for each kind of direction (log axis; ``p = ∞`` drawn at the top
+    of the grid with an arrow), and the ``p = 2`` line. Writes a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(tests) + 2), 4.5))
+    cap = max(t.config.p_max for t in tests.values()) * 1.5
+    for i, (kind, t) in enumerate(tests.items()):
+        p, lo, hi = (min(v, cap) for v in (t.p, t.p_low, t.p_high))
+        if math.isnan(p):
+            continue
+        ax.errorbar([i], [p], yerr=[[p - lo], [hi - p]], fmt="o", color=f"C{i}", capsize=4)
+        if math.isinf(t.p_high):
+            ax.annotate("", (i, cap * 1.3), (i, cap), arrowprops={"arrowstyle": "->", "color": f"C{i}"})
+    ax.axhline(2.0, color="k", ls="--", lw=1, label="p = 2 (quadratic form)")
+    ax.set_xticks(range(len(tests)), [f"{k}\n({t.n_pairs} pairs)" for k, t in tests.items()], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("fitted p (95% bootstrap interval over pairs)")
+    ax.set_title(title or "mixture test: p by kind of direction")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

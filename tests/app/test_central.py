@@ -1,15 +1,11 @@
-"""sensfind.lab.central: the central run's config (the run itself is tested in test_demo.py)."""
+"""sensfind.app.central: the central run's config (the run itself is tested in test_demo.py)."""
 
 import pytest
 
-from sensfind.lab.central import CENTRAL, SMOKE, CentralConfig, settings
+from sensfind.app.central import CENTRAL, SMOKE, CentralConfig, settings
 
 
-def test_shard_is_checked_and_parsed():
-    assert CentralConfig(shard="1/3").shard_index == (1, 3)
-    for bad in ("3/2", "a/b", "1"):
-        with pytest.raises(ValueError, match=r"^shard must be I/N with 0 <= I < N"):
-            CentralConfig(shard=bad)
+def test_unknown_fields_are_named():
     with pytest.raises(ValueError, match=r"unknown CentralConfig field\(s\) \['prompt'\]"):
         CentralConfig.from_dict({"prompt": 3})
 

@@ -1,11 +1,11 @@
-"""sensfind.lab.stats: summaries, KS tests and tables on known inputs."""
+"""sensfind.reporting.stats: summaries, KS tests and tables on known inputs."""
 
 import math
 
 import numpy as np
 import pytest
 
-from sensfind.lab.stats import describe, fmt, ks, ratio_of_means, table
+from sensfind.reporting.stats import describe, fmt, ks, ratio_of_means, table
 
 
 def test_describe_known_values():

@@ -2,9 +2,9 @@
 
 Each prompt (a test-split corpus window whose base is not a massive activation) gets the demo's analysis
 (``sensfind.comparison.analysis.analyse_prompt``: discovered optima against isotropic, cov-random and real-other
-directions and the SAE's active and inactive latents; matches; refinement), saved under
-``prompts/NNN/``. :func:`aggregate` pools them into ``results.json``, figures and ``report.html``. Work
-can be split over processes (``shard``) and a stopped run continues where it left off.
+directions and the SAE's active and inactive latents; matches; refinement), as
+one unit of ``sensfind sweep --work analysis`` each (:mod:`sensfind.app.sweep` runs them, on any engine).
+:func:`aggregate` pools them into ``results.json``, figures and ``report.html``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,16 +20,15 @@ import torch
 from sensfind.models.loading import load_model
 from sensfind.comparison.analysis import KINDS, AnalysisConfig, PromptAnalysis
 from sensfind.configs import MAX_SEED, Config, check_int
-from sensfind.runio import save_json
+from sensfind.runio import json_float, save_json
 from sensfind.app.demo import ModelDemoConfig
 from sensfind.comparison.analysis import massive_last_token
 from sensfind.models.prompts import prompt_activations
 from sensfind.dictionaries.corpus_sae import clean_activations
 from sensfind.dictionaries.corpus_sae import train_corpus_sae
 from sensfind.models.prompts import load_corpus
-from sensfind.comparison.analysis import analyse_prompt
 from sensfind.models.transformer_subject import TransformerSubject
-from sensfind.lab.stats import ks
+from sensfind.reporting.stats import ks
 from sensfind.comparison.cards import build_cards
 from sensfind.reporting.plots import plot_boxes
 from sensfind.reporting.report import _bands, analysis_figures, card_view, refinement_table, render_report, table, threshold_table
@@ -38,12 +36,14 @@ from sensfind.reporting.report import _bands, analysis_figures, card_view, refin
 __all__ = ["CENTRAL", "CHUNK", "SMOKE", "CentralConfig", "aggregate", "analyse_prompts", "contexts", "pooled_results",
            "prompts_and_others", "settings"]
 
-log = logging.getLogger("sensfind.lab.central")
+log = logging.getLogger("sensfind.app.central")
 CHUNK = 1024  # points per forward call: on CPU the per-call cost dominates the per-point cost
 # per-prompt sizes: the demo's (AnalysisConfig defaults), so the demo is one prompt of this run
-CENTRAL = AnalysisConfig()
+# plus the mixture (Lp) test of every kind and the linear-response control (issue 19)
+CENTRAL = AnalysisConfig(mixture_pairs=6)
 SMOKE = AnalysisConfig(max_points=None, restarts=2, iterations=2, scan_steps=6, n_random=4, n_cov=4, n_real_other=4,
-                       max_active=2, n_inactive=2, n_refine=1, refine_iterations=1, curve_steps=10, stop=90.0, n_null=100)
+                       max_active=2, n_inactive=2, n_refine=1, refine_iterations=1, curve_steps=10, stop=90.0, n_null=100,
+                       mixture_pairs=1)
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,7 @@ class CentralConfig(Config):
     Attributes:
         model: the pretrained model
         out: run directory
-        prompts: corpus prompts analysed (at most 10000)
         seed: seeds the prompts, the SAE and the analyses (at most 4294967295)
-        shard: I/N: this process does prompts i with i % N == I
-        reverse: take this shard's prompts last first (a second worker)
-        aggregate: only aggregate the prompts already in out
         no_cards: aggregate without the first prompt's cards (no model load)
         smoke: tiny sizes and the demo's quick SAE (for tests)
         cache_dir: default: sensfind's cache ($SENSFIND_CACHE or ~/.cache/sensfind)
@@ -65,26 +61,13 @@ class CentralConfig(Config):
 
     model: str = "smollm2-135m"
     out: str = "runs/central"
-    prompts: int = 20
     seed: int = 0
-    shard: str = "0/1"
-    reverse: bool = False
-    aggregate: bool = False
     no_cards: bool = False
     smoke: bool = False
     cache_dir: str | None = None
 
     def __post_init__(self):
-        check_int("prompts", self.prompts, minimum=1, maximum=10_000)
         check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
-        index, _, count = self.shard.partition("/")
-        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
-            raise ValueError(f"shard must be I/N with 0 <= I < N, got {self.shard!r}")
-
-    @property
-    def shard_index(self) -> tuple[int, int]:
-        index, _, count = self.shard.partition("/")
-        return int(index), int(count)
 
 
 def settings(config: CentralConfig):
@@ -122,44 +105,6 @@ def _load(config: CentralConfig, demo):
     return model, corpus, train_corpus_sae(model, demo.sae, cache_dir=config.cache_dir or True)
 
 
-def analyse_prompts(config: CentralConfig, argv: list[str] | None = None) -> None:
-    """Write ``config.json`` and analyse this shard's prompts that are not done (nor started by another worker)."""
-
-    out = Path(config.out)
-    demo, acfg = settings(config)
-    index, count = config.shard_index
-    log.info("loading %s, the corpus and the SAE", config.model)
-    model, corpus, sae = _load(config, demo)
-    n_others = max(acfg.n_real_other, 64 if not config.smoke else 8)
-    prompts, skipped, others = prompts_and_others(model, corpus, demo, config.prompts, n_others)
-    pool = contexts(model, corpus, demo)[1].acts
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(out / "config.json", {"command": "scripts/central_result.py", "argv": argv or [], "model": config.model,
-                                    "demo": demo.to_dict(), "analysis": acfg.to_dict(), "prompts": prompts,
-                                    "prompts_skipped_massive": skipped, "n_others": len(others),
-                                    "sae": {"source": sae.source, "d_sae": sae.n_latents, "quality": sae.info["quality"],
-                                            "exclusion": sae.info["exclusion"]}})
-    order = [i for i in range(len(prompts)) if i % count == index]
-    for i in reversed(order) if config.reverse else order:
-        d = out / "prompts" / f"{i:03d}"
-        if _analysed(d) or (d / "started").is_file():  # done, or another worker is on it
-            continue
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "started").touch()
-        t = time.perf_counter()
-        a = analyse_prompt(TransformerSubject(model, prompts[i], hook=demo.hook, chunk_size=CHUNK), sae, others, pool, acfg)
-        a.save(d, overwrite=True)  # beside the started marker
-        s = a.summary()
-        log.info("prompt %d/%d %r: %d optima, median threshold optima %s / real-other %s deg, %d match (iso) in %.0f s",
-                 i + 1, len(prompts), model.tokenizer.decode(prompts[i]), len(a.discovery), s["kinds"]["optima"]["median_deg"],
-                 s["kinds"]["real-other"]["median_deg"], s["matches_isotropic"]["n_significant"], time.perf_counter() - t)
-
-
-def _analysed(d: Path) -> bool:
-    """A prompt's directory holds its finished analysis (``analysis.pt``: runs from before it loaded back)."""
-    return (d / PromptAnalysis.MARKER).is_file() or (d / "analysis.pt").is_file()
-
-
 def _ks(a, b, cap: float) -> dict:
     r = ks(a, b, cap)
     return {"statistic": r["statistic"], "p_value": r["pvalue"]}
@@ -168,6 +113,25 @@ def _ks(a, b, cap: float) -> dict:
 def _median(t) -> float | None:
     f = t[torch.isfinite(t)]
     return float(f.median()) if f.numel() else None
+
+
+def pooled_privileged(analyses: list) -> dict:
+    """Per kind, over the prompts whose analysis ran the mixture test: the median of the prompts' ``p``
+    (∞ counted as the largest), how many prompts' 95% intervals lie above 2, contain 2 or lie below it,
+    and the median threshold over quadratic onset."""
+    out = {}
+    for kind in dict.fromkeys(k for a in analyses for k in a.privileged):
+        rows = [a.privileged[kind] for a in analyses if kind in a.privileged]
+        p = torch.tensor([math.inf if r["p"] is None else r["p"] for r in rows], dtype=torch.float64)
+        lo = torch.tensor([math.inf if r["p_low"] is None else r["p_low"] for r in rows], dtype=torch.float64)
+        hi = torch.tensor([math.inf if r["p_high"] is None else r["p_high"] for r in rows], dtype=torch.float64)
+        ratio = torch.tensor([math.nan if r.get("ratio_median") is None else r["ratio_median"] for r in rows])
+        out[kind] = {"prompts": len(rows), "p_median": json_float(float(p.median())),
+                     "prompts_p_above_2": int((lo > 2).sum()), "prompts_p_below_2": int((hi < 2).sum()),
+                     "prompts_containing_2": int(((lo <= 2) & (hi >= 2)).sum()),
+                     "ratio_to_quadratic_onset_median": _median(ratio[torch.isfinite(ratio)]),
+                     "scan_points": sum(int(r["scan_points"]) for r in rows)}
+    return out
 
 
 def pooled_results(analyses: list, prompts_skipped: int) -> dict:
@@ -210,6 +174,7 @@ def pooled_results(analyses: list, prompts_skipped: int) -> dict:
             "threshold_ratio_after_over_before_median": float((r_b1[fin] / r_b0[fin]).median()) if fin.any() else None,
             "fraction_earlier": float((r_b1[fin] < r_b0[fin]).double().mean()) if fin.any() else None,
         },
+        "privileged": pooled_privileged(analyses),
         "seconds_per_prompt_median": float(torch.tensor([a.timings["total_seconds"] for a in analyses]).median()),
     }
 
@@ -218,19 +183,17 @@ def _f(v) -> str:
     return "n.r." if v is None else f"{v:.1f}"
 
 
-def aggregate(config: CentralConfig) -> dict:
-    """Pool the analysed prompts in ``config.out``: ``results.json``, ``figures/*.png`` and ``report.html``
-    (with the cards of the first prompt unless ``no_cards``). Returns the results."""
+def aggregate(config: CentralConfig, units: list[tuple[Path, list[int]]], prompts_skipped: int) -> dict:
+    """Pool a sweep's analysed prompts into ``config.out``: ``results.json``, ``figures/*.png`` and
+    ``report.html`` (with the cards of the first prompt unless ``no_cards``). Returns the results. ``units``:
+    the (directory, prompt tokens) of the analyses; ``prompts_skipped``: the massive-activation bases skipped."""
 
     out = Path(config.out)
-    cfg = json.loads((out / "config.json").read_text())
-    dirs = sorted(d for d in (out / "prompts").glob("*") if _analysed(d))
-    analyses = [PromptAnalysis.load(d) if (d / PromptAnalysis.MARKER).is_file()
-                else torch.load(d / "analysis.pt", weights_only=False)  # a run from before analyses loaded back
-                for d in dirs]
+    dirs = [d for d, _ in units]
+    analyses = [PromptAnalysis.load(d) for d in dirs]
     if not analyses:
-        raise SystemExit(f"no analysed prompts in {out / 'prompts'}")
-    r = pooled_results(analyses, cfg["prompts_skipped_massive"])
+        raise ValueError(f"no analysed prompts to aggregate into {str(out)!r}")
+    r = pooled_results(analyses, prompts_skipped)
     save_json(out / "results.json", r)
     a0 = analyses[0]
     figs = analysis_figures(out, analyses, KINDS)
@@ -244,19 +207,19 @@ def aggregate(config: CentralConfig) -> dict:
         figs.append((p, "Threshold angles of the most active SAE latents before and after refinement by discovery, "
                         "beside the discovered optima."))
     demo, _ = settings(config)
-    first = int(dirs[0].name)
+    first = int(dirs[0].name) if dirs[0].name.isdigit() else dirs[0].name
     views = []
     if not config.no_cards:  # cards of the first prompt: the model and corpus are needed again (tokens, contexts)
 
         model, corpus, sae = _load(config, demo)
         ctx_tokens, ctx = contexts(model, corpus, demo)
-        cards = build_cards(a0, TransformerSubject(model, cfg["prompts"][first], hook=demo.hook), sae, ctx, ctx_tokens,
+        cards = build_cards(a0, TransformerSubject(model, units[0][1], hook=demo.hook), sae, ctx, ctx_tokens,
                             model.tokenizer)
         views = [card_view(c, a0.steps, _bands(a0), a0.config.tau) for c in cards]
     tm, n_opt, m = r["threshold_median_deg"], r["n_optima"], r["optima_matching_sae"]
     lead = (f"On <b>{r['n_prompts']} corpus prompts</b> ({r['prompts_skipped_massive']} skipped as massive-activation "
-            f"bases), discovery found {n_opt} optima. Median threshold angle: optima {tm['optima']:.1f}°, real-other "
-            f"{tm['real-other']:.1f}°, cov-random {tm['cov-random']:.1f}°, isotropic {tm['isotropic']:.1f}°, active SAE "
+            f"bases), discovery found {n_opt} optima. Median threshold angle: optima {_f(tm['optima'])}°, real-other "
+            f"{_f(tm['real-other'])}°, cov-random {_f(tm['cov-random'])}°, isotropic {_f(tm['isotropic'])}°, active SAE "
             f"latents {_f(tm['SAE active'])}°, inactive {_f(tm['SAE inactive'])}°. "
             f"<b>{r['optima_beating_their_prompts_real_other_median']} of {n_opt}</b> optima blow up "
             f"earlier than their prompt's median real-other direction. <b>{m['isotropic']} of {n_opt}</b> match an SAE "
