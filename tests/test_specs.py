@@ -16,7 +16,7 @@ def test_parse_spec_splits_kind_and_value():
 
 
 def test_unknown_kind_lists_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"^--directions must be random:N, file:PATH or targets:PATH\|builtin, "
+    with pytest.raises(ValueError, match=r"^--directions must be random:N, linear:N, file:PATH or targets:PATH\|builtin, "
                                          r"got 'gaussian:3'$"):
         parse_spec("gaussian:3", DIRECTION_KINDS, "--directions")
     assert spec_alternatives({"auto": "", "disk": "PATH", "none": ""}) == "auto, disk:PATH or none"

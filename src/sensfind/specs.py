@@ -7,7 +7,8 @@ The command line, the tuner and the experiments all name their inputs this way:
   also take ``corpus``, ``auto`` and ``none``;
 * direction sources: ``random:N``, ``file:PATH``, ``targets:PATH|builtin``.
 
-* models: ``random:ARCH`` (a local architecture with random weights), ``gguf:PATH``, ``smollm2-135m``, a
+* models: ``random:ARCH`` (a local architecture with random weights), ``gguf:PATH``, ``smollm2-135m``,
+  ``gemma-3-270m``, a
   TransformerLens model name (the hub), and ``toy`` (the ground-truth toy) where a caller accepts it;
   ``parse_model_spec`` classifies them and ``sensfind.load_model`` loads the transformers.
 
@@ -36,7 +37,8 @@ LOCAL_ARCHITECTURES: dict[str, dict] = {
     "tiny": dict(n_layers=3, d_model=64, n_ctx=256, d_head=16, n_heads=4, d_mlp=256, d_vocab=512),
 }
 SMOLLM2 = "smollm2-135m"
-TRANSFORMER_ALTERNATIVES = (f"random:ARCH (a local architecture with random weights), gguf:PATH, {SMOLLM2} "
+GEMMA3 = "gemma-3-270m"
+TRANSFORMER_ALTERNATIVES = (f"random:ARCH (a local architecture with random weights), gguf:PATH, {SMOLLM2}, {GEMMA3} "
                             "or a TransformerLens model name such as gpt2")
 MODEL_ALTERNATIVES = f"{TOY}, {TRANSFORMER_ALTERNATIVES}"
 
@@ -70,9 +72,9 @@ def parse_spec(text: str, kinds: Mapping[str, str], what: str) -> Spec:
 @dataclass(frozen=True)
 class ModelSpec:
     """A parsed model name. ``kind``: ``toy``, ``random`` (``value`` is the architecture), ``gguf``
-    (``value`` is the file), ``smollm2`` or ``hub`` (``value`` is the TransformerLens name)."""
+    (``value`` is the file), ``smollm2``, ``gemma3`` or ``hub`` (``value`` is the TransformerLens name)."""
 
-    kind: Literal["toy", "random", "gguf", "smollm2", "hub"]
+    kind: Literal["toy", "random", "gguf", "smollm2", "gemma3", "hub"]
     value: str = ""
 
     @property
@@ -80,7 +82,7 @@ class ModelSpec:
         return self.kind == "toy"
 
     def __str__(self) -> str:
-        return {"toy": TOY, "smollm2": SMOLLM2, "hub": self.value}.get(self.kind, f"{self.kind}:{self.value}")
+        return {"toy": TOY, "smollm2": SMOLLM2, "gemma3": GEMMA3, "hub": self.value}.get(self.kind, f"{self.kind}:{self.value}")
 
 
 def parse_model_spec(text, what: str = "model", allow_toy: bool = True) -> ModelSpec:
@@ -97,6 +99,8 @@ def parse_model_spec(text, what: str = "model", allow_toy: bool = True) -> Model
         return ModelSpec("toy")
     if text.lower() == SMOLLM2:
         return ModelSpec("smollm2")
+    if text.lower() == GEMMA3:
+        return ModelSpec("gemma3")
     kind, colon, value = text.partition(":")
     if not colon:
         return ModelSpec("hub", text)

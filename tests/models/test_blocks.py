@@ -30,10 +30,9 @@ def test_family_is_validated():
 
 
 def test_unsupported_names_every_reason():
-    model = tiny_model(**dict(FAMILIES["gpt2"], parallel_attn_mlp=True, attn_types=["global", "local", "global"],
-                              window_size=4))
+    model = tiny_model(**dict(FAMILIES["gpt2"], parallel_attn_mlp=True, attn_scores_soft_cap=50.0))
     why = unsupported(model, 0)
-    assert "parallel attention and MLP" in why and "local attention (attn_types)" in why
+    assert "parallel attention and MLP" in why and "attention score soft cap" in why
 
 
 def test_has_hooks_sees_a_hook_on_any_module():

@@ -14,8 +14,8 @@ from sensfind.core.effects import get_effect
 from sensfind.core.geometry import perturb
 from sensfind.core.scan import step_grid
 from families import FAMILIES, tiny_model
-from sensfind.models.loading import fused_blocks as kernel
-from sensfind.models.loading import transformer_subject
+from sensfind.models import fused_blocks as kernel
+from sensfind.models import transformer_subject
 from sensfind.models.fused_blocks import CompactStack
 
 PROMPT_IDS = [464, 168, 157, 423, 11, 290, 257, 131, 373, 95]

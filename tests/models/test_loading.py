@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sensfind as sf
-from sensfind.models.loading import loading as models
+from sensfind.models import loading as models
 from sensfind.app.cli import main
 
 PROMPTS = ["The capital of France is", "Once upon a time, there was a little", "def add(a, b):\n    return",
@@ -79,7 +79,7 @@ def _gguf_of(arch: str, path):
 
 def test_gguf_of_another_architecture_is_refused(tmp_path):
     path = _gguf_of("gpt2", tmp_path / "other.gguf")
-    with pytest.raises(sf.ModelUnavailableError, match="'gpt2' model.*'llama' architecture only"):
+    with pytest.raises(sf.ModelUnavailableError, match="'gpt2' model.*'llama' and 'gemma3' architectures only"):
         sf.load_model(f"gguf:{path}")
 
 
@@ -132,7 +132,7 @@ def test_cli_non_llama_gguf_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["discover", "--model", f"gguf:{path}", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "'llama' architecture only" in err and "\n" not in err and not out.exists()
+    assert "'llama' and 'gemma3' architectures only" in err and "\n" not in err and not out.exists()
 
 
 @pytest.mark.slow

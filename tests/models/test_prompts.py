@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sensfind.models.loading import prompts
+from sensfind.models import prompts
 from sensfind.models.prompts import Corpus, load_corpus, load_prompts, text_windows
 from sensfind.errors import CorpusUnavailableError
 
@@ -127,7 +127,7 @@ def test_corpus_prompts_and_text_windows(tiny_model, monkeypatch):
             load_prompts(bad, tiny_model)
     with pytest.raises(ValueError, match="need the model"):
         load_prompts("corpus:3")
-    from sensfind.models.loading import loading as models
+    from sensfind.models import loading as models
 
     monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: pytest.fail("a model without a tokenizer "
                                                                              "cannot use openwebtext"))

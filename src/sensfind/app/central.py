@@ -33,7 +33,7 @@ from sensfind.comparison.cards import build_cards
 from sensfind.reporting.plots import plot_boxes
 from sensfind.reporting.report import _bands, analysis_figures, card_view, refinement_table, render_report, table, threshold_table
 
-__all__ = ["CENTRAL", "CHUNK", "SMOKE", "CentralConfig", "aggregate", "analyse_prompts", "contexts", "pooled_results",
+__all__ = ["CENTRAL", "CHUNK", "SMOKE", "CentralConfig", "aggregate", "contexts", "pooled_results",
            "prompts_and_others", "settings"]
 
 log = logging.getLogger("sensfind.app.central")

@@ -283,7 +283,7 @@ def privileged_summary(subject, found, config, mixture_pairs: int = 6, seed: int
     if mixture_pairs and len(found) >= 2:
         test = mixture_test(subject, found.directions, MixtureConfig(max_pairs=mixture_pairs, tau=config.tau,
                                                                      bootstrap=500, seed=seed))
-        out["mixture"] = {k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points", "seconds")}
+        out["mixture"] = {k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points")}
     return out
 
 

