@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
-__all__ = ["DICTIONARY_KINDS", "DIRECTION_KINDS", "DEFAULT_SAE_RELEASE", "MODEL_ALTERNATIVES", "ModelSpec", "Spec",
+__all__ = ["DICTIONARY_KINDS", "DIRECTION_KINDS", "DEFAULT_SAE_RELEASE", "MAX_D_SAE", "MODEL_ALTERNATIVES", "ModelSpec", "Spec",
            "dictionary_width", "parse_model_spec",
            "parse_spec", "spec_alternatives"]
 
@@ -114,10 +114,16 @@ def parse_model_spec(text, what: str = "model", allow_toy: bool = True) -> Model
     raise ValueError(f"{what} must be {allowed}, got {text!r}")
 
 
+MAX_D_SAE = 65536  # latents of an SAE trained by train:D_SAE
+
+
 def dictionary_width(spec: Spec, what: str = "--dictionary") -> int | None:
-    """The width of a ``train:D_SAE`` spec (``None`` when not given); ``ValueError`` if it is no integer >= 1."""
+    """The width of a ``train:D_SAE`` spec (``None`` when not given); ``ValueError`` if it is no integer >= 1
+    (or above ``MAX_D_SAE``)."""
     if not spec.value:
         return None
     if not spec.value.isdigit() or int(spec.value) < 1:
         raise ValueError(f"{what} train:D_SAE needs an integer width >= 1, got {spec.value!r}")
+    if int(spec.value) > MAX_D_SAE:
+        raise ValueError(f"{what} train:D_SAE needs a width <= {MAX_D_SAE} (its limit), got {spec.value}")
     return int(spec.value)

@@ -122,7 +122,6 @@ def test_model_demo_config_quick_is_smaller():
 
 
 def test_demo_size_flags_reach_the_config(tmp_path, monkeypatch, capsys):
-    import sensfind.app.demo as demo
     from sensfind.app.cli import main
 
     seen = {}
@@ -135,8 +134,9 @@ def test_demo_size_flags_reach_the_config(tmp_path, monkeypatch, capsys):
         seen["toy"] = config
         raise SystemExit(0)
 
-    monkeypatch.setattr(demo, "run_model_demo", fake_model_demo)
-    monkeypatch.setattr(demo, "run_demo", fake_toy_demo)
+    cli = sys.modules["sensfind.app.cli"]  # where the command looks the demos up
+    monkeypatch.setattr(cli, "run_model_demo", fake_model_demo)
+    monkeypatch.setattr(cli, "run_demo", fake_toy_demo)
     with pytest.raises(SystemExit):
         main(["demo", "--quick", "--n-others", "12", "--context-windows", "40", "--out", str(tmp_path / "a")])
     assert seen["model"].n_others == 12 and seen["model"].context_windows == 40

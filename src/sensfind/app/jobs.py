@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from sensfind.configs import Config, check_choice
+from sensfind.configs import Config, check_choice, check_int
 from sensfind.errors import InputFileError
 from sensfind.app.site import DiscoverySiteConfig, Site, SiteConfig
 from sensfind.specs import DICTIONARY_KINDS, DIRECTION_KINDS, Spec, dictionary_width, parse_spec
@@ -25,9 +25,9 @@ from sensfind.core.baselines import isotropic, load_directions
 from sensfind.core.geometry import directions_from_targets, is_base
 from sensfind.core.linear_response import linear_directions, linear_predictions
 from sensfind.core.mixture import MixtureConfig, MixtureTest, mixture_test
-from sensfind.models.prompts import load_prompts, prompt_activations
+from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_activations
 from sensfind.reporting.plots import plot_effect_curves, plot_mixture_curves
-from sensfind.runio import save_json, save_tensors, staged_dir
+from sensfind.runio import out_lock, remove_litter, save_json, save_tensors, staged_dir
 from sensfind.core.scan import scan
 from sensfind.runio import load_json
 from sensfind.discovery.loop import discover
@@ -51,6 +51,9 @@ __all__ = ["CompareRun", "CompareRunConfig", "DiscoverRun", "DiscoverRunConfig",
 RANDOM_BASELINE_SEED_OFFSET = 7919  # the isotropic baseline of a discovery run draws apart from the restarts
 TRAIN_SEED_OFFSET = 10  # the toy's stream an SAE of ``train:D_SAE`` is trained on
 TOY_RECOVERY_KEYS = ("threshold", "fraction_reached", "n_distinct_features", "distinct_features")
+MAX_RANDOM_DIRECTIONS = 100_000  # random:N of scan, and a discovery run's random baseline
+MAX_LINEAR_DIRECTIONS = 1024  # linear:N of scan (eigenvectors of the pullback metric: at most d anyway)
+MAX_CHECKPOINT_EVERY = 10_000
 
 
 # -- run-level settings (what a command runs on, beside the site and the method's config) ----------------
@@ -60,9 +63,9 @@ class ScanRunConfig(Config):
     """What ``sensfind scan`` scans, and along which path.
 
     Attributes:
-        directions: random:N (isotropic), linear:N (top eigenvectors of the linear response, both signs),
-            file:PATH (.safetensors/.pt/.npy [R, d]), targets:builtin or targets:PATH (directions towards
-            other prompts' activations)
+        directions: random:N (isotropic; N at most 100000), linear:N (top eigenvectors of the linear response,
+            both signs; N at most 1024), file:PATH (.safetensors/.pt/.npy [R, d]), targets:builtin or
+            targets:PATH (directions towards other prompts' activations)
         path: the fast path (prefix cache, last position only) or the reference (full forward with a hook)
     """
 
@@ -70,7 +73,7 @@ class ScanRunConfig(Config):
     path: Literal["fast", "reference"] = "fast"
 
     def __post_init__(self):
-        parse_spec(self.directions, DIRECTION_KINDS, "directions")
+        check_directions_spec(self.directions)
         check_choice("path", self.path, ("fast", "reference"))
 
 
@@ -80,8 +83,8 @@ class DiscoverRunConfig(Config):
 
     Attributes:
         init_file: initial directions for init 'given' (.safetensors/.pt/.npy of shape [restarts, d])
-        random_baseline: isotropic directions scanned finely for comparison with the optima
-        checkpoint_every: iterations between checkpoints (what --resume continues from)
+        random_baseline: isotropic directions scanned finely for comparison with the optima (at most 100000)
+        checkpoint_every: iterations between checkpoints (what --resume continues from; at most 10000)
     """
 
     init_file: str | None = None
@@ -100,7 +103,7 @@ class CompareRunConfig(Config):
 
     Attributes:
         dictionary: pretrained:RELEASE[/SAE_ID] (hub), disk:PATH (SAELens format) or train:D_SAE (trained on
-            local activations); pretrained:gpt2-small-res-jb takes the SAE at the site's hook
+            local activations; D_SAE at most 65536); pretrained:gpt2-small-res-jb takes the SAE at the site's hook
     """
 
     dictionary: str = "pretrained:gpt2-small-res-jb"
@@ -121,24 +124,50 @@ class ScanRun:
     out: Path
 
 
-def directions_from_spec(spec: str, site: SiteConfig, model, subject) -> tuple[Tensor, str]:
-    """``random:N`` | ``linear:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions
-    [R, d], kind). ``linear:N``: the top eigenvectors of the pullback metric at the base, both signs."""
+def check_directions_spec(spec: str, what: str = "directions") -> Spec:
+    """A direction spec checked without the model: its kind, the count of ``random:N`` and ``linear:N``, a
+    path for ``file:``."""
+    parsed = parse_spec(spec, DIRECTION_KINDS, what)
+    if parsed.kind in ("random", "linear"):
+        kind, value = parsed.kind, parsed.value or "16"
+        limit = MAX_RANDOM_DIRECTIONS if kind == "random" else MAX_LINEAR_DIRECTIONS
+        if not value.lstrip("-").isdigit():
+            raise ValueError(f"{what} {kind}:N needs an integer N, got {value!r}")
+        if int(value) < 1:
+            raise ValueError(f"{what} {kind}:N needs N >= 1, got {value}")
+        if int(value) > limit:
+            raise ValueError(f"{what} {kind}:N needs N <= {limit} (its limit), got {value}")
+    if parsed.kind == "file" and not parsed.value:
+        raise ValueError(f"{what} file:PATH needs the path of a .safetensors/.pt/.npy file, got {spec!r}")
+    return parsed
 
-    parsed = parse_spec(spec, DIRECTION_KINDS, "--directions")
+
+def read_direction_inputs(spec: str):
+    """What a direction spec reads from disk, read before the model loads: the directions of ``file:``
+    (shape checked), the prompts of ``targets:PATH`` (``None`` for the others)."""
+    parsed = check_directions_spec(spec, "--directions")
+    if parsed.kind == "file":
+        return load_directions(parsed.value)
+    if parsed.kind == "targets" and parsed.value not in ("", "builtin"):
+        check_prompt_source(parsed.value)
+    return None
+
+
+def directions_from_spec(spec: str, site: SiteConfig, model, subject, loaded: Tensor | None = None
+                         ) -> tuple[Tensor, str]:
+    """``random:N`` | ``linear:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions
+    [R, d], kind). ``linear:N``: the top eigenvectors of the pullback metric at the base, both signs.
+    ``loaded``: the file's directions, if already read (``read_direction_inputs``)."""
+
+    parsed = check_directions_spec(spec, "--directions")
     kind, value = parsed.kind, parsed.value
     if kind in ("random", "linear"):
-        try:
-            n = int(value or 16)
-        except ValueError as exc:
-            raise ValueError(f"--directions {kind}:N needs an integer N, got {value!r}") from exc
-        if n < 1:
-            raise ValueError(f"--directions {kind}:N needs N >= 1, got {n}")
+        n = int(value or 16)
         if kind == "linear":
             return linear_directions(subject, n), "linear"
         return isotropic(n, subject.d, seed=site.seed), "naive-random"
     if kind == "file":
-        return load_directions(value), "file"
+        return (load_directions(value) if loaded is None else loaded), "file"
     prompts = load_prompts(value or "builtin", model)
     targets = prompt_activations(model, prompts, subject.hook, site.position)
     # real-other means *other* prompts: drop targets identical to the base (the subject's own prompt)
@@ -165,10 +194,11 @@ def run_scan(site: SiteConfig, config, out: str | Path, directions: str = "rando
     ``ScanConfig``); writes config.json, results.json, tensors.safetensors and effect_vs_step.png."""
 
     out = Path(out)
+    loaded = read_direction_inputs(directions)  # bad files are refused before the model loads
     with staged_dir(out, overwrite=overwrite) as tmp:
         model = site.load_model()
         subject = site.subject(model)
-        dirs, kind = directions_from_spec(directions, site, model, subject)
+        dirs, kind = directions_from_spec(directions, site, model, subject, loaded)
         use_reference = path == "reference"
         run = subject.run_reference if use_reference and hasattr(subject, "run_reference") else subject.run
         t0 = time.perf_counter()
@@ -240,6 +270,8 @@ def check_run_settings(random_baseline: int = 64, checkpoint_every: int = 10) ->
     if not isinstance(random_baseline, int) or isinstance(random_baseline, bool) or random_baseline < 1:
         raise ValueError(f"random_baseline must be an integer >= 1 (isotropic directions scanned for comparison), "
                          f"got {random_baseline!r}")
+    check_int("checkpoint_every", checkpoint_every, 1, maximum=MAX_CHECKPOINT_EVERY)
+    check_int("random_baseline", random_baseline, 1, maximum=MAX_RANDOM_DIRECTIONS)
 
 
 def privileged_summary(subject, found, config, mixture_pairs: int = 6, seed: int = 0) -> dict:
@@ -294,24 +326,34 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
 
     The run works in :func:`incomplete_dir` (``out``'s hidden sibling) and checkpoints there every
     ``checkpoint_every`` iterations; ``resume`` continues from that checkpoint when there is one.
-    A previous complete run in ``out`` is kept until the new one is complete (``overwrite``)."""
+    A previous complete run in ``out`` is kept until the new one is complete (``overwrite``). The run
+    holds ``out``'s lock throughout (``runio.out_lock``): a second run on ``out`` is refused at once."""
 
     out = Path(out)
+    check_run_settings(random_baseline, checkpoint_every)
+    check_output_dir(out, overwrite=True)  # a file in its place, an unwritable place: refused before the lock
+    with out_lock(out):
+        remove_litter(incomplete_dir(out))  # what a run killed while saving into its work directory left
+        return _discover_locked(site, config, out, init_file, random_baseline, checkpoint_every, resume, overwrite,
+                                progress)
+
+
+def _discover_locked(site, config, out: Path, init_file, random_baseline, checkpoint_every, resume, overwrite,
+                     progress) -> DiscoverRun:
     stage = incomplete_dir(out)
     resuming = bool(resume and (stage / "checkpoint.pt").is_file())
     if not resuming and stage.exists() and not overwrite:
         raise ValueError(f"{str(out)!r} has an interrupted run (in {str(stage)!r}); continue it with --resume, "
                          "or start over with --overwrite")
-    check_run_settings(random_baseline, checkpoint_every)
     check_output_dir(out, overwrite=overwrite or resuming)
-    subject, model, others = site.build()
     init = None
     if config.init == "given":
         if init_file is None:
             raise ValueError("init 'given' needs init_file (.safetensors/.pt/.npy of shape [restarts, d])")
-        init = load_directions(init_file)
+        init = load_directions(init_file)  # read before the model loads
         if init.shape[0] != config.restarts:
             config = dataclasses.replace(config, restarts=init.shape[0])
+    subject, model, others = site.build()
     if config.init in ("given", "covariance"):
         initial_directions(subject, config, init, others)  # validates init before anything is written
     if resuming:
@@ -320,8 +362,8 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
         shutil.rmtree(stage)  # overwrite: an interrupted run is started over
     # everything is validated: from here on the run is written, into the stage, then moved into place
 
-    def keep(exc: BaseException) -> bool:  # an interrupted run keeps its checkpoint for --resume
-        return resuming or not isinstance(exc, Exception)
+    def keep(exc: BaseException) -> bool:  # an interrupted run keeps its checkpoint (if any) for --resume
+        return resuming or (not isinstance(exc, Exception) and (stage / "checkpoint.pt").is_file())
 
     with staged_dir(out, overwrite=True, stage=stage, keep=keep) as tmp:
         if not resuming:
@@ -357,6 +399,10 @@ class CompareRun:
 def check_dictionary_spec(text: str) -> Spec:
     """Refuse a malformed dictionary spec before any work; the parsed ``Spec``."""
     spec = parse_spec(text, DICTIONARY_KINDS, "--dictionary")
+    if spec.kind in ("pretrained", "disk") and not spec.value.strip("/"):
+        raise ValueError(f"--dictionary {spec.kind}:{DICTIONARY_KINDS[spec.kind]} needs a "
+                         f"{'release, e.g. pretrained:gpt2-small-res-jb' if spec.kind == 'pretrained' else 'path'}, "
+                         f"got {text!r}")
     if spec.kind == "disk":
         check_dictionary_dir(spec.value)
     if spec.kind == "train":
@@ -392,10 +438,12 @@ def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: 
 
     out = Path(out)
     check_output_dir(out, overwrite)
-    check_dictionary_spec(dictionary)
+    spec = check_dictionary_spec(dictionary)
     with staged_dir(out, overwrite=overwrite) as tmp:
+        # a stored dictionary is read before the model loads (a damaged or unreachable one fails at once)
+        dic = None if spec.kind == "train" else load_dictionary_spec(spec, None if site.is_toy else site.hook)
         built = site.build()
-        dic = site_dictionary(dictionary, site, built)
+        dic = site_dictionary(dictionary, site, built) if dic is None else dic
         result = compare(built.subject, directions, dic, built.others, config,
                          hook_name=getattr(built.subject, "hook", None))
         result.save(tmp)

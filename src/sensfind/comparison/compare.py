@@ -27,7 +27,7 @@ from torch import Tensor
 
 from sensfind.core.baselines import isotropic
 from sensfind.core.objective_config import EffectConfig
-from sensfind.configs import check_int
+from sensfind.configs import MAX_SEED, check_int
 from sensfind.dictionaries.dictionary import Dictionary, check_compatible
 from sensfind.comparison.match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
 from sensfind.core.blowup import threshold_value
@@ -48,19 +48,21 @@ class CompareConfig(EffectConfig):
     """Settings of ``compare`` (``effect`` and ``tau`` are :class:`~sensfind.configs.EffectConfig`'s).
 
     Attributes:
-        k: dictionary matches reported per direction.
-        n_null: random directions per null (p-values cannot go below 1/(1 + n_null)).
+        k: dictionary matches reported per direction (at most 1000).
+        n_null: random directions per null (p-values cannot go below 1/(1 + n_null); at most 100000: memory).
         alpha: significance level for "matches a latent".
         project_base: compare in the space orthogonal to the base (sphere mode).
         latents: which decoder rows get a sensitivity scan: ``active`` (encoded > 0 on the base, needs
             an encoder), ``matched`` (top match of each direction), ``sample`` (``n_latents`` random
             ones) — several joined by ``+``, e.g. ``active+matched+sample``.
-        n_latents: size of the random sample of latents.
+        n_latents: size of the random sample of latents (at most 10000).
         probes, probe_deg: rotations of each row by ``probe_deg`` degrees in random directions used to
-            test whether the row is a local optimum of the threshold angle.
-        scan_steps, stop: the fine scan used for every threshold angle here (0..stop degrees).
-        refine_iterations: discovery iterations when refining from decoder rows (0: no refinement).
-        seed: seeds nulls, samples and probes.
+            test whether the row is a local optimum of the threshold angle (``probes`` at most 1000).
+        scan_steps, stop: the fine scan used for every threshold angle here (0..stop degrees; ``scan_steps``
+            at most 100000).
+        refine_iterations: discovery iterations when refining from decoder rows (0: no refinement; at most
+            10000).
+        seed: seeds nulls, samples and probes (at most 4294967295).
     """
 
     k: int = 5
@@ -78,9 +80,9 @@ class CompareConfig(EffectConfig):
 
     def __post_init__(self):
         super().__post_init__()  # effect, tau
-        for name, lo in (("k", 1), ("n_null", 1), ("n_latents", 0), ("probes", 1), ("scan_steps", 2),
-                         ("refine_iterations", 0)):
-            check_int(name, getattr(self, name), lo)
+        for name, lo, hi in (("k", 1, 1000), ("n_null", 1, 100_000), ("n_latents", 0, 10_000), ("probes", 1, 1000),
+                             ("scan_steps", 2, 100_000), ("refine_iterations", 0, 10_000), ("seed", None, MAX_SEED)):
+            check_int(name, getattr(self, name), lo, maximum=hi)
         if not (isinstance(self.alpha, float) and 0 < self.alpha < 1):
             raise ValueError(f"alpha must be a number in (0, 1), got {self.alpha!r}")
         if not (isinstance(self.probe_deg, (int, float)) and 0 < self.probe_deg < 90):
