@@ -90,8 +90,7 @@ def test_discover_config_file_with_an_unknown_key_is_one_line(tmp_path, capsys):
 def test_help_lists_every_field_with_its_doc_and_choices(command, cls, capsys):
     from sensfind.configs import field_choices, field_docs
 
-    with pytest.raises(SystemExit):
-        main([command, "--help"])
+    assert main([command, "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     docs, choices = field_docs(cls), field_choices(cls)
     for f in dataclasses.fields(cls):

@@ -22,10 +22,12 @@ from typing import Any, Iterable, TypeVar
 import numpy as np
 
 
-__all__ = ["Config", "check_bool", "check_choice", "check_int", "check_number", "config_from_dict", "field_choices",
+__all__ = ["MAX_SEED", "Config", "check_bool", "check_choice", "check_int", "check_number", "config_from_dict", "field_choices",
            "field_docs", "is_int", "is_number", "unknown_keys_error"]
 
 C = TypeVar("C")
+
+MAX_SEED = 2**32 - 1  # the largest seed: what NumPy's legacy generators (and so Optuna's samplers) accept
 
 
 def is_int(v) -> bool:
@@ -38,13 +40,17 @@ def is_number(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def check_int(name: str, v, minimum: int | None = None, optional: bool = False) -> None:
-    """``v`` is an integer ``>= minimum`` (or ``None`` when ``optional``)."""
+def check_int(name: str, v, minimum: int | None = None, optional: bool = False, maximum: int | None = None) -> None:
+    """``v`` is an integer ``>= minimum`` and ``<= maximum`` (or ``None`` when ``optional``). Every count
+    and size of a config has a ``maximum`` (documented with its field) so that no value runs for ever or
+    overflows."""
     if v is None and optional:
         return
     if not is_int(v) or (minimum is not None and v < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
         raise ValueError(f"{name} must be an integer{bound}{' or None' if optional else ''}, got {v!r}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be at most {maximum} (its limit), got {v!r}")
 
 
 def check_number(name: str, v, lo: float | None = None, hi: float | None = None, lo_open: bool = False,

@@ -2,7 +2,8 @@
 
 Bad input is a ``ValueError`` (the project's convention: configs validate themselves in
 ``__post_init__``) or one of the types below; a file that cannot be read or written names the file.
-Everything else is a bug and keeps its traceback.
+Everything else is a bug and keeps its traceback. An interrupt (Ctrl-C) is the one line
+``sensfind: interrupted`` and exit status 130.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import sys
 from typing import Callable
 
 __all__ = ["SensfindError", "InputFileError", "MissingInputError", "CheckpointError", "ResultsWriteError",
-           "CLIError", "ModelUnavailableError", "DictionaryUnavailableError", "DatasetUnavailableError",
+           "CLIError", "DirectoryBusyError", "ModelUnavailableError", "DictionaryUnavailableError", "DatasetUnavailableError",
            "CorpusUnavailableError", "NonFiniteOutputError", "StorageError", "StudyMismatchError", "EngineUnavailableError",
-           "one_line",
-           "error_boundary"]
+           "one_line", "error_boundary", "INTERRUPTED_STATUS"]
+
+INTERRUPTED_STATUS = 130  # the shell's status of a command ended by SIGINT (128 + 2)
 
 
 class SensfindError(Exception):
@@ -55,6 +57,10 @@ class ResultsWriteError(SensfindError, OSError):
 
 class CLIError(SensfindError, ValueError):
     """A bad command-line value."""
+
+
+class DirectoryBusyError(SensfindError, RuntimeError):
+    """Another live run holds the lock of the results directory (the message names its pid)."""
 
 
 class ModelUnavailableError(SensfindError, RuntimeError):
@@ -103,9 +109,15 @@ def one_line(exc: BaseException) -> str:
 
 def error_boundary(func: Callable[[], int]) -> int:
     """Run a command; the project's own errors (and file errors naming their file) become
-    ``sensfind: error: ...`` on stderr and exit status 2. Anything else propagates with its traceback."""
+    ``sensfind: error: ...`` on stderr and exit status 2; an interrupt (Ctrl-C) becomes
+    ``sensfind: interrupted`` (followed by ``; `` and the interrupt's message, if it has one, e.g. how to
+    resume) and exit status 130. Anything else propagates with its traceback."""
     try:
         return func()
+    except KeyboardInterrupt as exc:
+        detail = one_line(exc) if str(exc) else ""
+        print("sensfind: interrupted" + (f"; {detail}" if detail else ""), file=sys.stderr)
+        return INTERRUPTED_STATUS
     except (SensfindError, ValueError) as exc:
         print(f"sensfind: error: {one_line(exc)}", file=sys.stderr)
         return 2

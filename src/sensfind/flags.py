@@ -16,7 +16,16 @@ from sensfind.errors import CLIError
 from sensfind.configs import field_choices, field_docs
 from sensfind.runio import load_json
 
-__all__ = ["CLIError", "add_config_args", "config_from_args", "flag_error", "load_config_file"]
+__all__ = ["CLIError", "OneLineParser", "add_config_args", "config_from_args", "flag_error", "load_config_file"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors (a bad int, a bad choice, an unknown flag) are ``CLIError``s, so
+    that they reach the error boundary and print the project's one line instead of the usage block.
+    Subparsers made by ``add_subparsers`` are of this class too."""
+
+    def error(self, message: str):
+        raise CLIError(f"{message} (see {self.prog} --help)")
 
 
 def _int_list(text: str) -> tuple[int, ...]:

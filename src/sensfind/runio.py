@@ -3,6 +3,10 @@ whole or not at all.
 
 Every command writes its results through ``staged_dir``: a sibling temporary directory is filled and
 renamed into place only when complete; a previous complete run at the same place is kept until then.
+While it works, a run holds the results directory's lock (``out_lock``: a sibling ``.NAME.lock`` holding
+its pid, locked with ``flock`` so that the kernel frees it when the process dies, even by ``kill -9``): a
+second run on the same directory is refused at once, naming the pid, and the run that takes the lock
+first removes what killed runs left beside it (``.NAME.partial-*``, ``.NAME.old-*``).
 Files and directories get the ordinary permissions of the process's umask (others in a shared group
 can read results). Result objects derive from ``Result``: one ``save``/``load`` pair over the same rules.
 """
@@ -10,11 +14,15 @@ can read results). Result objects derive from ``Result``: one ``save``/``load`` 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
+import logging
 import math
 import os
 import secrets
 import shutil
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator
@@ -24,10 +32,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from sensfind.errors import InputFileError, ResultsWriteError, SensfindError
+from sensfind.errors import DirectoryBusyError, InputFileError, ResultsWriteError, SensfindError
 
 __all__ = ["json_float", "to_jsonable", "dumps_json", "save_json", "load_json", "save_tensors", "load_tensors", "write_atomic", "read_text",
-           "check_output_dir", "staged_dir", "umask", "Result", "save_result"]
+           "check_output_dir", "staged_dir", "out_lock", "remove_litter", "umask", "Result", "save_result"]
+
+log = logging.getLogger(__name__)
 
 # errno values raised while writing results that mean the location cannot take them (not a bug)
 _FULL_OR_READONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
@@ -122,13 +132,35 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise InputFileError(f"{what} {str(p)!r} cannot be read: {exc.strerror or exc}") from None
 
 
+MAX_JSON_DEPTH = 64  # nesting of an input JSON file (sensfind's own files are a few levels deep)
+
+
+def _json_depth(obj) -> int:
+    """How deeply lists and dicts nest in ``obj`` (without recursion)."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            todo.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def load_json(path: str | Path, what: str = "JSON file"):
-    """Parsed JSON of a file; ``InputFileError`` naming the file if it is not valid JSON."""
+    """Parsed JSON of a file; ``InputFileError`` naming the file if it is not valid JSON or nests more
+    than ``MAX_JSON_DEPTH`` levels deep."""
     text = read_text(path, what)
+    too_deep = False
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputFileError(f"{what} {str(path)!r} is not valid JSON: {exc}") from None
+    except RecursionError:
+        too_deep = True
+    if too_deep or _json_depth(data) > MAX_JSON_DEPTH:
+        raise InputFileError(f"{what} {str(path)!r} nests more than {MAX_JSON_DEPTH} levels deep; sensfind's "
+                             "settings are a few levels deep") from None
+    return data
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -184,6 +216,134 @@ def _normalize_permissions(root: Path) -> None:
                 os.chmod(p, 0o666 & ~mask)
 
 
+# -- the lock of a results directory, and what killed runs left beside it ------------------------------
+
+_held: dict[str, list[int]] = {}  # lock file -> [fd, depth]: the locks this process holds (re-entrant)
+
+
+def _lock_file(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def _lock_owner(fd: int) -> str:
+    try:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text if text.isdigit() else "unknown"
+
+
+def _acquire(out: Path, wait: bool) -> int:
+    """The locked descriptor of ``out``'s lock file; if a live process holds it, wait for it (``wait``) or
+    raise ``DirectoryBusyError`` naming its pid."""
+    path = _lock_file(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsWriteError(out, exc.strerror or str(exc)) from exc
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise ResultsWriteError(out, f"cannot create its lock file {str(path)!r}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            owner = _lock_owner(fd)
+            os.close(fd)
+            raise DirectoryBusyError(f"another sensfind run (pid {owner}) is writing {str(out)!r} (lock "
+                                     f"{str(path)!r}); wait for it to finish or stop it, or choose another --out") from None
+        except OSError:  # a file system without locks: go on unlocked, as before locks existed
+            return fd
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # (else its last owner removed it between our open and our lock: take the new one)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+
+
+def _release(out: Path, fd: int) -> None:
+    try:
+        os.unlink(_lock_file(out))  # removed while still locked: a waiter that opened it sees a stale inode
+    except OSError:
+        pass
+    os.close(fd)
+
+
+@contextmanager
+def out_lock(out: str | Path, wait: bool = False) -> Iterator[None]:
+    """Hold the lock of the results directory ``out`` for the block: a second run on it (another
+    process) is refused at once with ``DirectoryBusyError`` naming the holder's pid, or waits for it
+    (``wait``: short writes such as saving a result into a directory that workers share). Taking it
+    removes what killed runs left beside ``out`` (``remove_litter``). Re-entrant within a process."""
+    out = Path(out)
+    key = os.path.join(os.path.realpath(out.parent), _lock_file(out).name)  # one key however out is spelled
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    fd = _acquire(out, wait)
+    _held[key] = [fd, 1]
+    try:
+        remove_litter(out)
+        yield
+    finally:
+        del _held[key]
+        _release(out, fd)
+
+
+def remove_litter(out: str | Path) -> list[Path]:
+    """Remove the siblings that runs killed while writing ``out`` left behind: partial results
+    (``.NAME.partial-*``) and previous runs being replaced (``.NAME.old-*``). Call it holding
+    ``out_lock(out)``, so that none belongs to a live run. A previous run whose replacement was killed
+    between the two renames of the swap (``out`` missing, one ``.NAME.old-*``) is put back instead.
+    Returns what was removed."""
+    out = Path(out)
+    partial, old = f".{out.name}.partial-", f".{out.name}.old-"
+    try:
+        entries = sorted(out.parent.iterdir()) if out.parent.is_dir() else []
+    except OSError:
+        return []
+    olds = [e for e in entries if e.name.startswith(old) and e.is_dir()]
+    if not out.exists() and len(olds) == 1:
+        try:
+            os.rename(olds[0], out)
+            entries.remove(olds[0])
+        except OSError:
+            pass
+    removed = []
+    for entry in entries:
+        if entry.name.startswith((partial, old)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    if removed:
+        log.info("removed %d entries left beside %s by killed runs", len(removed), out)
+    return removed
+
+
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back until the block is done (main thread; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _make_stage(out: Path, stage: Path | None) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +362,13 @@ def _make_stage(out: Path, stage: Path | None) -> Path:
 
 
 def _commit(stage: Path, out: Path) -> None:
-    """Move the complete ``stage`` to ``out``; a previous run at ``out`` is removed only afterwards."""
+    """Move the complete ``stage`` to ``out``; a previous run at ``out`` is removed only afterwards. An
+    interrupt waits until the swap is done."""
+    with _uninterrupted():
+        _swap(stage, out)
+
+
+def _swap(stage: Path, out: Path) -> None:
     try:
         _normalize_permissions(stage)
         if out.exists():
@@ -227,6 +393,7 @@ def staged_dir(
     *,
     stage: str | Path | None = None,
     keep: Callable[[BaseException], bool] | None = None,
+    wait: bool = False,
 ) -> Iterator[Path]:
     """Yield a directory beside ``out`` to write results into; when the block completes it replaces
     ``out`` (a previous run there is kept until that moment), when it raises it is removed.
@@ -236,24 +403,27 @@ def staged_dir(
     resumable work such as a discovery checkpoint) instead of a fresh temporary one. ``keep(exc)``:
     keep the stage when the block raises ``exc`` (e.g. an interrupt, to resume later).
 
-    A full disk or read-only file system while writing becomes one ``ResultsWriteError``.
+    The block runs holding ``out_lock(out)``: another run on ``out`` is refused at once (or waited for:
+    ``wait``), and what killed runs left beside ``out`` is removed first. A full disk or read-only file system while writing becomes
+    one ``ResultsWriteError``.
     """
     out = Path(out)
     check_output_dir(out, overwrite)
-    tmp = _make_stage(out, Path(stage) if stage is not None else None)
-    try:
-        yield tmp
-    except BaseException as exc:
-        if keep is None or not keep(exc):
+    with out_lock(out, wait):
+        tmp = _make_stage(out, Path(stage) if stage is not None else None)
+        try:
+            yield tmp
+        except BaseException as exc:
+            if keep is None or not keep(exc):
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and not isinstance(exc, SensfindError) and exc.errno in _FULL_OR_READONLY:
+                raise ResultsWriteError(out, exc.strerror or str(exc)) from exc
+            raise
+        try:
+            _commit(tmp, out)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and not isinstance(exc, SensfindError) and exc.errno in _FULL_OR_READONLY:
-            raise ResultsWriteError(out, exc.strerror or str(exc)) from exc
-        raise
-    try:
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            raise
 
 
 class Result:
@@ -300,6 +470,7 @@ def _fill(result: Result, directory: Path) -> None:
 def save_result(result: Result, directory: str | Path, overwrite: bool = False) -> Path:
     """Save ``result`` into ``directory``.
 
+    While another process writes into ``directory`` (holds its ``out_lock``), this waits for it.
     A missing or empty directory is written whole or not at all (``staged_dir``). A non-empty one is refused
     unless ``overwrite``; then each of the result's files (and subdirectories) replaces the one of the same
     name, other entries are left alone, and an existing ``config.json`` (the record of the run that made the
@@ -311,12 +482,17 @@ def save_result(result: Result, directory: str | Path, overwrite: bool = False) 
             raise ValueError(f"{str(out)!r} is not empty; save into a new or empty directory, or pass overwrite=True")
         _merge(result, out)
         return out
-    with staged_dir(out, overwrite=True) as tmp:
+    with staged_dir(out, overwrite=True, wait=True) as tmp:
         _fill(result, tmp)
     return out
 
 
 def _merge(result: Result, out: Path) -> None:
+    with out_lock(out, wait=True):  # e.g. tuning workers sharing out: one saves after the other
+        _merge_locked(result, out)
+
+
+def _merge_locked(result: Result, out: Path) -> None:
     stage = _make_stage(out, None)
     try:
         _fill(result, stage)

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
-__all__ = ["DICTIONARY_KINDS", "DIRECTION_KINDS", "DEFAULT_SAE_RELEASE", "MODEL_ALTERNATIVES", "ModelSpec", "Spec",
+__all__ = ["DICTIONARY_KINDS", "DIRECTION_KINDS", "DEFAULT_SAE_RELEASE", "MAX_D_SAE", "MODEL_ALTERNATIVES", "ModelSpec", "Spec",
            "check_hook_layer", "dictionary_width", "parse_model_spec",
            "parse_spec", "spec_alternatives"]
 
@@ -128,12 +128,16 @@ def check_hook_layer(what: str, hook: str, model: ModelSpec) -> None:
     if layers is not None and m and int(m.group(1)) >= layers:
         raise ValueError(f"{what} {hook!r} is past the last layer of {model} (blocks 0..{layers - 1}), e.g. "
                          f"blocks.{min(1, layers - 1)}.hook_resid_pre")
+MAX_D_SAE = 65536  # latents of an SAE trained by train:D_SAE
 
 
 def dictionary_width(spec: Spec, what: str = "--dictionary") -> int | None:
-    """The width of a ``train:D_SAE`` spec (``None`` when not given); ``ValueError`` if it is no integer >= 1."""
+    """The width of a ``train:D_SAE`` spec (``None`` when not given); ``ValueError`` if it is no integer >= 1
+    (or above ``MAX_D_SAE``)."""
     if not spec.value:
         return None
     if not spec.value.isdigit() or int(spec.value) < 1:
         raise ValueError(f"{what} train:D_SAE needs an integer width >= 1, got {spec.value!r}")
+    if int(spec.value) > MAX_D_SAE:
+        raise ValueError(f"{what} train:D_SAE needs a width <= {MAX_D_SAE} (its limit), got {spec.value}")
     return int(spec.value)

@@ -218,8 +218,7 @@ def test_openwebtext_loader_really_fails_offline(monkeypatch):
 
 
 def _help(command, capsys) -> str:
-    with pytest.raises(SystemExit):
-        main([command, "--help"])
+    assert main([command, "--help"]) == 0
     return " ".join(capsys.readouterr().out.split())
 
 

@@ -147,9 +147,8 @@ def test_demo_size_flags_reach_the_config(tmp_path, monkeypatch, capsys):
         seen["toy"] = config
         raise SystemExit(0)
 
-    import sensfind.app.cli as cli
-
-    monkeypatch.setattr(cli, "run_model_demo", fake_model_demo)  # the CLI holds its own names
+    cli = sys.modules["sensfind.app.cli"]  # where the command looks the demos up
+    monkeypatch.setattr(cli, "run_model_demo", fake_model_demo)
     monkeypatch.setattr(cli, "run_demo", fake_toy_demo)
     with pytest.raises(SystemExit):
         main(["demo", "--quick", "--n-others", "12", "--context-windows", "40", "--out", str(tmp_path / "a")])

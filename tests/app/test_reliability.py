@@ -1,17 +1,21 @@
-"""Reliability of the command line (issue 10): a finished run is never lost, memory stays bounded, and
-every bad input is one line ``sensfind: error: ...`` with exit status 2 and nothing half-written.
+"""Reliability of the command line (issues 10 and 22): a finished run is never lost, memory stays bounded,
+every bad input is one line ``sensfind: error: ...`` with exit status 2 and nothing half-written, checked
+before any work; every count is bounded; Ctrl-C is one line and exit 130; a second run on the same
+``--out`` is refused and killed runs' leftovers are removed.
 
-Each test is named after the defect it pins down (numbers as in the issue).
+Each test is named after the defect it pins down (numbers as in the issue; ``test_22_N``: issue 22's
+cause N, ``test_22_7``: its property-based test).
 """
 
 import errno
+import io
 import json
 import os
 import stat
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +54,12 @@ def interrupted_toy_run(out: Path, monkeypatch) -> Path:
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    with monkeypatch.context() as m:
+    err = io.StringIO()
+    with monkeypatch.context() as m, redirect_stderr(err):
         m.setattr(opt, "_result", interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            main([*TOY, "--out", str(out)])
+        assert main([*TOY, "--out", str(out)]) == 130
+    assert err.getvalue() == (f"sensfind: interrupted; the run is kept in {str(incomplete_dir(out))!r}; continue it "
+                              f"with: sensfind discover --resume --out {out}\n")
     ckpt = incomplete_dir(out) / "checkpoint.pt"
     assert ckpt.is_file() and not out.exists()
     return ckpt
@@ -613,3 +619,614 @@ def test_4_full_disk_during_demo_is_one_line(tmp_path, capsys, full_disk):
     assert "Traceback" not in err and err.rstrip("\n").splitlines()[-1].startswith("sensfind: error: ")
     assert "No space left on device" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# == issue 22: reliability, second pass ================================================================
+# Each cause of the issue has its tests below (22.1 ... 22.6), then the property-based test (22.7).
+
+HUGE = "99999999999999999999"
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a model is loaded, an SAE trained or a job's work begins: input must be refused first."""
+
+    def work(*args, **kwargs):
+        pytest.fail("work started before the input was checked")
+
+    monkeypatch.setattr(sys.modules["sensfind.app.site"], "load_model", work)
+    for name in ("train_sae", "discover", "compare"):
+        monkeypatch.setattr(sys.modules["sensfind.app.jobs"], name, work)
+    monkeypatch.setattr(sys.modules["sensfind.app.cli"], "run_demo", work)
+    monkeypatch.setattr(sys.modules["sensfind.app.cli"], "run_model_demo", work)
+    monkeypatch.setattr(sys.modules["sensfind.tuning._cli"], "tune", work)
+
+
+def _config_classes_with_counts():
+    from sensfind.app.demo import DemoConfig, ModelDemoConfig
+    from sensfind.app.jobs import DiscoverRunConfig
+    from sensfind.app.site import DiscoverySiteConfig, SiteConfig
+    from sensfind.comparison.analysis import AnalysisConfig
+    from sensfind.comparison.compare import CompareConfig
+    from sensfind.comparison.match import NullConfig
+    from sensfind.core.scan import ScanConfig
+    from sensfind.dictionaries.corpus_sae import CorpusSAEConfig
+    from sensfind.dictionaries.training import TrainSAEConfig
+    from sensfind.discovery.config import DiscoverConfig
+    from sensfind.app.central import CentralConfig
+    from sensfind.lab.experiment import ScanSettings
+    from sensfind.lab.pool import PoolConfig
+    from sensfind.lab.pool_sae import PoolSAEConfig
+    from sensfind.tuning import TuneConfig
+
+    return [SiteConfig, DiscoverySiteConfig, ScanConfig, DiscoverConfig, DiscoverRunConfig, CompareConfig, NullConfig,
+            AnalysisConfig, DemoConfig, ModelDemoConfig, CorpusSAEConfig, TrainSAEConfig, TuneConfig, CentralConfig,
+            ScanSettings, PoolConfig, PoolSAEConfig]
+
+
+def _count_fields(cls):
+    """The integer fields of ``cls`` that count or size something (a position is an index, not a count)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls)
+            if hints[f.name] in (int, int | None) and f.name != "position"]
+
+
+@pytest.mark.parametrize("cls", _config_classes_with_counts(), ids=lambda c: c.__name__)
+def test_22_1_every_count_of_every_config_has_a_documented_upper_bound(cls):
+    import re
+
+    from sensfind.configs import field_docs
+
+    docs = field_docs(cls)
+    names = _count_fields(cls)
+    assert names, cls.__name__
+    for name in names:
+        with pytest.raises(ValueError) as info:
+            cls(**{name: 10**20})
+        message = str(info.value)
+        assert name in message, message
+        if cls.__name__ == "DiscoverConfig" and name == "seed":  # its own range: what torch accepts
+            continue
+        limit = re.search(r"at most (\d+)", message)
+        assert limit, message
+        assert f"at most {limit.group(1)}" in docs[name], (cls.__name__, name, docs[name])
+        try:
+            cls(**{name: int(limit.group(1))})  # the limit itself is allowed...
+        except ValueError as exc:  # ...unless a product of sizes (activations held in memory) has its own limit
+            assert " x " in str(exc) and "at most" in str(exc), exc
+
+
+@pytest.mark.parametrize("argv", [
+    ["discover", "--model", "toy", "--iterations", HUGE],
+    ["discover", "--model", "toy", "--restarts", HUGE],
+    ["discover", "--model", "toy", "--random-baseline", HUGE],
+    ["discover", "--model", "toy", "--final-steps", HUGE],
+    ["discover", "--model", "toy", "--checkpoint-every", HUGE],
+    ["discover", "--model", "toy", "--max-points", HUGE],
+    ["compare", "--model", "toy", "--directions", "D", "--dictionary", "train:64", "--refine-iterations", HUGE],
+    ["compare", "--model", "toy", "--directions", "D", "--dictionary", "train:64", "--n-null", HUGE],
+    ["compare", "--model", "toy", "--directions", "D", "--dictionary", "train:64", "--probes", HUGE],
+    ["compare", "--model", "toy", "--directions", "D", "--dictionary", f"train:{HUGE}"],
+    ["demo", "--model", "toy", "--sae-epochs", HUGE],
+    ["demo", "--model", "toy", "--n-train", HUGE],
+    ["demo", "--model", "toy", "--d-sae", HUGE],
+    ["demo", "--n-others", HUGE],
+    ["tune", "--n-trials", HUGE],
+    ["scan", "--model", "random:tiny", "--steps", HUGE],
+    ["scan", "--model", "random:tiny", "--directions", f"random:{HUGE}"],
+    ["scan", "--model", "random:tiny", "--seed", HUGE],
+    ["scan", "--model", "random:tiny", "--tokens", HUGE],
+], ids=lambda a: " ".join(a[:1] + a[-2:]))
+def test_22_1_huge_counts_are_one_line_naming_the_limit_before_any_work(tmp_path, capsys, no_work,
+                                                                        directions_file, argv):
+    argv = [str(directions_file) if a == "D" else a for a in argv]
+    out = tmp_path / "o"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "at most" in err or "<=" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["scan", "discover", "compare", "demo", "tune"])
+def test_22_2_a_deeply_nested_config_file_is_one_line(tmp_path, capsys, no_work, directions_file, command):
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    shallow = tmp_path / "shallow.json"  # parses, but nests deeper than any settings file
+    shallow.write_text(json.dumps({"restarts": json.loads("[" * 500 + "]" * 500)}))
+    extra = {"compare": ["--model", "toy", "--directions", str(directions_file), "--dictionary", "train:64"],
+             "discover": ["--model", "toy"], "demo": ["--model", "toy"]}.get(command, [])
+    for path in (nested, shallow):
+        assert main([command, *extra, "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+        err = one_line_error(capsys)
+        assert str(path) in err and "nests more than" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_22_2_a_corrupt_sae_weights_file_is_one_line_naming_it(tmp_path, capsys, no_work, directions_file, damage):
+    from safetensors.torch import save_file
+
+    from sensfind.dictionaries.dictionary import load_from_disk
+    from sensfind.errors import InputFileError
+
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    (sae / "cfg.json").write_text(json.dumps({"d_in": 64, "d_sae": 128}))
+    weights = sae / "sae_weights.safetensors"
+    save_file({"W_dec": torch.randn(128, 64), "W_enc": torch.randn(64, 128)}, str(weights))
+    data = weights.read_bytes()
+    weights.write_bytes({"garbage": os.urandom(2048), "truncated": data[: len(data) // 2], "empty": b""}[damage])
+    assert main(["compare", "--model", "toy", "--directions", str(directions_file), "--dictionary", f"disk:{sae}",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = one_line_error(capsys)
+    assert str(weights) in err and "not a readable .safetensors file" in err
+    with pytest.raises(InputFileError, match="sae_weights.safetensors"):
+        load_from_disk(sae)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["scan", "discover"])
+@pytest.mark.parametrize("flag, hook", [("--hook", "blocks.1.attn.hook_pattern"), ("--hook", "blocks.1.attn.hook_q"),
+                                        ("--hook", "blocks.0.attn.hook_z"),
+                                        ("--output-hook", "blocks.2.attn.hook_pattern")])
+def test_22_2_a_hook_that_is_not_one_vector_per_position_is_one_line_right_after_loading(
+        tmp_path, capsys, monkeypatch, command, flag, hook):
+    site = sys.modules["sensfind.app.site"]
+    monkeypatch.setattr(site, "prompt_activations", lambda *a, **k: pytest.fail("work went on after the load"))
+    assert main([command, *TINY, flag, hook, "--out", str(tmp_path / "o")]) == 2
+    err = one_line_error(capsys)
+    assert hook in err and "one vector per token position" in err and "hook_resid_pre" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- 22.2 Ctrl-C: one line, exit 130, the previous results intact, the partial work removed -------------
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def _interrupted(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("sensfind: interrupted") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("command", ["scan", "discover", "compare", "demo", "tune"])
+def test_22_2_ctrl_c_is_one_line_exit_130_and_keeps_the_previous_results(tmp_path, capsys, monkeypatch,
+                                                                        directions_file, command):
+    argv, where, name = {
+        "scan": (["scan", *TINY, "--directions", "random:2", "--steps", "3"], "sensfind.app.jobs", "scan"),
+        "discover": (TOY, "sensfind.app.jobs", "discover"),  # before the first checkpoint: nothing to resume
+        "compare": (["compare", "--model", "toy", "--directions", str(directions_file), "--dictionary", "train:64",
+                     "--n-null", "10", "--n-latents", "2", "--probes", "1", "--scan-steps", "7",
+                     "--refine-iterations", "0"], "sensfind.app.jobs", "compare"),
+        "demo": (["demo", "--model", "toy", "--quick", "--quiet"], "sensfind.app.demo", "discover"),
+        "tune": (["tune", "--subjects", "0", "--n-trials", "1", "--quiet"], "sensfind.tuning._study", "evaluate"),
+    }[command]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("the previous results")
+    before = snapshot(out)
+    monkeypatch.setattr(sys.modules[where], name, _interrupt)
+    assert main([*argv, *(["--overwrite"] if command != "tune" else []), "--out", str(out)]) == 130
+    assert _interrupted(capsys) == "sensfind: interrupted"
+    if command != "tune":  # tune adds its study to the directory (workers share it): nothing to replace
+        assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dirs.safetensors", "run"]
+
+
+def test_22_2_ctrl_c_after_a_checkpoint_says_how_to_resume(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    interrupted_toy_run(out, monkeypatch)  # asserts the line: interrupted; ...; continue it with: ... --resume
+    assert main(["discover", "--resume", "--quiet", "--out", str(out)]) == 0
+    assert (out / "summary.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from sensfind.app.cli import main; sys.exit(main(sys.argv[1:]))", *args]
+
+
+def _env() -> dict:
+    src = str(Path(sys.modules["sensfind"].__file__).parents[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
+    return {**env, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+
+
+def _wait_for(path: Path, proc, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_22_2_a_real_sigint_during_discover(tmp_path):
+    import signal
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli(*TOY[:-1], "--iterations", "10000", "--tol", "0", "--patience", "10000",
+                                 "--restarts", "2", "--quiet", "--out", str(out)),
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = incomplete_dir(out) / "checkpoint.pt"
+    try:
+        _wait_for(ckpt, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.count("\n") == 1 and err.startswith("sensfind: interrupted; ") and "Traceback" not in err, err
+    assert f"sensfind discover --resume --out {out}" in err
+    assert ckpt.is_file() and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.incomplete"]
+
+
+# -- 22.3 one-line errors: argparse's own, and the libraries' chatter ------------------------------------
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["scan", "--steps", "x"], "--steps: invalid int value: 'x'"),
+    (["discover", "--abandon", "x"], "--abandon: invalid choice: 'x'"),
+    (["tune", "--subjects", "a,b"], "--subjects: expected comma-separated integers"),
+    (["discover", "--adaptive", "maybe"], "--adaptive: invalid choice: 'maybe'"),
+    (["compare", "--no-such-flag", "1"], "unrecognized arguments: --no-such-flag 1"),
+    (["explode"], "invalid choice: 'explode'"),
+    ([], "the following arguments are required: command"),
+])
+def test_22_3_argparse_errors_are_the_projects_one_line(capsys, argv, words):
+    assert main(argv) == 2
+    err = one_line_error(capsys)
+    assert words in err and "usage:" not in err
+
+
+def test_22_3_verbose_is_accepted_after_the_command_too(capsys):
+    assert main(["scan", "--verbose", "--steps", "x"]) == 2
+    assert "--steps" in one_line_error(capsys)
+
+
+_CHATTY_LOAD = """
+import logging, sys
+import sensfind.app.site as site
+from sensfind.errors import ModelUnavailableError
+
+def load_model(*args, **kwargs):  # what the first SmolLM2 conversion does: library INFO logs and progress bars
+    from transformers.utils import logging as hf_logging
+    for name in ("transformers.modeling_utils", "transformer_lens.HookedTransformer", "sae_lens.saes"):
+        logging.getLogger(name).info("LIBRARY-INFO from %s", name)
+    for _ in hf_logging.tqdm(range(3), desc="LIBRARY-BAR"):
+        pass
+    raise ModelUnavailableError("stopped here")
+
+site.load_model = load_model
+from sensfind.app.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_22_3_library_output_below_warning_is_silenced_unless_verbose(tmp_path):
+    argv = ["scan", *TINY, "--out", str(tmp_path / "o")]
+    quiet = subprocess.run([sys.executable, "-c", _CHATTY_LOAD, *argv], env=_env(), capture_output=True, text=True)
+    assert quiet.returncode == 2 and quiet.stderr == "sensfind: error: stopped here\n", quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", _CHATTY_LOAD, "--verbose", *argv], env=_env(), capture_output=True,
+                          text=True)
+    assert loud.returncode == 2 and "LIBRARY-INFO" in loud.stderr and "LIBRARY-BAR" in loud.stderr, loud.stderr
+    assert loud.stderr.rstrip("\n").splitlines()[-1] == "sensfind: error: stopped here"
+
+
+# -- 22.4 checked before the model loads -----------------------------------------------------------------
+
+
+def _directions(tmp_path, kind: str) -> Path:
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "3d":
+        save_file({"directions": torch.randn(2, 3, 64)}, str(path))
+    elif kind == "empty-rows":
+        save_file({"directions": torch.zeros(0, 64)}, str(path))
+    elif kind == "nan":
+        save_file({"directions": torch.full((2, 64), float("nan"))}, str(path))
+    else:
+        save_file({"directions": torch.randn(4, 64)}, str(path))
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) - 100])  # truncated
+    return path
+
+
+@pytest.mark.parametrize("kind, words", [("3d", "shape [2, 3, 64]"), ("empty-rows", "shape [0, 64]"),
+                                         ("truncated", "not a readable .safetensors file"), ("nan", "NaN")])
+@pytest.mark.parametrize("command", ["scan", "compare"])
+def test_22_4_bad_directions_files_are_refused_before_the_model_loads(tmp_path, capsys, no_work, kind, words,
+                                                                      command):
+    path = _directions(tmp_path, kind)
+    argv = (["scan", *TINY, "--directions", f"file:{path}"] if command == "scan" else
+            ["compare", *TINY, "--directions", str(path), "--dictionary", "train:64"])
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = one_line_error(capsys)
+    assert str(path) in err and words in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["compare", *TINY, "--directions", "D", "--dictionary", "pretrained:"], "needs a release"),
+    (["compare", *TINY, "--directions", "D", "--dictionary", "disk:"], "needs a path"),
+    (["scan", *TINY, "--directions", "random:0"], "random:N needs N >= 1"),
+    (["scan", *TINY, "--directions", "file:"], "file:PATH needs the path"),
+    (["scan", *TINY, "--directions", "targets:/no/such/prompts.txt"], "does not exist"),
+    (["discover", *TINY, "--prompts", "/no/such/prompts.txt"], "does not exist"),
+    (["discover", *TINY, "--prompts", "corpus:0"], "corpus:N or corpus:N:LEN"),
+    (["discover", *TINY, "--init", "given", "--init-file", "/no/such/init.npy"], "does not exist"),
+    (["demo", "--quick", "--device", "gpu"], "unknown device 'gpu'"),
+])
+def test_22_4_specs_and_files_are_checked_before_the_model_loads(tmp_path, capsys, no_work, directions_file, argv,
+                                                                 words):
+    argv = [str(directions_file) if a == "D" else a for a in argv]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    assert words in one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+# -- 22.5 litter of killed runs, and 22.6 a second run on the same --out -----------------------------------
+
+_HOLD_LOCK = """
+import fcntl, os, sys
+from pathlib import Path
+out = Path(sys.argv[1])  # what sensfind.runio.out_lock does, without importing sensfind (a quick start)
+lock = out.parent / f".{out.name}.lock"
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+(out.parent / f".{out.name}.partial-live").mkdir()  # the partial results of a live run
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes stdin (or kills us)
+(out.parent / "released").touch()
+os.unlink(lock)
+os.close(fd)
+"""
+
+
+def _killed_run_litter(out: Path) -> list[Path]:
+    """What ``kill -9`` leaves beside ``out``: partial results, a previous run being replaced, a stale lock."""
+    litter = [out.parent / f".{out.name}.partial-0badc0de", out.parent / f".{out.name}.old-0badc0de"]
+    for d in litter:
+        d.mkdir()
+        (d / "results.json").write_text("{}")
+    (out.parent / f".{out.name}.lock").write_text("999999999\n")  # a pid that is not running
+    return litter
+
+
+@pytest.mark.parametrize("command", ["scan", "discover", "compare", "demo"])
+def test_22_5_the_next_run_on_the_same_out_removes_what_killed_runs_left(tmp_path, capsys, directions_file, command):
+    argv = {
+        "scan": ["scan", *TINY, "--directions", "random:2", "--steps", "3"],
+        "discover": TOY,
+        "compare": ["compare", "--model", "toy", "--directions", str(directions_file), "--dictionary", "train:64",
+                    "--n-null", "10", "--n-latents", "2", "--probes", "1", "--scan-steps", "7",
+                    "--refine-iterations", "0"],
+        "demo": ["demo", "--model", "toy", "--quick", "--quiet", "--n-train", "500", "--d-sae", "96",
+                 "--sae-epochs", "1", "--restarts", "2", "--iterations", "2"],
+    }[command]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("the previous run")
+    _killed_run_litter(out)
+    assert main([*argv, "--overwrite", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dirs.safetensors", "run"]
+
+
+def test_22_5_a_run_killed_between_the_two_renames_gets_its_previous_results_back(tmp_path):
+    from sensfind.runio import out_lock
+
+    out = tmp_path / "run"
+    old = tmp_path / ".run.old-1234abcd"
+    old.mkdir()
+    (old / "results.json").write_text("the previous complete run")
+    (tmp_path / ".run.partial-5678abcd").mkdir()
+    with out_lock(out):
+        pass
+    assert (out / "results.json").read_text() == "the previous complete run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.fixture
+def live_run(tmp_path):
+    """Another process holding ``tmp_path / 'run'``'s lock, with its partial results beside it."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], env=_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    yield out, proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("command", ["scan", "discover"])
+def test_22_5_a_live_runs_partial_results_are_left_alone(tmp_path, capsys, live_run, command):
+    out, proc = live_run
+    argv = ["scan", *TINY, "--directions", "random:2", "--steps", "3"] if command == "scan" else TOY
+    assert main([*argv, "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert f"another sensfind run (pid {proc.pid}) is writing {str(out)!r}" in err
+    assert (tmp_path / ".run.partial-live").is_dir() and not out.exists()
+    proc.kill()  # kill -9: the kernel frees its lock; its litter stays until the next run
+    proc.wait()
+    assert main([*argv, "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_22_6_saving_a_result_into_a_directory_another_process_writes_waits_for_it(tmp_path, live_run):
+    """Tuning workers share their --out: a worker saving its results waits for the other, never fails."""
+    import threading
+
+    from sensfind.core.scan import Scan, ScanConfig
+
+    out, proc = live_run
+    out.mkdir()
+    (out / "study.db").write_text("shared")
+    threading.Timer(0.5, proc.stdin.close).start()  # the other worker finishes its save a little later
+    scan = Scan(ScanConfig(steps=3), torch.linspace(0, 180, 3), torch.zeros(2, 3))
+    scan.save(out, overwrite=True)
+    assert (tmp_path / "released").is_file()  # it waited until the other process let go
+    assert (out / "scan.safetensors").is_file() and (out / "study.db").read_text() == "shared"
+
+
+_SLOW_DISCOVER = """
+import sys, time
+from pathlib import Path
+import sensfind.app.jobs as jobs
+go = Path(sys.argv[1])
+real = jobs.discover
+
+def discover(*args, **kwargs):  # the first run is busy until the test lets it go on
+    print("busy", flush=True)
+    while not go.exists():
+        time.sleep(0.02)
+    return real(*args, **kwargs)
+
+jobs.discover = discover
+from sensfind.app.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_22_6_a_second_discover_on_the_same_out_is_refused_at_once_and_the_first_is_unaffected(tmp_path, capsys):
+    out, go = tmp_path / "run", tmp_path / "go"
+    first = subprocess.Popen([sys.executable, "-c", _SLOW_DISCOVER, str(go), *TOY, "--out", str(out)], env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "busy\n", first.communicate()
+        for argv in (TOY, [*TOY, "--overwrite"], ["discover", "--resume", "--quiet"]):
+            assert main([*argv, "--out", str(out)]) == 2
+            err = one_line_error(capsys)
+            assert f"another sensfind run (pid {first.pid}) is writing {str(out)!r}" in err, err
+        go.touch()
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    assert "distinct optima" in stdout and "Traceback" not in stderr
+    assert (out / "summary.json").is_file() and (out / "discovery.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "run"]
+
+
+_INTERRUPTED_TUNE = """
+import sys
+import sensfind.tuning._study as study
+
+def evaluate(*args, **kwargs):
+    raise KeyboardInterrupt
+
+study.evaluate = evaluate
+from sensfind.app.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_22_2_ctrl_c_during_a_tuning_trial_is_one_line_in_a_real_process(tmp_path):
+    """Optuna logs an interrupted trial with its traceback on its own handler (not seen in-process)."""
+    res = subprocess.run([sys.executable, "-c", _INTERRUPTED_TUNE, "tune", "--subjects", "0", "--n-trials", "1", "--quiet",
+                          "--out", str(tmp_path / "t")], env=_env(), capture_output=True, text=True)
+    assert res.returncode == 130 and res.stderr == "sensfind: interrupted\n", res.stderr
+
+
+# -- 22.7 random values of every flag of every command -----------------------------------------------------
+
+
+class _WorkStarted(Exception):
+    """Raised where a command's real work would begin: the input got through every check."""
+
+
+def _command_flags() -> dict[str, list]:
+    """command -> its optional flags (argparse actions), ``--out`` and ``--help`` left out."""
+    import argparse
+
+    from sensfind.app.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: [a for a in p._actions if a.option_strings and a.dest not in ("help", "out")]
+            for name, p in sub.choices.items()}
+
+
+def test_22_7_random_values_of_every_flag_are_one_line_and_leave_nothing_behind(tmp_path, monkeypatch):
+    """Every command, with random values (and types) for a few of its flags: exit 0 or 2, at most two lines
+    on stderr, never a traceback, and no --out on exit 2. Work that would start once the input is accepted
+    (loading a model, training, discovering, tuning) is replaced by an error, so every example is quick."""
+    import io
+    from contextlib import redirect_stdout
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from sensfind.errors import SensfindError
+
+    class WorkStarted(SensfindError):
+        pass
+
+    def work(*args, **kwargs):
+        raise WorkStarted("the input was accepted; work would start here")
+
+    monkeypatch.setattr(sys.modules["sensfind.app.site"], "load_model", work)
+    for name in ("train_sae", "discover", "compare", "load_dictionary_spec"):
+        monkeypatch.setattr(sys.modules["sensfind.app.jobs"], name, work)
+    for name in ("run_demo", "run_model_demo", "run_sweep", "aggregate", "run_mixture"):
+        monkeypatch.setattr(sys.modules["sensfind.app.cli"], name, work)
+    monkeypatch.setattr(sys.modules["sensfind.tuning._cli"], "tune", work)
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "nested.json").write_text("[" * 5000 + "]" * 5000)
+    (files / "garbage.bin").write_bytes(bytes(range(256)))
+    (files / "config.json").write_text(json.dumps({"restarts": 2, "steps": 5, "n_null": 10}))
+    from sensfind.core.baselines import save_directions
+
+    save_directions(files / "d.safetensors", torch.randn(3, 64))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # relative paths among the random values land here
+
+    flags = _command_flags()
+    special = ["", "0", "-1", "1", "2", "nan", "inf", "-inf", "1e308", HUGE, f"-{HUGE}", "true", "false", "none",
+               "toy", "random:tiny", "random:0", f"random:{HUGE}", "random:x", "file:", "targets:", "pretrained:",
+               "disk:", f"disk:{files}", "train:0", f"train:{HUGE}", "corpus:0", f"corpus:{HUGE}", "a,b", "1,,2",
+               "blocks.1.attn.hook_pattern", "cuda:7", "\x00", "é" * 50, str(files), str(files / "nested.json"),
+               str(files / "garbage.bin"), str(files / "config.json"), str(files / "d.safetensors"),
+               f"file:{files / 'garbage.bin'}", f"file:{files / 'd.safetensors'}", "/no/such/file"]
+    value = st.one_of(st.sampled_from(special), st.integers(-(2**70), 2**70).map(str),
+                      st.floats(allow_nan=True, allow_infinity=True).map(str), st.text(max_size=12))
+    base = {"scan": ["--model", "random:tiny", "--tokens", "5,6,7"], "discover": ["--model", "toy"],
+            "compare": ["--model", "toy", "--directions", str(files / "d.safetensors"), "--dictionary", "train:64"],
+            "demo": ["--model", "toy", "--quick"], "tune": ["--subjects", "0", "--n-trials", "1"],
+            "mixture": ["--model", "toy"], "sweep": ["--model", "random:tiny", "--prompts", "corpus:2"]}
+    counter = iter(range(10**6))
+
+    @st.composite
+    def commands(draw):
+        command = draw(st.sampled_from(sorted(flags)))
+        argv = [command, *base[command]]
+        for action in draw(st.lists(st.sampled_from(flags[command]), min_size=1, max_size=3)):
+            argv.append(draw(st.sampled_from(action.option_strings)))
+            if action.nargs != 0:
+                argv.append(draw(value))
+        return argv
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(commands())
+    def check(argv):
+        parent = tmp_path / f"ex{next(counter)}"
+        parent.mkdir()
+        out = parent / "out"
+        err, stdout = io.StringIO(), io.StringIO()
+        with redirect_stderr(err), redirect_stdout(stdout):
+            rc = main([*argv, "--out", str(out)])
+        text = err.getvalue()
+        assert rc in (0, 2), (argv, rc, text)
+        assert text.count("\n") <= 2 and "Traceback" not in text, (argv, text)
+        if rc == 2:
+            assert text.startswith("sensfind: error: "), (argv, text)
+            assert list(parent.iterdir()) == [], (argv, text, list(parent.iterdir()))
+
+    check()

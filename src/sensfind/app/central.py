@@ -19,7 +19,7 @@ import torch
 
 from sensfind.models.loading import load_model
 from sensfind.comparison.analysis import KINDS, AnalysisConfig, PromptAnalysis
-from sensfind.configs import Config, check_int
+from sensfind.configs import MAX_SEED, Config, check_int
 from sensfind.runio import json_float, save_json
 from sensfind.app.demo import ModelDemoConfig
 from sensfind.comparison.analysis import massive_last_token
@@ -53,7 +53,7 @@ class CentralConfig(Config):
     Attributes:
         model: the pretrained model
         out: run directory
-        seed: seeds the prompts, the SAE and the analyses
+        seed: seeds the prompts, the SAE and the analyses (at most 4294967295)
         no_cards: aggregate without the first prompt's cards (no model load)
         smoke: tiny sizes and the demo's quick SAE (for tests)
         cache_dir: default: sensfind's cache ($SENSFIND_CACHE or ~/.cache/sensfind)
@@ -67,7 +67,7 @@ class CentralConfig(Config):
     cache_dir: str | None = None
 
     def __post_init__(self):
-        check_int("seed", self.seed, minimum=0)
+        check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
 
 
 def settings(config: CentralConfig):

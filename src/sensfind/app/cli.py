@@ -1,7 +1,9 @@
 """The ``sensfind`` command line. Each subcommand maps its flags one-to-one onto a config dataclass.
 
 Bad input prints one line (``sensfind: error: ...``) and exits with status 2; nothing half-written
-is left in the results directory.
+is left in the results directory. Ctrl-C prints ``sensfind: interrupted`` and exits with status 130.
+Libraries (transformers, TransformerLens, SAELens, the hub) say only warnings and errors unless
+``--verbose``.
 """
 
 from __future__ import annotations
@@ -9,16 +11,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
-from sensfind.app.jobs import incomplete_dir, run_mixture
+from sensfind.app.jobs import incomplete_dir, read_direction_inputs, run_mixture
 from sensfind.core.mixture import MixtureConfig
-from sensfind.specs import DIRECTION_KINDS, parse_spec
 from sensfind.errors import InputFileError, error_boundary
 from sensfind.errors import CLIError
-from sensfind.flags import add_config_args, config_from_args, flag_error, load_config_file
+from sensfind.flags import OneLineParser, add_config_args, config_from_args, flag_error, load_config_file
 from sensfind.app.site import DiscoverySiteConfig, SiteConfig
 from sensfind.app.jobs import ScanRunConfig, run_scan
 from sensfind.core.scan import ScanConfig
@@ -29,12 +32,37 @@ from sensfind.core.baselines import load_directions
 from sensfind.comparison.compare import CompareConfig
 from sensfind.app.jobs import CompareRunConfig, run_compare
 from sensfind.discovery.optima import Discovery
+from sensfind.models.loading import resolve_device
 from sensfind.app.demo import DemoConfig, ModelDemoConfig, run_demo, run_model_demo
-from sensfind.runio import check_output_dir
+from sensfind.runio import check_output_dir, out_lock
 from sensfind.tuning import add_tune_parser
 from sensfind.app.sweep import SweepConfig, aggregate, run_sweep
 
-__all__ = ["CLIError", "build_parser", "incomplete_dir", "main"]
+__all__ = ["CLIError", "LIBRARY_LOGGERS", "build_parser", "incomplete_dir", "library_output", "main"]
+
+# the libraries whose informational output (logging below WARNING, progress bars) the command line hides
+LIBRARY_LOGGERS = ("transformers", "transformer_lens", "sae_lens", "huggingface_hub", "datasets", "accelerate")
+
+
+def library_output(verbose: bool) -> None:
+    """Without ``verbose``, libraries log only warnings and errors and draw no download, conversion or
+    training progress bars (the hub's and transformers' bars read these variables when first imported;
+    those already imported are told directly; SAELens' training bars follow its logger's level). With it,
+    their informational logs are shown too."""
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info")
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "warning"
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
+VERBOSE_HELP = "log diagnostics, libraries' informational output and progress bars included"
 
 
 def site_from_args(cls, args, **fixed):
@@ -124,6 +152,12 @@ def cmd_discover(args) -> int:
     if args.resume and args.out is None:
         raise CLIError("--resume needs --out DIR: the run directory to continue")
     out = _out(args, "discover")
+    check_output_dir(out, overwrite=True)  # a file in its place, an unwritable place: refused before the lock
+    with out_lock(out):  # another run on out is refused at once, whatever it is doing
+        return _discover(args, out)
+
+
+def _discover(args, out: Path) -> int:
     saved = _saved_discovery(args, out)
     if saved == "done":
         print(f"the run in {out} is already finished; nothing to do (add --overwrite to run it again)")
@@ -151,6 +185,11 @@ def cmd_discover(args) -> int:
                            progress=not args.quiet)
     except ValueError as exc:
         raise flag_error(exc, {"random_baseline", "checkpoint_every"}) from None
+    except KeyboardInterrupt:
+        if not (incomplete_dir(out) / "checkpoint.pt").is_file():
+            raise
+        raise KeyboardInterrupt(f"the run is kept in {str(incomplete_dir(out))!r}; continue it with: sensfind "
+                                f"discover --resume --out {shlex.quote(str(out))}") from None
     found, summary = run.discovery, run.summary
     budget = f" of {config.max_points}" if config.max_points is not None else ""
     rand = summary["random_blowup_median"]
@@ -202,6 +241,8 @@ def cmd_demo(args) -> int:
     given = {k: getattr(args, k) for k in sorted(flags) if getattr(args, k, None) is not None}  # others: refused
     config = config_from_args(cls, argparse.Namespace(), start, f"--config {args.config!r}" if args.config else
                               "the flags", given | ({} if toy else {"model": args.model}))
+    if not toy:
+        resolve_device(args.device)  # an unknown or missing device is refused before the model loads
     out = check_output_dir(args.out, args.overwrite)
     if toy:
         summary = run_demo(out, config, progress=not args.quiet, overwrite=args.overwrite)
@@ -260,7 +301,7 @@ def cmd_mixture(args) -> int:
     else:
         site = site_from_args(DiscoverySiteConfig, args)
         directions, kind = args.directions or "random:8", None
-        parse_spec(directions, DIRECTION_KINDS, "--directions")
+        read_direction_inputs(directions)  # its spelling, counts and files, before the model loads
     config = _from_file(MixtureConfig, args, "mixture", seed=site.seed)
     out = _out(args, "mixture")
     r = run_mixture(site, config, out, directions, overwrite=args.overwrite, kind=kind)
@@ -280,8 +321,8 @@ def _run_args(g, command: str, config: str, overwrite: str = "replace a non-empt
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sensfind", description=__doc__.splitlines()[0].replace("``", ""))
-    parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
+    parser = OneLineParser(prog="sensfind", description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scan", help="scan effect vs angle/step along directions at a site")
@@ -354,19 +395,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, DiscoverConfig, skip=("seed",))  # --seed (site) seeds the restarts too
     p.set_defaults(func=cmd_sweep)
     add_tune_parser(sub)
+    for p in sub.choices.values():  # also after the command: sensfind scan --verbose ...
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command. Bad input (and unwritable results) print ``sensfind: error: ...`` and exit 2 with
-    nothing half-written; anything else is a bug and keeps its traceback."""
+    """Run a command. Bad input (the flags' own syntax included) and unwritable results print
+    ``sensfind: error: ...`` and exit 2 with nothing half-written; Ctrl-C prints ``sensfind: interrupted``
+    and exits 130 (the previous results intact, the partial work removed); anything else is a bug and
+    keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return error_boundary(lambda: _run(argv))
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
     args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return error_boundary(lambda: args.func(args))
+    library_output(args.verbose)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ import torch
 
 from sensfind.comparison.analysis import AnalysisConfig, analyse_prompt, massive_last_token
 from sensfind.comparison.compare import CompareConfig, compare
-from sensfind.configs import Config, check_int
-from sensfind.dictionaries.corpus_sae import CorpusSAEConfig, clean_activations, train_corpus_sae
+from sensfind.configs import MAX_SEED, Config, check_int
+from sensfind.dictionaries.corpus_sae import MAX_ACTIVATIONS, CorpusSAEConfig, clean_activations, train_corpus_sae
 from sensfind.dictionaries.dictionary import Dictionary
 from sensfind.dictionaries.training import TrainSAEConfig, train_sae
 from sensfind.models.prompts import load_corpus, resolve_cache_dir
@@ -52,14 +52,14 @@ class DemoConfig(Config):
     """Sizes of the demo. ``quick`` shrinks everything for tests.
 
     Attributes:
-        seed: seeds the toy model, its training stream, the SAE and discovery.
-        input: which input of the toy model's stream is the base.
-        n_train: toy activations the SAE is trained on.
-        d_sae: SAE latents.
-        sae_epochs: SAE training epochs.
-        restarts: discovery restarts per round.
-        iterations: discovery iterations per round.
-        n_others: real-other activations (other inputs of the toy).
+        seed: seeds the toy model, its training stream, the SAE and discovery (at most 4294967295).
+        input: which input of the toy model's stream is the base (at most 4294967295).
+        n_train: toy activations the SAE is trained on (at most 1000000: memory).
+        d_sae: SAE latents (at most 65536).
+        sae_epochs: SAE training epochs (at most 1000).
+        restarts: discovery restarts per round (at most 4096, as ``DiscoverConfig``'s).
+        iterations: discovery iterations per round (at most 10000, as ``DiscoverConfig``'s).
+        n_others: real-other activations (other inputs of the toy; at most 100000).
         compare: settings of ``compare`` (a ``CompareConfig``; no budget: the toy's points are cheap).
     """
 
@@ -74,9 +74,10 @@ class DemoConfig(Config):
     compare: CompareConfig = CompareConfig(max_points=None)
 
     def __post_init__(self):
-        for name, lo in (("seed", 0), ("input", 0), ("n_train", 1), ("d_sae", 1), ("sae_epochs", 1), ("restarts", 1),
-                         ("iterations", 0), ("n_others", 1)):
-            check_int(name, getattr(self, name), lo)
+        for name, lo, hi in (("seed", 0, MAX_SEED), ("input", 0, MAX_SEED), ("n_train", 1, 1_000_000), ("d_sae", 1, 65536),
+                             ("sae_epochs", 1, 1000), ("restarts", 1, 4096), ("iterations", 0, 10_000),
+                             ("n_others", 1, 100_000)):
+            check_int(name, getattr(self, name), lo, maximum=hi)
         if not isinstance(self.compare, CompareConfig):
             raise ValueError(f"compare must be a CompareConfig, got {type(self.compare).__name__}")
 
@@ -167,14 +168,17 @@ class ModelDemoConfig(Config):
             feature cards); on the command line ``toy`` runs the toy demo (``DemoConfig``, planted features).
         sae: the SAE (``corpus_sae.train_corpus_sae``: SAELens on corpus activations, massive ones
             excluded, cached); its ``hook`` is the site; the perturbed position is the prompt's last token.
-        seed: which prompt, real-other prompts and context windows are drawn.
-        input: which prompt: the ``input``-th window (seeded by ``seed``) of the corpus's test split.
-        prompt_length: tokens per prompt window.
+        seed: which prompt, real-other prompts and context windows are drawn (at most 4294967295).
+        input: which prompt: the ``input``-th window (seeded by ``seed``) of the corpus's test split (at most
+            10000).
+        prompt_length: tokens per prompt window (at most 1024).
         context_windows: train-split windows searched for each card's top contexts; their activations
             (massive ones excluded) also give the mean and covariance of the cov-random baseline and the
-            covariance null.
-        context_length: tokens per context window.
-        n_others: test-split prompts whose last-token activations are the real-other targets.
+            covariance null (at most 100000 windows, at most 4194304 tokens in all with context_length:
+            their activations are held in memory).
+        context_length: tokens per context window (at most 1024).
+        n_others: test-split prompts whose last-token activations are the real-other targets (at most
+            10000).
         analysis: discovery, baselines, matching and refinement sizes (``analysis.AnalysisConfig``).
     """
 
@@ -190,9 +194,12 @@ class ModelDemoConfig(Config):
 
     def __post_init__(self):
         parse_model_spec(self.model, "model", allow_toy=False)
-        for name, lo in (("seed", 0), ("input", 0), ("prompt_length", 2), ("context_windows", 1), ("context_length", 2),
-                         ("n_others", 1)):
-            check_int(name, getattr(self, name), lo)
+        for name, lo, hi in (("seed", 0, MAX_SEED), ("input", 0, 10_000), ("prompt_length", 2, 1024),
+                             ("context_windows", 1, 100_000), ("context_length", 2, 1024), ("n_others", 1, 10_000)):
+            check_int(name, getattr(self, name), lo, maximum=hi)
+        if self.context_windows * self.context_length > MAX_ACTIVATIONS:
+            raise ValueError(f"context_windows x context_length must be at most {MAX_ACTIVATIONS} tokens (their "
+                             f"activations are held in memory), got {self.context_windows} x {self.context_length}")
         for name, cls in (("sae", CorpusSAEConfig), ("analysis", AnalysisConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")

@@ -29,7 +29,7 @@ from sensfind.core.linear_response import linear_directions, linear_predictions
 from sensfind.core.mixture import MixtureConfig, MixtureTest, mixture_test
 from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_activations
 from sensfind.reporting.plots import plot_effect_curves, plot_mixture_curves
-from sensfind.runio import save_json, save_tensors, staged_dir
+from sensfind.runio import out_lock, remove_litter, save_json, save_tensors, staged_dir
 from sensfind.core.scan import scan, step_grid
 from sensfind.discovery.rounds import round_cost
 from sensfind.progress import Stages
@@ -55,6 +55,9 @@ __all__ = ["CompareRun", "CompareRunConfig", "DiscoverRun", "DiscoverRunConfig",
 RANDOM_BASELINE_SEED_OFFSET = 7919  # the isotropic baseline of a discovery run draws apart from the restarts
 TRAIN_SEED_OFFSET = 10  # the toy's stream an SAE of ``train:D_SAE`` is trained on
 TOY_RECOVERY_KEYS = ("threshold", "fraction_reached", "n_distinct_features", "distinct_features")
+MAX_RANDOM_DIRECTIONS = 100_000  # random:N of scan, and a discovery run's random baseline
+MAX_LINEAR_DIRECTIONS = 1024  # linear:N of scan (eigenvectors of the pullback metric: at most d anyway)
+MAX_CHECKPOINT_EVERY = 10_000
 
 
 # -- run-level settings (what a command runs on, beside the site and the method's config) ----------------
@@ -64,10 +67,10 @@ class ScanRunConfig(Config):
     """What ``sensfind scan`` scans, and along which path.
 
     Attributes:
-        directions: random:N (isotropic), linear:N (top eigenvectors of the linear response, both signs),
-            file:PATH (.safetensors/.pt/.npy [R, d]), or targets:PROMPTS: directions towards other prompts'
-            activations, PROMPTS being builtin, corpus:N (N windows of the offline corpus), openwebtext:N or a
-            prompt file
+        directions: random:N (isotropic; N at most 100000), linear:N (top eigenvectors of the linear response,
+            both signs; N at most 1024), file:PATH (.safetensors/.pt/.npy [R, d]), or targets:PROMPTS: directions
+            towards other prompts' activations, PROMPTS being builtin, corpus:N (N windows of the offline corpus),
+            openwebtext:N or a prompt file
         path: the fast path (prefix cache, last position only) or the reference (full forward with a hook)
         max_points: budget of scan points (directions x steps; None: none); a scan over it is refused
             before it starts
@@ -78,7 +81,7 @@ class ScanRunConfig(Config):
     max_points: int | None = None
 
     def __post_init__(self):
-        parse_spec(self.directions, DIRECTION_KINDS, "directions")
+        check_directions_spec(self.directions)
         check_choice("path", self.path, ("fast", "reference"))
         if self.max_points is not None:
             check_int("max_points", self.max_points, 1)
@@ -90,8 +93,8 @@ class DiscoverRunConfig(Config):
 
     Attributes:
         init_file: initial directions for init 'given' (.safetensors/.pt/.npy of shape [restarts, d])
-        random_baseline: isotropic directions scanned finely for comparison with the optima
-        checkpoint_every: iterations between checkpoints (what --resume continues from)
+        random_baseline: isotropic directions scanned finely for comparison with the optima (at most 100000)
+        checkpoint_every: iterations between checkpoints (what --resume continues from; at most 10000)
     """
 
     init_file: str | None = None
@@ -113,7 +116,7 @@ class CompareRunConfig(Config):
             gpt2-small-res-jb for gpt2, train for random weights and the toy), corpus (the SAE trained on the
             model's offline corpus at the site's hook, cached: the one sensfind demo trains), disk:PATH (a
             saved SAE, e.g. runs/demo/sae), pretrained:RELEASE[/SAE_ID] (HuggingFace hub; the release's SAE at
-            the site's hook) or train:D_SAE (trained here on the site's prompts' activations)
+            the site's hook) or train:D_SAE (trained here on the site's prompts' activations; D_SAE at most 65536)
     """
 
     dictionary: str = "auto"
@@ -134,24 +137,50 @@ class ScanRun:
     out: Path
 
 
-def directions_from_spec(spec: str, site: SiteConfig, model, subject) -> tuple[Tensor, str]:
-    """``random:N`` | ``linear:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions
-    [R, d], kind). ``linear:N``: the top eigenvectors of the pullback metric at the base, both signs."""
+def check_directions_spec(spec: str, what: str = "directions") -> Spec:
+    """A direction spec checked without the model: its kind, the count of ``random:N`` and ``linear:N``, a
+    path for ``file:``."""
+    parsed = parse_spec(spec, DIRECTION_KINDS, what)
+    if parsed.kind in ("random", "linear"):
+        kind, value = parsed.kind, parsed.value or "16"
+        limit = MAX_RANDOM_DIRECTIONS if kind == "random" else MAX_LINEAR_DIRECTIONS
+        if not value.lstrip("-").isdigit():
+            raise ValueError(f"{what} {kind}:N needs an integer N, got {value!r}")
+        if int(value) < 1:
+            raise ValueError(f"{what} {kind}:N needs N >= 1, got {value}")
+        if int(value) > limit:
+            raise ValueError(f"{what} {kind}:N needs N <= {limit} (its limit), got {value}")
+    if parsed.kind == "file" and not parsed.value:
+        raise ValueError(f"{what} file:PATH needs the path of a .safetensors/.pt/.npy file, got {spec!r}")
+    return parsed
 
-    parsed = parse_spec(spec, DIRECTION_KINDS, "--directions")
+
+def read_direction_inputs(spec: str):
+    """What a direction spec reads from disk, read before the model loads: the directions of ``file:``
+    (shape checked), the prompts of ``targets:PATH`` (``None`` for the others)."""
+    parsed = check_directions_spec(spec, "--directions")
+    if parsed.kind == "file":
+        return load_directions(parsed.value)
+    if parsed.kind == "targets" and parsed.value not in ("", "builtin"):
+        check_prompt_source(parsed.value)
+    return None
+
+
+def directions_from_spec(spec: str, site: SiteConfig, model, subject, loaded: Tensor | None = None
+                         ) -> tuple[Tensor, str]:
+    """``random:N`` | ``linear:N`` | ``file:PATH`` | ``targets:builtin`` | ``targets:PATH`` -> (directions
+    [R, d], kind). ``linear:N``: the top eigenvectors of the pullback metric at the base, both signs.
+    ``loaded``: the file's directions, if already read (``read_direction_inputs``)."""
+
+    parsed = check_directions_spec(spec, "--directions")
     kind, value = parsed.kind, parsed.value
     if kind in ("random", "linear"):
-        try:
-            n = int(value or 16)
-        except ValueError as exc:
-            raise ValueError(f"--directions {kind}:N needs an integer N, got {value!r}") from exc
-        if n < 1:
-            raise ValueError(f"--directions {kind}:N needs N >= 1, got {n}")
+        n = int(value or 16)
         if kind == "linear":
             return linear_directions(subject, n), "linear"
         return isotropic(n, subject.d, seed=site.seed), "naive-random"
     if kind == "file":
-        return load_directions(value), "file"
+        return (load_directions(value) if loaded is None else loaded), "file"
     prompts = load_prompts(value or "builtin", model)
     targets = prompt_activations(model, prompts, subject.hook, site.position)
     # real-other means *other* prompts: drop targets identical to the base (the subject's own prompt)
@@ -190,18 +219,17 @@ def run_scan(site: SiteConfig, config, out: str | Path, directions: str = "rando
     stages = Stages()
     out = Path(out)
     spec = parse_spec(directions, DIRECTION_KINDS, "--directions")
+    loaded = read_direction_inputs(directions)  # bad files are refused before the model loads
     if spec.kind == "random" and spec.value.isdigit():
         check_scan_budget(int(spec.value), config.steps, max_points)
-    elif spec.kind == "file":
-        check_scan_budget(load_directions(spec.value).shape[0], config.steps, max_points)  # a bad file: before loading
-    elif spec.kind == "targets":
-        check_prompt_source(spec.value or "builtin")
+    elif loaded is not None:
+        check_scan_budget(loaded.shape[0], config.steps, max_points)
     with staged_dir(out, overwrite=overwrite) as tmp:
         with stages("load", progress, f"loading {site.model}"):
             model = site.load_model()
             subject = site.subject(model)
         with stages("directions", progress, f"directions {directions}"):
-            dirs, kind = directions_from_spec(directions, site, model, subject)
+            dirs, kind = directions_from_spec(directions, site, model, subject, loaded)
         check_scan_budget(dirs.shape[0], config.steps, max_points)
         use_reference = path == "reference"
         run = subject.run_reference if use_reference and hasattr(subject, "run_reference") else subject.run
@@ -277,6 +305,8 @@ def check_run_settings(random_baseline: int = 64, checkpoint_every: int = 10) ->
     if not isinstance(random_baseline, int) or isinstance(random_baseline, bool) or random_baseline < 1:
         raise ValueError(f"random_baseline must be an integer >= 1 (isotropic directions scanned for comparison), "
                          f"got {random_baseline!r}")
+    check_int("checkpoint_every", checkpoint_every, 1, maximum=MAX_CHECKPOINT_EVERY)
+    check_int("random_baseline", random_baseline, 1, maximum=MAX_RANDOM_DIRECTIONS)
 
 
 BASELINE_SHARE = 4  # a discovery run with a budget spends at most 1/BASELINE_SHARE of it on the random baseline
@@ -366,31 +396,42 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
 
     The run works in :func:`incomplete_dir` (``out``'s hidden sibling) and checkpoints there every
     ``checkpoint_every`` iterations; ``resume`` continues from that checkpoint when there is one.
-    A previous complete run in ``out`` is kept until the new one is complete (``overwrite``)."""
+    A previous complete run in ``out`` is kept until the new one is complete (``overwrite``). The run
+    holds ``out``'s lock throughout (``runio.out_lock``): a second run on ``out`` is refused at once."""
 
-    stages = Stages()
     out = Path(out)
+    check_run_settings(random_baseline, checkpoint_every)
+    discover_budget(config, random_baseline)  # a budget that cannot pay for one restart: refused before the lock
+    check_output_dir(out, overwrite=True)  # a file in its place, an unwritable place: refused before the lock
+    with out_lock(out):
+        remove_litter(incomplete_dir(out))  # what a run killed while saving into its work directory left
+        return _discover_locked(site, config, out, init_file, random_baseline, checkpoint_every, resume, overwrite,
+                                progress)
+
+
+def _discover_locked(site, config, out: Path, init_file, random_baseline, checkpoint_every, resume, overwrite,
+                     progress) -> DiscoverRun:
+    stages = Stages()
     stage = incomplete_dir(out)
     resuming = bool(resume and (stage / "checkpoint.pt").is_file())
     if not resuming and stage.exists() and not overwrite:
         raise ValueError(f"{str(out)!r} has an interrupted run (in {str(stage)!r}); continue it with --resume, "
                          "or start over with --overwrite")
-    check_run_settings(random_baseline, checkpoint_every)
     run_config, n_random, mixture_pairs, cut = discover_budget(config, random_baseline)  # before any work
     if cut:
         log.warning("discover: to fit max_points=%d scan points, cut %s (asked -> kept)", config.max_points,
                     ", ".join(f"{k} {a} -> {b}" for k, (a, b) in cut.items()))
     check_output_dir(out, overwrite=overwrite or resuming)
-    with stages("load", progress, f"loading {site.model} and the real-other activations"):
-        subject, model, others = site.build()
     init = None
     if config.init == "given":
         if init_file is None:
             raise ValueError("init 'given' needs init_file (.safetensors/.pt/.npy of shape [restarts, d])")
-        init = load_directions(init_file)
+        init = load_directions(init_file)  # read before the model loads
         if init.shape[0] != config.restarts:
             config = dataclasses.replace(config, restarts=init.shape[0])
             run_config = dataclasses.replace(run_config, restarts=init.shape[0])
+    with stages("load", progress, f"loading {site.model} and the real-other activations"):
+        subject, model, others = site.build()
     if config.init in ("given", "covariance"):
         initial_directions(subject, config, init, others)  # validates init before anything is written
     if resuming:
@@ -399,8 +440,8 @@ def run_discover(site: DiscoverySiteConfig, config, out: str | Path, *, init_fil
         shutil.rmtree(stage)  # overwrite: an interrupted run is started over
     # everything is validated: from here on the run is written, into the stage, then moved into place
 
-    def keep(exc: BaseException) -> bool:  # an interrupted run keeps its checkpoint for --resume
-        return resuming or not isinstance(exc, Exception)
+    def keep(exc: BaseException) -> bool:  # an interrupted run keeps its checkpoint (if any) for --resume
+        return resuming or (not isinstance(exc, Exception) and (stage / "checkpoint.pt").is_file())
 
     with staged_dir(out, overwrite=True, stage=stage, keep=keep) as tmp:
         if not resuming:
@@ -443,6 +484,10 @@ class CompareRun:
 def check_dictionary_spec(text: str) -> Spec:
     """Refuse a malformed dictionary spec before any work; the parsed ``Spec``."""
     spec = parse_spec(text, DICTIONARY_KINDS, "--dictionary")
+    if spec.kind in ("pretrained", "disk") and not spec.value.strip("/"):
+        raise ValueError(f"--dictionary {spec.kind}:{DICTIONARY_KINDS[spec.kind]} needs a "
+                         f"{'release, e.g. pretrained:gpt2-small-res-jb' if spec.kind == 'pretrained' else 'path'}, "
+                         f"got {text!r}")
     if spec.kind == "disk":
         check_dictionary_dir(spec.value)
     if spec.kind == "train":
@@ -508,10 +553,13 @@ def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: 
     check_output_dir(out, overwrite)
     spec = resolved_dictionary(dictionary, site)
     with staged_dir(out, overwrite=overwrite) as tmp:
+        # a stored dictionary is read before the model loads (a damaged or unreachable one fails at once)
+        dic = load_dictionary_spec(spec, None if site.is_toy else site.hook) if spec.kind in ("pretrained", "disk") \
+            else None
         with stages("load", progress, f"loading {site.model} and the real-other activations"):
             built = site.build()
         with stages("dictionary", progress, f"dictionary {spec}" + (" (auto)" if dictionary == "auto" else "")):
-            dic = site_dictionary(dictionary, site, built)
+            dic = site_dictionary(dictionary, site, built) if dic is None else dic
         result = compare(built.subject, directions, dic, built.others, config,
                          hook_name=getattr(built.subject, "hook", None), progress=progress)
         stages.add({k: v for k, v in (result.timings or {}).items() if k != "total_seconds"})

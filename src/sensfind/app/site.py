@@ -14,7 +14,7 @@ from typing import ClassVar, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from sensfind.configs import Config, check_choice, check_int
+from sensfind.configs import MAX_SEED, Config, check_choice, check_int
 from sensfind.core.geometry import is_base
 from sensfind.specs import check_hook_layer, parse_model_spec
 from sensfind.models.loading import resolve_device
@@ -26,6 +26,8 @@ from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_ac
 __all__ = ["DTYPES", "DiscoverySiteConfig", "Site", "SiteConfig", "site_from_dict"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+MAX_TOKENS = 100_000  # token ids of one prompt (beyond any model's context)
+MAX_TOKEN_ID = 2**31  # token ids are below this (beyond any vocabulary; larger ones overflow torch's indexing)
 TOY_OTHERS = 256  # real-other activations of the toy: other inputs of its stream
 TOY_OTHERS_SEED_OFFSET = 1  # they are drawn apart from the base input's stream
 
@@ -40,13 +42,14 @@ class SiteConfig(Config):
             HuggingFace hub), ``random:gpt2`` / ``random:tiny`` (local architecture, random weights), or
             ``toy`` (discover and compare only: the ground-truth toy).
         prompt: prompt text (models without a tokenizer encode it as UTF-8 bytes).
-        tokens: comma-separated token ids, used instead of ``prompt``.
+        tokens: comma-separated token ids, used instead of ``prompt`` (at most 100000 ids, each below
+            2147483648).
         hook: hook name of the site.
         position: token position of the site (-1: the last).
         output_hook: read the output at this hook instead of the logits (e.g. ``blocks.11.hook_resid_post``).
         dtype: precision the subject runs in.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-        seed: seeds random weights and random directions.
+        seed: seeds random weights and random directions (at most 4294967295).
     """
 
     model: str = "smollm2-135m"
@@ -82,7 +85,7 @@ class SiteConfig(Config):
                              f"(allowed: {-len(ids)}..{len(ids) - 1})")
         check_choice("dtype", self.dtype, DTYPES)
         resolve_device(self.device)
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, maximum=MAX_SEED)
 
     @property
     def token_ids(self) -> list[int] | None:
@@ -95,6 +98,9 @@ class SiteConfig(Config):
             raise ValueError(f"tokens must be comma-separated integers, got {self.tokens!r}") from None
         if not ids:
             raise ValueError("tokens is empty; give at least one token id")
+        if len(ids) > MAX_TOKENS or not all(0 <= i < MAX_TOKEN_ID for i in ids):
+            raise ValueError(f"tokens must be at most {MAX_TOKENS} token ids, each >= 0 and < {MAX_TOKEN_ID}, got "
+                             f"{len(ids)} ids from {min(ids)} to {max(ids)}")
         return ids
 
     @property
@@ -130,7 +136,7 @@ class DiscoverySiteConfig(SiteConfig):
     """A site for discovery and comparison: the toy or a transformer, with other inputs beside it.
 
     Attributes:
-        input: ``model`` toy only: which input of the toy's stream is the base.
+        input: ``model`` toy only: which input of the toy's stream is the base (at most 4294967295).
         prompts: the real-other prompts (covariance init, baselines, comparison): builtin (the built-in
             prompts), corpus:N (N 10-token windows of the offline corpus; corpus:N:LEN for LEN tokens),
             openwebtext:N (needs the hub) or a prompt file (one per line).
@@ -143,9 +149,11 @@ class DiscoverySiteConfig(SiteConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_int("input", self.input, 0)
+        check_int("input", self.input, 0, maximum=MAX_SEED)
         if not isinstance(self.prompts, str) or not self.prompts:
             raise ValueError(f"prompts must be builtin, corpus:N, openwebtext:N or a prompt file, got {self.prompts!r}")
+        if self.prompts.startswith(("corpus:", "openwebtext:")):
+            check_prompt_source(self.prompts)  # their spelling and size; a file is read by build()
 
     def toy(self):
         """The ground-truth toy model of a ``toy`` site (seeded by ``seed``)."""
@@ -162,8 +170,7 @@ class DiscoverySiteConfig(SiteConfig):
         if self.is_toy:
             subject = self.subject()
             return Site(subject, None, subject.real_others(TOY_OTHERS, seed=self.seed + TOY_OTHERS_SEED_OFFSET))
-
-        check_prompt_source(self.prompts)  # before the model loads
+        check_prompt_source(self.prompts)  # a bad prompt file is refused before the model loads
         model = self.load_model() if model is None else model
         subject = self.subject(model)  # the hook and position are checked here, right after loading
         others = prompt_activations(model, load_prompts(self.prompts, model), subject.hook, self.position)

@@ -92,12 +92,12 @@ class SweepConfig(Config):
             beside the optima) or ``analysis`` (the central result's analysis of each prompt, at the corpus
             SAE's site: hook blocks.1.hook_resid_pre, last token).
         engine: ``local`` (this process, or a process pool for workers > 1) or ``ray``.
-        workers: units run at once (processes or Ray tasks), each with one BLAS thread.
+        workers: units run at once (processes or Ray tasks), each with one BLAS thread (1 to 1,024).
         address: ray only: the running Ray cluster to join (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``);
             ``None``: a local cluster of ``workers`` CPUs (or the Ray this process has already initialised).
         chunk: units per task (a worker loads the model once and keeps it for every chunk it runs);
-            ``None``: about four chunks per worker, at most 16 units each.
-        retries: ray only: times a task is run again when its worker dies.
+            ``None``: about four chunks per worker, at most 16 units each (at most 100,000).
+        retries: ray only: times a task is run again when its worker dies (at most 100).
         discover: discovery per prompt (work ``discover``).
         random_baseline: isotropic directions scanned finely beside each prompt's optima (work ``discover``).
         smoke: work ``analysis``: the central result's tiny sizes and the demo's quick SAE (for tests); with
@@ -132,7 +132,7 @@ class SweepConfig(Config):
             _toy_inputs(self.prompts)
         check_choice("work", self.work, WORKS)
         check_choice("engine", self.engine, ENGINES)
-        check_int("workers", self.workers, 1)
+        check_int("workers", self.workers, 1, maximum=1024)
         if self.workers > MAX_WORKERS:
             raise ValueError(f"workers must be <= {MAX_WORKERS}, got {self.workers}")
         if self.address is not None:
@@ -143,8 +143,8 @@ class SweepConfig(Config):
                     and (self.address == "auto" or 0 < int(port) < 65536)):
                 raise ValueError(f"address must be auto, HOST:PORT or ray://HOST:PORT (a running Ray cluster), "
                                  f"got {self.address!r}")
-        check_int("chunk", self.chunk, 1, optional=True)
-        check_int("retries", self.retries, 0)
+        check_int("chunk", self.chunk, 1, optional=True, maximum=100_000)
+        check_int("retries", self.retries, 0, maximum=100)
         check_run_settings(self.random_baseline)
         check_bool("smoke", self.smoke)
         check_bool("cards", self.cards)

@@ -35,7 +35,7 @@ from sensfind.comparison.compare import project_dictionary, signed_rows
 from sensfind.dictionaries.corpus_sae import massive_mask, window_activations
 from sensfind.dictionaries.dictionary import Dictionary
 from sensfind.comparison.match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
-from sensfind.configs import Config, check_int, check_number
+from sensfind.configs import MAX_SEED, Config, check_int, check_number
 from sensfind.core.geometry import directions_from_targets, effective_directions, is_base
 from sensfind.discovery.optima import Discovery
 from sensfind.discovery.config import DiscoverConfig
@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AnalysisConfig", "PromptAnalysis", "analyse_prompt", "KINDS", "massive_last_token"]
 
+# upper bounds of the sizes (documented with each field); restarts, iterations, scan_steps as DiscoverConfig's
+_LIMITS = {"restarts": 4096, "iterations": 10_000, "scan_steps": 1024, "n_random": 100_000, "n_cov": 100_000,
+           "n_real_other": 100_000, "max_active": 10_000, "n_inactive": 10_000, "n_refine": 10_000,
+           "refine_iterations": 10_000, "curve_steps": 100_000, "k": 1000, "n_null": 100_000}
+
 # the kinds of direction scanned for every prompt, in the order figures and tables show them
 KINDS = ("optima", "isotropic", "cov-random", "real-other", "SAE active", "SAE inactive")
 
@@ -62,18 +67,22 @@ class AnalysisConfig(Config):
     Attributes:
         max_points, restarts, iterations, scan_steps, lr: discovery (``DiscoverConfig``; other fields
             default): rounds of ``restarts`` restarts until ``max_points`` scan points are spent or a
-            round finds nothing new (``None``: one round).
-        n_random, n_cov, n_real_other: isotropic, cov-random and real-other directions scanned.
-        max_active: at most this many active latents (the most active) are scanned.
-        n_inactive: inactive latents (encoded 0 on the base) scanned, a seeded sample.
-        n_refine: active latents (most active first) refined by discovery; ``refine_iterations`` steps.
-        curve_steps, stop: the shared scan grid (0..stop degrees) of every threshold angle here.
+            round finds nothing new (``None``: one round); limits as ``DiscoverConfig``'s: ``max_points`` at
+            most 1000000000, ``restarts`` at most 4096, ``iterations`` at most 10000, ``scan_steps`` at most 1024.
+        n_random, n_cov, n_real_other: isotropic, cov-random and real-other directions scanned (at most 100000).
+        max_active: at most this many active latents (the most active) are scanned (at most 10000).
+        n_inactive: inactive latents (encoded 0 on the base) scanned, a seeded sample (at most 10000).
+        n_refine, refine_iterations: active latents (most active first) refined by discovery, and its
+            iterations (each at most 10000).
+        curve_steps, stop: the shared scan grid (0..stop degrees) of every threshold angle here (``curve_steps``
+            at most 100000).
         tau: effect threshold (nats of next-token KL).
-        k, n_null, alpha: dictionary matches per optimum, null size, significance level.
-        seed: seeds discovery, baselines and samples.
+        k, n_null, alpha: dictionary matches per optimum (at most 1000), null size (at most 100000),
+            significance level.
+        seed: seeds discovery, baselines and samples (at most 4294967295).
         mixture_pairs: are the kinds privileged? When > 0: the top eigenvectors of the linear response
             (kind ``linear``, both signs) are scanned too, and every kind gets the Lp mixture test over at
-            most this many pairs and its thresholds' ratio to their quadratic onsets (0: neither).
+            most this many pairs and its thresholds' ratio to their quadratic onsets (0: neither; at most 10000).
     """
 
     max_points: int | None = 6_000
@@ -98,12 +107,12 @@ class AnalysisConfig(Config):
     mixture_pairs: int = 0
 
     def __post_init__(self):
-        check_int("mixture_pairs", self.mixture_pairs, 0)
+        check_int("mixture_pairs", self.mixture_pairs, 0, maximum=10_000)
         for name in ("restarts", "scan_steps", "n_random", "n_cov", "curve_steps", "k", "n_null"):
-            check_int(name, getattr(self, name), 2 if name in ("scan_steps", "curve_steps") else 1)
+            check_int(name, getattr(self, name), 2 if name in ("scan_steps", "curve_steps") else 1, maximum=_LIMITS[name])
         for name in ("iterations", "n_real_other", "max_active", "n_inactive", "n_refine", "refine_iterations"):
-            check_int(name, getattr(self, name), 0)
-        check_int("seed", self.seed)
+            check_int(name, getattr(self, name), 0, maximum=_LIMITS[name])
+        check_int("seed", self.seed, maximum=MAX_SEED)
         check_number("lr", self.lr, 0, lo_open=True)
         check_number("stop", self.stop, 0, 180, lo_open=True)  # degrees
         check_number("alpha", self.alpha, 0, 1, lo_open=True, hi_open=True)

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from sensfind.core.baselines import isotropic
 from sensfind.core.objective_config import EffectConfig
-from sensfind.configs import check_int
+from sensfind.configs import MAX_SEED, check_int
 from sensfind.dictionaries.dictionary import Dictionary, check_compatible
 from sensfind.comparison.budget import plan_compare
 from sensfind.comparison.match import Matches, NullConfig, RealOtherMatches, match_directions, match_real_other
@@ -53,26 +53,28 @@ class CompareConfig(EffectConfig):
     """Settings of ``compare`` (``effect`` and ``tau`` are :class:`~sensfind.configs.EffectConfig`'s).
 
     Attributes:
-        k: dictionary matches reported per direction.
-        n_null: random directions per null (p-values cannot go below 1/(1 + n_null)).
+        k: dictionary matches reported per direction (at most 1000).
+        n_null: random directions per null (p-values cannot go below 1/(1 + n_null); at most 100000: memory).
         alpha: significance level for "matches a latent".
         project_base: compare in the space orthogonal to the base (sphere mode).
         latents: which decoder rows get a sensitivity scan: ``active`` (encoded > 0 on the base, needs
             an encoder), ``matched`` (top match of each direction), ``sample`` (``n_latents`` random
             ones) — several joined by ``+``, e.g. ``active+matched+sample``.
-        n_latents: size of the random sample of latents.
+        n_latents: size of the random sample of latents (at most 10000).
         probes: rotations of each row in random directions (by ``probe_deg``) that test whether the row
-            is a local optimum of the threshold angle.
+            is a local optimum of the threshold angle (at most 1000).
         probe_deg: the angle in degrees by which each probe rotates a row.
-        scan_steps: points of the fine scan used for every threshold angle here.
+        scan_steps: points of the fine scan used for every threshold angle here (at most 100000).
         stop: last angle in degrees of that scan (it starts at 0).
-        refine_iterations: discovery iterations when refining from decoder rows (0: no refinement).
-        n_random: isotropic random directions scanned as the baseline of the latents' threshold angles.
+        refine_iterations: discovery iterations when refining from decoder rows (0: no refinement; at most
+            10000).
+        n_random: isotropic random directions scanned as the baseline of the latents' threshold angles
+            (at most 100000).
         max_points: budget of scan points for every scan of the comparison (curves, baselines, latents,
             probes, refinement; ``None``: no budget). What does not fit is cut (``comparison.budget``
             and a log line say what): the baselines, the resolution, then latents and probes, then
             refinement. The default takes about 3 minutes of scans for SmolLM2-135M on 2 CPU cores.
-        seed: seeds nulls, samples and probes.
+        seed: seeds nulls, samples and probes (at most 4294967295).
     """
 
     k: int = 5
@@ -92,9 +94,10 @@ class CompareConfig(EffectConfig):
 
     def __post_init__(self):
         super().__post_init__()  # effect, tau
-        for name, lo in (("k", 1), ("n_null", 1), ("n_latents", 0), ("probes", 1), ("scan_steps", 2),
-                         ("refine_iterations", 0), ("n_random", 1)):
-            check_int(name, getattr(self, name), lo)
+        for name, lo, hi in (("k", 1, 1000), ("n_null", 1, 100_000), ("n_latents", 0, 10_000), ("probes", 1, 1000),
+                             ("scan_steps", 2, 100_000), ("refine_iterations", 0, 10_000), ("seed", None, MAX_SEED),
+                             ("n_random", 1, 100_000)):
+            check_int(name, getattr(self, name), lo, maximum=hi)
         if self.max_points is not None:
             check_int("max_points", self.max_points, 1)
         if not (isinstance(self.alpha, float) and 0 < self.alpha < 1):

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from sensfind.core.baselines import cov_stats
 from sensfind.dictionaries.dictionary import Dictionary
-from sensfind.configs import Config, check_int
+from sensfind.configs import MAX_SEED, Config, check_int
 from sensfind.core.geometry import check_directions, directions_from_targets
 from sensfind.runio import Result, dumps_json, json_float, load_json, load_tensors, save_json, save_tensors, to_jsonable
 
@@ -57,8 +57,9 @@ class NullConfig(Config):
     Attributes:
         kind: ``isotropic`` (uniform on the sphere) or ``covariance`` (Gaussian with the mean and
             covariance of the activations passed alongside; see the module docstring).
-        n_null: number of random directions, at least 1 (p-values cannot go below ``1/(1+n_null)``).
-        seed: seed of the generator that draws them.
+        n_null: number of random directions, at least 1 (p-values cannot go below ``1/(1+n_null)``) and at
+            most 100000 (memory).
+        seed: seed of the generator that draws them (at most 4294967295).
     """
 
     kind: NullKind = "isotropic"
@@ -68,8 +69,8 @@ class NullConfig(Config):
     def __post_init__(self):
         if self.kind not in _NULL_KINDS:
             raise ValueError(f"null kind must be one of {_NULL_KINDS}, got {self.kind!r}")
-        check_int("n_null", self.n_null, 1)
-        check_int("seed", self.seed)
+        check_int("n_null", self.n_null, 1, maximum=100_000)
+        check_int("seed", self.seed, maximum=MAX_SEED)
 
 
 def _as_null(null: NullConfig | str) -> NullConfig:

@@ -77,7 +77,7 @@ def load_directions(path: str | Path, key: str = "directions") -> Tensor:
     """Directions ``[R, d]`` from ``.safetensors`` (tensor ``key``, or its only tensor), ``.pt`` or ``.npy``.
 
     Raises ``InputFileError`` naming the file if it is missing, a directory, corrupt, or holds anything
-    but one real numeric array.
+    but one real numeric array of shape ``[R, d]`` (or ``[d]``) with R, d >= 1 and finite entries.
     """
 
     path = Path(path)
@@ -116,7 +116,12 @@ def load_directions(path: str | Path, key: str = "directions") -> Tensor:
         raise InputFileError(f"direction file {name} has unsupported type {suffix!r}; allowed: .safetensors, .pt, .npy")
     if x.is_complex() or x.dtype == torch.bool or not (x.is_floating_point() or x.dtype in _INT_DTYPES):
         raise InputFileError(f"direction file {name} holds a tensor of dtype {x.dtype}; directions must be real numbers")
+    if x.ndim not in (1, 2) or 0 in x.shape:
+        raise InputFileError(f"direction file {name} holds an array of shape {list(x.shape)}; directions must be "
+                             "one array of shape [R, d] (or [d]) with R, d >= 1")
     x = x.float()
+    if not torch.isfinite(x).all():
+        raise InputFileError(f"direction file {name} holds NaN or infinite values")
     return x[None] if x.ndim == 1 else x
 
 

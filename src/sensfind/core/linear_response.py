@@ -107,12 +107,12 @@ class LinearResponseConfig(Config):
     def __post_init__(self):
         check_choice("mode", self.mode, ("sphere", "straight"))
         check_choice("method", self.method, ("auto", "exact", "krylov"))
-        check_int("exact_max_d", self.exact_max_d, 1)
-        check_int("block", self.block, 1, optional=True)
+        check_int("exact_max_d", self.exact_max_d, 1, maximum=16_384)
+        check_int("block", self.block, 1, optional=True, maximum=4096)
         check_number("tol", self.tol, 0, 1, lo_open=True, hi_open=True)
-        check_int("max_products", self.max_products, 1)
-        check_int("batch", self.batch, 1)
-        check_int("seed", self.seed, 0)
+        check_int("max_products", self.max_products, 1, maximum=1_000_000)
+        check_int("batch", self.batch, 1, maximum=65_536)
+        check_int("seed", self.seed, 0, maximum=2**32 - 1)
 
 
 class PullbackMetric:

@@ -117,19 +117,19 @@ class MixtureConfig(Config):
     """Settings of the mixture (Lᵖ) test (sphere mode, next-token KL).
 
     Attributes:
-        max_pairs: at most this many pairs of directions (all pairs when there are fewer; otherwise drawn
+        max_pairs: at most this many pairs of directions (at most 10,000; all pairs when there are fewer; otherwise drawn
             with ``seed``).
-        n_phi: mixture angles φ, evenly spaced over [0°, 90°] (ends included; at least 3).
+        n_phi: mixture angles φ, evenly spaced over [0°, 90°] (ends included; 3 to 181).
         tau: KL threshold (nats) of the critical size.
         stop: the largest threshold angle looked for (degrees); directions that do not cross by then
             leave their pairs out of the fit.
-        coarse_steps: points of the first scan over [0°, stop].
+        coarse_steps: points of the first scan over [0°, stop] (at most 100,000; so is fine_steps).
         fine_steps: points of the second scan inside the coarse step that crossed.
         max_abs_cos: pairs whose unit tangent parts have ``|cos|`` above this are skipped.
         p_min, p_max: range of the log-spaced ``p`` grid (``p = ∞`` is added as the cap).
         n_p: points of the ``p`` grid.
         cross_term: fit a per-pair cross term ρ as well (see the module docstring).
-        bootstrap: resamples of the pairs for the 95% interval.
+        bootstrap: resamples of the pairs for the 95% interval (at most 1,000,000).
         seed: seeds the choice of pairs and the bootstrap.
     """
 
@@ -148,19 +148,19 @@ class MixtureConfig(Config):
     seed: int = 0
 
     def __post_init__(self):
-        check_int("max_pairs", self.max_pairs, 1)
-        check_int("n_phi", self.n_phi, 3)
+        check_int("max_pairs", self.max_pairs, 1, maximum=10_000)
+        check_int("n_phi", self.n_phi, 3, maximum=181)
         check_number("tau", self.tau, 0, lo_open=True)
         check_number("stop", self.stop, 0, 180, lo_open=True)
-        check_int("coarse_steps", self.coarse_steps, 2)
-        check_int("fine_steps", self.fine_steps, 2)
+        check_int("coarse_steps", self.coarse_steps, 2, maximum=100_000)
+        check_int("fine_steps", self.fine_steps, 2, maximum=100_000)
         check_number("max_abs_cos", self.max_abs_cos, 0, 1, hi_open=True)
         check_number("p_min", self.p_min, 0, lo_open=True)
         check_number("p_max", self.p_max, self.p_min, lo_open=True)
-        check_int("n_p", self.n_p, 2)
+        check_int("n_p", self.n_p, 2, maximum=100_000)
         check_bool("cross_term", self.cross_term)
-        check_int("bootstrap", self.bootstrap, 1)
-        check_int("seed", self.seed, 0)
+        check_int("bootstrap", self.bootstrap, 1, maximum=1_000_000)
+        check_int("seed", self.seed, 0, maximum=2**32 - 1)
 
     @property
     def phi_deg(self) -> Tensor:

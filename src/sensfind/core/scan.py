@@ -60,7 +60,7 @@ class ScanConfig(ObjectiveConfig):
     :class:`~sensfind.configs.ObjectiveConfig`'s).
 
     Attributes:
-        steps: number of scan points, at least 2.
+        steps: number of scan points, at least 2 and at most 100000.
         scale: straight mode only: ``relative`` (α·|x0|) or ``absolute`` (α).
     """
 
@@ -72,7 +72,7 @@ class ScanConfig(ObjectiveConfig):
             raise ValueError(f"mode must be 'sphere' or 'straight', got {self.mode!r}")
         if self.scale not in ("relative", "absolute"):
             raise ValueError(f"scale must be 'relative' or 'absolute', got {self.scale!r}")
-        check_int("steps", self.steps, 2)
+        check_int("steps", self.steps, 2, maximum=100_000)
         super().__post_init__()
 
 

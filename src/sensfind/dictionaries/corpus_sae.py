@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sensfind.configs import Config, check_bool, check_int, is_int
+from sensfind.configs import MAX_SEED, Config, check_bool, check_int, is_int
 from sensfind.dictionaries.dictionary import Dictionary, from_sae
 from sensfind.dictionaries.training import TrainSAEConfig, train_sae
 from sensfind.models.prompts import load_corpus, resolve_cache_dir
@@ -41,9 +41,10 @@ from importlib.metadata import version
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CorpusSAEConfig", "SAEQuality", "SiteActivations", "clean_activations", "massive_mask", "massive_positions",
+__all__ = ["MAX_ACTIVATIONS", "CorpusSAEConfig", "SAEQuality", "SiteActivations", "clean_activations", "massive_mask", "massive_positions",
            "sae_quality", "train_corpus_sae", "window_activations"]
 
+MAX_ACTIVATIONS = 2**22  # site activations collected at once (n_windows x window): 9.7 GB at d 576 in float32
 _FORMAT = 2  # bump when what is cached changes (2: train_dead_fraction)
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -54,20 +55,22 @@ class CorpusSAEConfig(Config):
 
     Attributes:
         hook: TransformerLens hook of the site.
-        expansion: latents per dimension of the site (``d_sae = expansion * d``).
+        expansion: latents per dimension of the site (``d_sae = expansion * d``; at most 256).
         architecture: ``standard`` (ReLU, L1 penalty ``l1_coefficient``) or ``topk`` (``k`` latents).
         l1_coefficient: sparsity penalty of a standard SAE (inputs normalised to mean norm sqrt(d)).
-        k: latents kept by a top-k SAE.
-        n_windows: training windows drawn from the corpus's ``train`` split.
-        window: tokens per window (training and evaluation).
-        epochs: passes over the training activations.
-        batch_size: activations per training step.
+        k: latents kept by a top-k SAE (at most 65536).
+        n_windows: training windows drawn from the corpus's ``train`` split (at most 100000; ``n_windows x
+            window`` at most 4194304 activations, held in memory).
+        window: tokens per window (training and evaluation; at most 1024).
+        epochs: passes over the training activations (at most 1000).
+        batch_size: activations per training step (at most 65536).
         lr: Adam learning rate (constant).
         max_norm_ratio: positions whose activation norm exceeds this multiple of the median norm are
             excluded as massive activations (from training and from splicing).
         exclude_first: also exclude the first position of every window (the attention sink).
-        eval_windows: held-out windows (the corpus's ``test`` split) for :func:`sae_quality`.
-        seed: windows, initial weights, shuffling and the random errors of the quality check.
+        eval_windows: held-out windows (the corpus's ``test`` split) for :func:`sae_quality` (at most 10000).
+        seed: windows, initial weights, shuffling and the random errors of the quality check (at most
+            4294967295).
     """
 
     hook: str = "blocks.1.hook_resid_pre"
@@ -88,15 +91,19 @@ class CorpusSAEConfig(Config):
     def __post_init__(self):
         if not isinstance(self.hook, str) or not self.hook:
             raise ValueError(f"hook must be a TransformerLens hook name, got {self.hook!r}")
-        for name in ("expansion", "n_windows", "eval_windows"):
-            check_int(name, getattr(self, name), 1)
+        for name, hi in (("expansion", 256), ("n_windows", 100_000), ("eval_windows", 10_000)):
+            check_int(name, getattr(self, name), 1, maximum=hi)
         if not is_int(self.window) or self.window < 2:
             raise ValueError(f"window must be an integer >= 2 (a next-token loss needs two tokens), got {self.window!r}")
+        check_int("window", self.window, 2, maximum=1024)
+        if self.n_windows * self.window > MAX_ACTIVATIONS:
+            raise ValueError(f"n_windows x window must be at most {MAX_ACTIVATIONS} activations (held in memory), "
+                             f"got {self.n_windows} x {self.window}")
         v = self.max_norm_ratio
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 1 or math.isinf(v)):
             raise ValueError(f"max_norm_ratio must be a number > 1 (inf: exclude none by norm), got {v!r}")
         check_bool("exclude_first", self.exclude_first)
-        check_int("seed", self.seed)
+        check_int("seed", self.seed, maximum=MAX_SEED)
         self.train_config()  # validates the training fields with TrainSAEConfig's messages
 
     def train_config(self) -> TrainSAEConfig:

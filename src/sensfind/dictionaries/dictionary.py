@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from sensfind.errors import DictionaryUnavailableError
+from sensfind.errors import DictionaryUnavailableError, InputFileError
 from sensfind.errors import MissingInputError
 from sensfind.models.loading import hf_offline, hub_reachable
 from sensfind.specs import DEFAULT_SAE_RELEASE, Spec
@@ -61,6 +62,32 @@ _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 _META_FILE = "dictionary.json"
 _TENSOR_FILE = "dictionary.safetensors"
 _SAE_CFG_FILE = "cfg.json"  # SAELens' config file name in a saved SAE directory
+_SAE_WEIGHTS_FILE = "sae_weights.safetensors"  # SAELens' weights file name beside it
+
+
+def _check_weights(path: Path) -> None:
+    """``InputFileError`` naming ``path`` unless it is a readable .safetensors file (its header and size;
+    the tensors themselves are read when the dictionary loads)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputFileError(f"SAE weights {str(path)!r} are not a readable .safetensors file: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
+
+
+def _reading(path: Path, load):
+    """``load()``, with a damaged file of the SAE directory ``path`` as one ``InputFileError`` naming it."""
+    for name in (_TENSOR_FILE, _SAE_WEIGHTS_FILE):
+        if (path / name).is_file():
+            _check_weights(path / name)
+    try:
+        return load()
+    except (SafetensorError, ValueError, KeyError, OSError) as exc:
+        if isinstance(exc, (MissingInputError, InputFileError, DictionaryUnavailableError)):
+            raise
+        raise InputFileError(f"SAE directory {str(path)!r} cannot be read: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -200,6 +227,10 @@ class Dictionary:
         path = Path(path)
         if not (path / _META_FILE).is_file():
             raise MissingInputError(f"{path / _META_FILE} not found; is {path} a directory written by Dictionary.save?")
+        return _reading(path, lambda: cls._load(path, device))
+
+    @classmethod
+    def _load(cls, path: Path, device: str) -> Dictionary:
         meta = json.loads((path / _META_FILE).read_text())
         if meta["format"] == "sae_lens":
             sae = _sae_lens().SAE.load_from_disk(path, device=device)
@@ -339,7 +370,7 @@ def load_from_disk(path: str | Path, device: str = "cpu", release: str | None = 
             f"no SAELens SAE at {path}: expected {_SAE_CFG_FILE} and sae_weights.safetensors there "
             "(as written by SAE.save_model or Dictionary.save)"
         )
-    sae = _sae_lens().SAE.load_from_disk(path, device=device)
+    sae = _reading(path, lambda: _sae_lens().SAE.load_from_disk(path, device=device))
     info = {"release": release} if release is not None else {}
     return from_sae(sae, source=f"disk:{path}", info=info)
 
@@ -384,10 +415,14 @@ def load_pretrained(
 
 
 def check_dictionary_dir(path: str | Path) -> Path:
+    """``path`` if it is a directory whose weights file (if any) is readable; one-line errors naming it."""
     p = Path(path)
     if not p.is_dir():
         raise ValueError(f"SAE directory {str(path)!r} does not exist" if not p.exists()
                          else f"SAE directory {str(path)!r} is not a directory")
+    for name in (_TENSOR_FILE, _SAE_WEIGHTS_FILE):
+        if (p / name).is_file():
+            _check_weights(p / name)
     return p
 
 

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -42,10 +44,10 @@ class TrainSAEConfig(Config):
         architecture: ``standard`` (sparsity from ``l1_coefficient``) or ``topk`` (sparsity ``k``).
         l1_coefficient: weight of the L1 sparsity penalty (on latent activations times decoder norms).
             With ``normalize_activations`` on it is independent of the activations' scale. Standard only.
-        k: latents kept per activation. Top-k only.
+        k: latents kept per activation (at most 65536). Top-k only.
         lr: Adam learning rate (constant).
-        batch_size: activations per training step; at most the number of activations.
-        epochs: passes over the activations (reshuffled each pass).
+        batch_size: activations per training step; at most the number of activations, and at most 65536.
+        epochs: passes over the activations (reshuffled each pass; at most 1000).
         normalize_activations: scale inputs to mean norm ``sqrt(d)`` while training (SAELens'
             ``expected_average_only_in``); the scale is folded into the saved weights afterwards.
         device: where to train.
@@ -69,8 +71,8 @@ class TrainSAEConfig(Config):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.lr == 0:
             raise ValueError("lr must be > 0, got 0")
-        for name in ("batch_size", "epochs", "k"):
-            check_int(name, getattr(self, name), 1)
+        for name, hi in (("batch_size", 65536), ("epochs", 1000), ("k", 65536)):
+            check_int(name, getattr(self, name), 1, maximum=hi)
         check_bool("normalize_activations", self.normalize_activations)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be a device string such as 'cpu' or 'cuda', got {self.device!r}")
@@ -219,7 +221,8 @@ def _fit(acts: Tensor, hook_name: str | None, d_sae: int, seed: int, config: Tra
         sae = sae_cls(sae_cfg)
         batches = _ShuffledBatches(acts, config.batch_size, seed)
         trainer = sae_lens.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=batches)
-        sae = trainer.fit()
+        with _sae_lens_bars():
+            sae = trainer.fit()
     seconds = time.perf_counter() - start
     sae.save_inference_model(out)
     with torch.no_grad():
@@ -229,6 +232,15 @@ def _fit(acts: Tensor, hook_name: str | None, d_sae: int, seed: int, config: Tra
         l0 = float((latents > 0).float().sum(1).mean())
     log.info("trained SAE in %.1f s: explained variance %.3f, L0 %.2f", seconds, 1 - fvu, l0)
     return dict(train_seconds=seconds, explained_variance=1 - fvu, l0=l0, steps=steps)
+
+
+def _sae_lens_bars():
+    """SAELens draws its own progress bars on stderr; where its logger is set above INFO (the command line
+    without ``--verbose``), they are not shown (a context that swallows what the trainer writes to stderr;
+    log records still reach their handlers)."""
+    if logging.getLogger("sae_lens").level > logging.INFO:
+        return contextlib.redirect_stderr(io.StringIO())
+    return contextlib.nullcontext()
 
 
 def _load_trained(path: Path, source: str, keep_path: bool = True) -> Dictionary:

@@ -15,6 +15,9 @@ from sensfind.core.scan import ScanConfig
 __all__ = ["DiscoverConfig"]
 
 _SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+# upper bounds of the counts (documented with each field): memory and days of work, never an overflow
+_LIMITS = {"restarts": 4096, "iterations": 10_000, "scan_steps": 1024, "final_steps": 100_000, "patience": 10_000,
+           "polish_iterations": 10_000, "max_points": 10**9, "rounds": 10_000}
 
 
 @dataclass(frozen=True)
@@ -25,21 +28,23 @@ class DiscoverConfig(ObjectiveConfig):
     :class:`~sensfind.configs.ObjectiveConfig`):
         temperature: softness of the threshold in the soft blowup distance (effect units).
         temperature_final: anneal geometrically to this by the last iteration (``None``: constant).
-        scan_steps: scan points per restart per iteration.
+        scan_steps: scan points per restart per iteration (at most 1024: restarts x scan_steps rows run as
+            one batch with gradients).
         adaptive: zoom each restart's grid around its current blowup (``objective.adaptive_grid``).
         zoom: half-width of the adaptive window relative to the current blowup value.
     Rounds and budget:
-        max_points: budget of scan points (``None``: none). Discovery stops before exceeding it, or
-            earlier when a round finds no new optimum; ``Discovery.points_evaluated`` is what it spent.
+        max_points: budget of scan points (``None``: none; at most 1000000000, days of CPU time). Discovery
+            stops before exceeding it, or earlier when a round finds no new optimum;
+            ``Discovery.points_evaluated`` is what it spent.
         rounds: maximum number of rounds (``None``: as many as ``max_points`` allows; one round when
-            no budget is set either).
+            no budget is set either; at most 10000).
         polish_iterations: the last iterations of each deflated round (every round after the first;
             at most half of its iterations) run without deflation, so that each restart settles on the optimum itself rather than on
-            its part orthogonal to the optima found before.
+            its part orthogonal to the optima found before (at most 10000).
         polish_lr: learning rate the polish phase decays from (to ``lr_final``).
     Optimiser (per round):
-        restarts: directions optimised together as one batch in each round.
-        iterations: maximum optimisation steps per round (polish included).
+        restarts: directions optimised together as one batch in each round (at most 4096: memory).
+        iterations: maximum optimisation steps per round (polish included; at most 10000: hours per round).
         optimizer: ``adam`` (RiemannianAdam) or ``sgd`` (RiemannianSGD).
         lr: learning rate. For Adam it is divided by sqrt(d) internally, because Adam moves every
             coordinate by about lr: the direction then turns by about ``lr`` radians per step whatever
@@ -53,7 +58,7 @@ class DiscoverConfig(ObjectiveConfig):
         tol: stop early once no restart moved more than this many radians for ``patience`` consecutive
             iterations.
         patience: consecutive iterations without a restart moving more than ``tol`` radians after which
-            a round stops early.
+            a round stops early (at most 10000).
     Initialisation and results:
         init: ``metric`` (``metric_directions``: drawn from the effect's second-order growth at the
             base, one forward and backward per restart, counted in the budget) | ``isotropic`` |
@@ -63,7 +68,8 @@ class DiscoverConfig(ObjectiveConfig):
         cluster_threshold: cosine at which two directions count as one optimum.
         abandon: stop optimising (and scanning) a restart once it comes within ``cluster_threshold`` of
             a known optimum or of a concurrent restart that blows up earlier: it would only duplicate it.
-        final_steps: points of the fine full-range scan that measures each new optimum's blowup.
+        final_steps: points of the fine full-range scan that measures each new optimum's blowup (at most
+            100000).
     """
 
     temperature: float = 0.05
@@ -92,7 +98,7 @@ class DiscoverConfig(ObjectiveConfig):
 
     def __post_init__(self):
         def positive_int(name, minimum=1):
-            check_int(name, getattr(self, name), minimum)
+            check_int(name, getattr(self, name), minimum, maximum=_LIMITS[name])
 
         def finite(name, lo=None, hi=None, lo_open=False):
             check_number(name, getattr(self, name), lo, hi, lo_open=lo_open)

@@ -141,8 +141,8 @@ class ScanSettings(Config):
         straight_tau: straight mode threshold (default 20 for l2, LASR's GPT-2 value; 0.5 nats for kl)
         step: straight mode step, absolute (default 0.5 for gpt2 as LASR; otherwise the median distance between
             real activations / (straight steps - 1))
-        angle_steps: sphere scan points over 0-180 deg
-        straight_steps: straight scan points (the first is the base)
+        angle_steps: sphere scan points over 0-180 deg (at most 100000)
+        straight_steps: straight scan points (the first is the base; at most 100000)
     """
 
     tau: float = 0.5
@@ -157,8 +157,8 @@ class ScanSettings(Config):
         check_choice("straight_effect", self.straight_effect, ("auto", "kl", "l2"))
         check_number("straight_tau", self.straight_tau, lo=0.0, lo_open=True, optional=True)
         check_number("step", self.step, lo=0.0, lo_open=True, optional=True)
-        check_int("angle_steps", self.angle_steps, minimum=2)
-        check_int("straight_steps", self.straight_steps, minimum=2)
+        check_int("angle_steps", self.angle_steps, minimum=2, maximum=100_000)
+        check_int("straight_steps", self.straight_steps, minimum=2, maximum=100_000)
 
 
 @dataclass(frozen=True)

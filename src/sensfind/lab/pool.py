@@ -27,7 +27,7 @@ from torch import Tensor
 
 from sensfind.models.loading import load_model
 from sensfind.core.toy import ToyConfig, ToyModel
-from sensfind.configs import Config, check_int
+from sensfind.configs import MAX_SEED, Config, check_int
 from sensfind.specs import TOY, parse_model_spec
 from sensfind.dictionaries.corpus_sae import window_activations
 from sensfind.models.prompts import load_prompts, text_windows
@@ -58,9 +58,9 @@ class PoolConfig(Config):
         position: token position of the site (-1: last)
         prompts: pretrained models: prompt file (one per line), 'builtin', or 'corpus' (windows of the offline corpus);
             auto = builtin for gpt2, corpus otherwise. The published runs used 1000 10-token OpenWebText prompts
-        seq_len: tokens per prompt
-        seed: seeds weights of random models, prompts and directions
-        n_pool: real activations collected (bases + real-other targets + statistics)
+        seq_len: tokens per prompt (at most 1024)
+        seed: seeds weights of random models, prompts and directions (at most 4294967295)
+        n_pool: real activations collected (bases + real-other targets + statistics; at most 100000)
     """
 
     model: str = "random:tiny"
@@ -77,9 +77,9 @@ class PoolConfig(Config):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
         check_int("position", self.position)
-        check_int("seq_len", self.seq_len, minimum=2)
-        check_int("seed", self.seed, minimum=0)
-        check_int("n_pool", self.n_pool, minimum=MIN_POOL)
+        check_int("seq_len", self.seq_len, minimum=2, maximum=1024)
+        check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        check_int("n_pool", self.n_pool, minimum=MIN_POOL, maximum=100_000)
 
 
 @torch.no_grad()

@@ -33,10 +33,10 @@ class PoolSAEConfig(Config):
     Attributes:
         sae: auto (pretrained gpt2-small-res-jb for gpt2, the corpus SAE for corpus sites, trained locally otherwise),
             pretrained:RELEASE/SAE_ID, disk:PATH (SAELens format), corpus, train, or none
-        sae_expansion: trained SAEs: latents per dimension
+        sae_expansion: trained SAEs: latents per dimension (at most 256)
         sae_l1: trained SAEs: L1 coefficient
-        sae_train: activations a local SAE is trained on
-        sae_epochs: epochs of local SAE training
+        sae_train: activations a local SAE is trained on (at most 1000000)
+        sae_epochs: epochs of local SAE training (at most 1000)
     """
 
     sae: str = "auto"
@@ -47,10 +47,10 @@ class PoolSAEConfig(Config):
 
     def __post_init__(self):
         parse_spec(self.sae, SAE_SPECS, "sae")
-        check_int("sae_expansion", self.sae_expansion, minimum=1)
+        check_int("sae_expansion", self.sae_expansion, minimum=1, maximum=256)
         check_number("sae_l1", self.sae_l1, lo=0.0)
-        check_int("sae_train", self.sae_train, minimum=1)
-        check_int("sae_epochs", self.sae_epochs, minimum=1)
+        check_int("sae_train", self.sae_train, minimum=1, maximum=1_000_000)
+        check_int("sae_epochs", self.sae_epochs, minimum=1, maximum=1000)
 
 
 def load_pool_sae(site: PoolSite, config: PoolSAEConfig, cache_dir: str | None = None, spec: str | None = None,

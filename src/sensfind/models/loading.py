@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import os
 import shutil
 import socket
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from pathlib import Path
 
 import torch
@@ -219,9 +220,13 @@ def _convert_gguf(path: Path, target: Path, arch: str = "llama") -> None:
     """Dequantize ``path`` with transformers, convert to TransformerLens weights, save into ``target``."""
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights  # lazy: TransformerLens takes seconds to import
     from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: transformers takes seconds to import
+    from huggingface_hub.utils import are_progress_bars_disabled  # lazy: comes with transformers
 
     log.warning("converting %s to a TransformerLens model (once; cached in %s)", path.name, target)
-    with hf_offline(True):
+    # transformers' GGUF reader draws a plain tqdm bar that ignores the hub's switch for progress bars
+    # (which the command line turns off without --verbose): honour the switch for it
+    bars = redirect_stderr(io.StringIO()) if are_progress_bars_disabled() else nullcontext()
+    with hf_offline(True), bars:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     if arch == "gemma3":

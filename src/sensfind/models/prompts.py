@@ -315,15 +315,40 @@ def text_windows(
     return TextWindows(tokens, f"corpus:{CORPUS_PACKAGE}-{corpus.version}")
 
 
+MAX_PROMPTS = 100_000  # windows of corpus:N and openwebtext:N
+MAX_PROMPT_LENGTH = 1024  # tokens per window of corpus:N:LEN
+
+
+def _window_spec(source: str) -> tuple[str, int, int]:
+    """``corpus:N[:LEN]`` or ``openwebtext:N`` as (kind, N, LEN); ``ValueError`` naming the bounds."""
+    kind, *parts = str(source).split(":")
+    if kind == "corpus" and len(parts) in (1, 2) and all(p.isdigit() for p in parts):
+        n, length = int(parts[0]), int(parts[1]) if len(parts) == 2 else 10
+        if 1 <= n <= MAX_PROMPTS and 1 <= length <= MAX_PROMPT_LENGTH:
+            return kind, n, length
+    if kind == "openwebtext" and len(parts) == 1 and parts[0].isdigit() and 1 <= int(parts[0]) <= MAX_PROMPTS:
+        return kind, int(parts[0]), 10
+    spelled = "corpus:N or corpus:N:LEN" if kind == "corpus" else "openwebtext:N"
+    raise ValueError(f"{kind} prompts are {spelled} with integers 1 <= N <= {MAX_PROMPTS}"
+                     + (f" and 1 <= LEN <= {MAX_PROMPT_LENGTH}" if kind == "corpus" else "") + f", got {source!r}")
+
+
+def check_prompt_source(source: str | Path) -> None:
+    """Check a prompt source without the model: the spelling of ``corpus:``/``openwebtext:`` sources, and a
+    prompt file's contents (read here, so that a bad file is refused before the model loads)."""
+    if str(source).startswith(("corpus:", "openwebtext:")):
+        _window_spec(str(source))
+    elif str(source) != "builtin":
+        load_prompts(source)
+
+
 def parse_corpus_source(source: str) -> tuple[int, int]:
-    """``corpus:N`` / ``corpus:N:LEN`` -> (N windows, LEN tokens each, default 10)."""
-    parts = str(source).split(":")[1:]
-    try:
-        if not str(source).startswith("corpus:") or len(parts) not in (1, 2):
-            raise ValueError
-        return int(parts[0]), int(parts[1]) if len(parts) == 2 else 10
-    except ValueError as exc:
-        raise ValueError(f"corpus prompts are corpus:N or corpus:N:LEN with integers N and LEN, got {source!r}") from exc
+    """``corpus:N`` / ``corpus:N:LEN`` -> (N windows, LEN tokens each, default 10); N at most 100000, LEN at
+    most 1024."""
+    if not str(source).startswith("corpus:"):
+        raise ValueError(f"corpus prompts are corpus:N or corpus:N:LEN with integers N and LEN, got {source!r}")
+    _, n, length = _window_spec(source)
+    return n, length
 
 
 PROMPT_SOURCES = "builtin, corpus:N (N windows of the offline corpus; corpus:N:LEN for LEN tokens), openwebtext:N or a file"
@@ -355,19 +380,14 @@ def check_prompt_source(source: str | Path) -> None:
 def load_prompts(source: str | Path = "builtin", model=None) -> list:
     """Prompts from ``builtin``, a text file (one per line; blank lines and ``#`` comments skipped),
     ``openwebtext:N`` (N 10-token windows; needs the hub and ``model``'s tokenizer), or ``corpus:N`` /
-    ``corpus:N:LEN`` (N windows of LEN tokens, default 10, from the installed corpus, seed 0; needs ``model``)."""
-    if str(source).startswith("corpus:"):
+    ``corpus:N:LEN`` (N windows of LEN tokens, default 10, from the installed corpus, seed 0; needs ``model``);
+    N at most 100000, LEN at most 1024."""
+    if str(source).startswith(("corpus:", "openwebtext:")):
+        kind, n, length = _window_spec(str(source))
         if model is None:
-            raise ValueError("corpus prompts need the model (for its tokenizer)")
-        n, length = parse_corpus_source(source)
-        return text_windows(model, n, length, source="corpus").tokens
-    if str(source).startswith("openwebtext:"):
-        if model is None:
-            raise ValueError("openwebtext prompts need the model (for its tokenizer)")
-        try:
-            n = int(str(source).split(":", 1)[1])
-        except ValueError as exc:
-            raise ValueError(f"openwebtext:N needs an integer N, got {source!r}") from exc
+            raise ValueError(f"{kind} prompts need the model (for its tokenizer)")
+        if kind == "corpus":
+            return text_windows(model, n, length, source="corpus").tokens
         return openwebtext_windows(model, n)
     if str(source) == "builtin":
         text = resources.files("sensfind").joinpath("data/prompts.txt").read_text()

@@ -150,14 +150,17 @@ class TransformerSubject:
                 )
         m = _RESID_PRE.match(self.hook)
         self.layer = int(m.group(1)) if m else None
-        if self.layer is None:
-            log.warning(
-                "fast path supports blocks.L.hook_resid_pre only; %r uses the reference path (full forward)",
-                self.hook,
-            )
 
         with torch.no_grad():
-            _, cache = model.run_with_cache(self.tokens, names_filter=lambda n: n == self.hook)
+            _, cache = model.run_with_cache(self.tokens, names_filter=lambda n: n in (self.hook, self.output_hook))
+            self._check_site_shape(cache[self.hook], n_pos, "hook")
+            if self.output_hook is not None:
+                self._check_site_shape(cache[self.output_hook], n_pos, "output_hook")
+            if self.layer is None:
+                log.warning(
+                    "fast path supports blocks.L.hook_resid_pre only; %r uses the reference path (full forward)",
+                    self.hook,
+                )
             acts = cache[self.hook][0].reshape(n_pos, -1)  # [P, d]
             base = acts[self.position].detach().clone()  # [d]
             self._check_base_norm(acts.float().norm(dim=-1))
@@ -168,6 +171,18 @@ class TransformerSubject:
             self.base_output = self._run_full(self.base[None])[0].detach()  # [n_out]
 
     # -- construction helpers -------------------------------------------------------------
+    def _check_site_shape(self, acts: Tensor, n_pos: int, what: str) -> None:
+        """The site (and the output hook) must hold one vector per token position (``[1, P, d]``), like the
+        residual stream; attention patterns (``[1, heads, P, P]``) and per-head activations
+        (``[1, P, heads, d_head]``) cannot be perturbed as a direction or read as an output."""
+        if acts.ndim != 3 or acts.shape[:2] != (1, n_pos):
+            name = self.hook if what == "hook" else self.output_hook
+            raise ValueError(
+                f"{what} {name!r} gives activations of shape {list(acts.shape)}, not one vector per token "
+                f"position ([1, {n_pos}, d]); choose a residual-stream hook such as blocks.1.hook_resid_pre "
+                "(or blocks.L.hook_resid_mid, hook_resid_post, hook_attn_out, hook_mlp_out)"
+            )
+
     def _check_base_norm(self, norms: Tensor) -> None:
         """Record the base's norm beside the prompt's typical norm; warn when it is an outlier.
 

@@ -11,7 +11,7 @@ import optuna
 
 from sensfind import flags
 from sensfind.errors import error_boundary
-from sensfind.flags import add_config_args, load_config_file
+from sensfind.flags import OneLineParser, add_config_args, load_config_file
 from sensfind.runio import check_output_dir
 from sensfind.tuning._config import TuneConfig
 from sensfind.tuning._space import SPACE_FILE_FORMAT, SearchSpace
@@ -67,11 +67,18 @@ def add_tune_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sensfind.tuning ARGS``, the same as ``sensfind tune ARGS``."""
-    parser = argparse.ArgumentParser(prog="python -m sensfind.tuning", description=_DESCRIPTION,
-                                     epilog=SPACE_FILE_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m sensfind.tuning", description=_DESCRIPTION,
+                           epilog=SPACE_FILE_FORMAT, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     _add_tune_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    return error_boundary(lambda: cmd_tune(args))
+
+    def run() -> int:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help
+            return exc.code if isinstance(exc.code, int) else 0
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return cmd_tune(args)
+
+    return error_boundary(run)

@@ -7,11 +7,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 
-from sensfind.configs import Config, check_int, is_number
+from sensfind.configs import MAX_SEED, Config, check_int, is_number
 from sensfind.specs import parse_model_spec
 from sensfind.tuning._space import SearchSpace
 from sensfind.tuning._targets import _METRICS, Metric
 from sensfind.models.loading import resolve_device
+
+
+# upper bounds of the counts (documented with each field)
+_LIMITS = {"n_trials": 100_000, "max_trials": 100_000, "sampler_seed": MAX_SEED, "heartbeat_interval": 3600,
+           "grace_period": 86_400, "retries": 100, "toy_input": MAX_SEED}
+MAX_SUBJECTS = 1000
 
 
 @dataclass(frozen=True)
@@ -22,8 +28,8 @@ class TuneConfig(Config):
         study_name: workers with the same storage and name join one study.
         storage: database URL (``postgresql://user@host/db``, ``sqlite:///f.db``) or SQLite file path (``None``:
             ``<out>/study.db``; ``memory``: in-process); ``optuna-dashboard <URL>`` opens it.
-        n_trials: trials this worker runs (``None``: until ``timeout`` or ``max_trials``).
-        max_trials: stop once the study holds this many finished trials, whoever ran them.
+        n_trials: trials this worker runs (``None``: until ``timeout`` or ``max_trials``; at most 100000).
+        max_trials: stop once the study holds this many finished trials, whoever ran them (at most 100000).
         timeout: seconds after which this worker starts no new trial.
         metric: ``reached``: fraction of restarts on a planted feature (toy); ``distinct``: planted features
             found (toy); ``sae``: fraction of optima matching an SAE latent with p < ``p_value``;
@@ -31,18 +37,20 @@ class TuneConfig(Config):
             points (any model).
         multi_objective: maximise the metric and minimise points (Pareto front) instead of the metric alone.
         sampler: ``tpe`` (multivariate TPE) or ``random``.
-        sampler_seed: seeds the sampler (None: random).
+        sampler_seed: seeds the sampler (None: random; at most 4294967295).
         pruner: ``auto`` (median for single-objective, none for multi-objective), ``median`` or ``none``.
         enqueue_defaults: make ``DiscoverConfig()`` (if inside the space) the first trial of a new study.
     Failure handling:
-        heartbeat_interval: seconds between a running trial's heartbeats (RDB storages).
-        grace_period: seconds without a heartbeat after which a trial is failed (None: 3 x interval).
-        retries: how many times a trial failed that way is re-queued.
+        heartbeat_interval: seconds between a running trial's heartbeats (RDB storages; at most 3600).
+        grace_period: seconds without a heartbeat after which a trial is failed (None: 3 x interval; at most
+            86400).
+        retries: how many times a trial failed that way is re-queued (at most 100).
     Subjects:
         model: ``toy`` (ground truth), or a model for an SAE-scored or sensitive run: a ``sensfind.load_model``
             name (e.g. ``random:tiny`` with ``sae``, ``smollm2-135m``, ``gpt2``).
-        subjects: toy seeds (``--model toy``), or prompt indices into ``prompts``.
-        toy_input: which input of each toy model's stream is the base.
+        subjects: toy seeds (``--model toy``), or prompt indices into ``prompts`` (at most 1000 of them, each
+            at most 4294967295).
+        toy_input: which input of each toy model's stream is the base (at most 4294967295).
         sae: dictionary directory (``Dictionary.save`` or SAELens format) for metric ``sae``.
         prompts: prompts of transformer subjects (``subjects`` indexes them): builtin, corpus:N or a file.
         hook: hook name of the site of transformer subjects.
@@ -77,7 +85,7 @@ class TuneConfig(Config):
 
     def __post_init__(self):
         def count(name, minimum, optional=True):
-            check_int(name, getattr(self, name), minimum, optional)
+            check_int(name, getattr(self, name), minimum, optional, maximum=_LIMITS[name])
 
         if not isinstance(self.study_name, str) or not self.study_name.strip():
             raise ValueError(f"study_name must be a non-empty string, got {self.study_name!r}")
@@ -104,9 +112,14 @@ class TuneConfig(Config):
             raise ValueError("Optuna does not support pruning in multi-objective studies; use pruner 'auto' or 'none'")
 
         resolve_device(self.device)  # an unknown or unavailable device fails here, before any work
+        if not isinstance(self.subjects, (list, tuple)):
+            raise ValueError(f"subjects must be a non-empty list of integers >= 0, got {self.subjects!r}")
         object.__setattr__(self, "subjects", tuple(self.subjects))
-        if not self.subjects or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.subjects):
-            raise ValueError(f"subjects must be a non-empty list of integers >= 0, got {list(self.subjects)}")
+        if not self.subjects or len(self.subjects) > MAX_SUBJECTS or any(
+                not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED for s in self.subjects):
+            raise ValueError(f"subjects must be a non-empty list of at most {MAX_SUBJECTS} integers >= 0 and <= "
+                             f"{MAX_SEED}, got {list(self.subjects)[:10]}{' ...' if len(self.subjects) > 10 else ''}")
+        check_int("position", self.position)
         parse_model_spec(self.model, "model")
         if self.toy and self.metric == "sae":
             raise ValueError("metric 'sae' needs a transformer model and --sae; on the toy use 'reached', "

@@ -78,6 +78,34 @@ class _Objective:
         return (math.nan, math.nan) if self.config.multi_objective else math.nan
 
 
+class _InterruptedTrialFilter(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C as a failure with its traceback (then re-raises the interrupt);
+    the command line says "interrupted" once instead. Genuine failures keep their records."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted = True
+            return False
+        return not (self.interrupted and "failed with value None" in record.getMessage())
+
+
+def _optimize(study: optuna.Study, objective, config: TuneConfig, callbacks, progress: bool | None = None) -> None:
+    quiet = _InterruptedTrialFilter()
+    optuna_log = logging.getLogger("optuna.study._optimize")  # where Optuna reports failed trials
+    optuna_log.addFilter(quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=config.n_trials, timeout=config.timeout, callbacks=callbacks,
+                           show_progress_bar=progress_enabled(progress) and (config.n_trials or config.timeout) is not None)
+    finally:
+        optuna_log.removeFilter(quiet)
+
+
 def tune(
     config: TuneConfig = TuneConfig(),
     space: SearchSpace | None = None,
@@ -110,10 +138,7 @@ def tune(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # trials of dead workers are failed, also before a report (n_trials 0)
     if config.n_trials != 0 and not _study_full(study, config):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=config.n_trials, timeout=config.timeout, callbacks=callbacks,
-                           show_progress_bar=progress_enabled(progress) and (config.n_trials or config.timeout) is not None)
+        _optimize(study, objective, config, callbacks, progress)
     where = type(storage).__name__ if storage is not None else storage_url(config.storage, out)
     result = TuneResult.from_study(study, config, where, ran=objective.ran)
     if out is not None:
