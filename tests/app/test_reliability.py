@@ -596,7 +596,7 @@ def test_15_genuine_bugs_keep_their_traceback(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("bogus:1", "--dictionary must be pretrained:RELEASE"),
+    ("bogus:1", "--dictionary must be auto, corpus, pretrained:RELEASE"),
     ("train:x", "train:D_SAE needs an integer width >= 1, got 'x'"),
     ("disk:/nonexistent-sae", "SAE directory '/nonexistent-sae' does not exist"),
 ])

@@ -72,8 +72,8 @@ class ScanRunConfig(Config):
             towards other prompts' activations, PROMPTS being builtin, corpus:N (N windows of the offline corpus),
             openwebtext:N or a prompt file
         path: the fast path (prefix cache, last position only) or the reference (full forward with a hook)
-        max_points: budget of scan points (directions x steps; None: none); a scan over it is refused
-            before it starts
+        max_points: budget of scan points (directions x steps; None: none; at most 1000000000); a scan over
+            it is refused before it starts
     """
 
     directions: str = "random:16"
@@ -84,7 +84,7 @@ class ScanRunConfig(Config):
         check_directions_spec(self.directions)
         check_choice("path", self.path, ("fast", "reference"))
         if self.max_points is not None:
-            check_int("max_points", self.max_points, 1)
+            check_int("max_points", self.max_points, 1, maximum=10**9)
 
 
 @dataclass(frozen=True)

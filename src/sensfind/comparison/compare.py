@@ -71,7 +71,7 @@ class CompareConfig(EffectConfig):
         n_random: isotropic random directions scanned as the baseline of the latents' threshold angles
             (at most 100000).
         max_points: budget of scan points for every scan of the comparison (curves, baselines, latents,
-            probes, refinement; ``None``: no budget). What does not fit is cut (``comparison.budget``
+            probes, refinement; ``None``: no budget; at most 1000000000). What does not fit is cut (``comparison.budget``
             and a log line say what): the baselines, the resolution, then latents and probes, then
             refinement. The default takes about 3 minutes of scans for SmolLM2-135M on 2 CPU cores.
         seed: seeds nulls, samples and probes (at most 4294967295).
@@ -99,7 +99,7 @@ class CompareConfig(EffectConfig):
                              ("n_random", 1, 100_000)):
             check_int(name, getattr(self, name), lo, maximum=hi)
         if self.max_points is not None:
-            check_int("max_points", self.max_points, 1)
+            check_int("max_points", self.max_points, 1, maximum=10**9)
         if not (isinstance(self.alpha, float) and 0 < self.alpha < 1):
             raise ValueError(f"alpha must be a number in (0, 1), got {self.alpha!r}")
         if not (isinstance(self.probe_deg, (int, float)) and 0 < self.probe_deg < 90):
