@@ -89,7 +89,7 @@ class CompareConfig(EffectConfig):
     stop: float = 90.0
     refine_iterations: int = 40
     n_random: int = 64
-    max_points: int | None = 20000
+    max_points: int | None = 50_000
     seed: int = 0
 
     def __post_init__(self):
