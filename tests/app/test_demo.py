@@ -117,6 +117,8 @@ def test_central_result_smoke(tmp_path):
     assert 0 <= results["ks_optima_vs"]["real-other"]["statistic"] <= 1
     assert (out / "report.html").is_file() and (out / "summary.json").is_file() and (out / "sweep.json").is_file()
     assert (out / "figures" / "threshold_angles.png").stat().st_size > 1000
+    assert {"optima", "isotropic", "linear"} <= set(results["privileged"])  # the mixture test of every kind
+    assert "Privileged directions" in (out / "report.html").read_text()
 
 
 def test_demo_cli_offers_the_real_model_and_the_toy():

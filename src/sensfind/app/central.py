@@ -235,6 +235,14 @@ def aggregate(config: CentralConfig, units: list[tuple[Path, list[int]]], prompt
                table(ks_rows, ["comparison", "KS statistic", "p-value"]))]
     if rt := refinement_table(analyses):
         tables.append(("Refinement of SAE latents", rt))
+    if priv := r["privileged"]:
+        rows = [[k, v["prompts"], "∞" if v["p_median"] is None else v["p_median"], v["prompts_p_above_2"],
+                 v["prompts_containing_2"], v["prompts_p_below_2"], v["ratio_to_quadratic_onset_median"]]
+                for k, v in priv.items()]
+        tables.append(("Privileged directions: the Lp mixture test per kind and prompt, and thresholds over their "
+                       "quadratic (linear-response) onsets",
+                       table(rows, ["kind", "prompts", "median p", "95% interval above 2", "contains 2", "below 2",
+                                    "threshold / quadratic onset (median)"])))
     render_report(out / "report.html", f"sensfind central result: {config.model}",
                   f"{r['n_prompts']} corpus prompts, site {demo.hook}, last token; cards below are for prompt {first}",
                   lead, tables, figs, views, [("results.json", f"<pre>{json.dumps(r, indent=1)}</pre>")])
