@@ -333,15 +333,6 @@ def _window_spec(source: str) -> tuple[str, int, int]:
                      + (f" and 1 <= LEN <= {MAX_PROMPT_LENGTH}" if kind == "corpus" else "") + f", got {source!r}")
 
 
-def check_prompt_source(source: str | Path) -> None:
-    """Check a prompt source without the model: the spelling of ``corpus:``/``openwebtext:`` sources, and a
-    prompt file's contents (read here, so that a bad file is refused before the model loads)."""
-    if str(source).startswith(("corpus:", "openwebtext:")):
-        _window_spec(str(source))
-    elif str(source) != "builtin":
-        load_prompts(source)
-
-
 def parse_corpus_source(source: str) -> tuple[int, int]:
     """``corpus:N`` / ``corpus:N:LEN`` -> (N windows, LEN tokens each, default 10); N at most 100000, LEN at
     most 1024."""
@@ -356,18 +347,14 @@ _NEAR_MISS = re.compile(r"^(corpus|openwebtext)\W?(\d+)?(?:\W(\d+))?$")
 
 
 def check_prompt_source(source: str | Path) -> None:
-    """Refuse a prompt source without a model, before any work: a malformed ``corpus:``/``openwebtext:``
-    spec, or a file that is missing (with a suggestion where it looks like a spec, ``corpus64`` ->
+    """Refuse a prompt source without a model, before any work: a malformed or too large
+    ``corpus:``/``openwebtext:`` spec, or a file that is missing (with a suggestion where it looks like a spec, ``corpus64`` ->
     ``corpus:64``), unreadable, binary or empty."""
     text = str(source)
     if text == "builtin":
         return
     if text.startswith(("corpus:", "openwebtext:")):
-        kind, _, rest = text.partition(":")
-        parts = rest.split(":")
-        if not all(p.isdigit() for p in parts) or len(parts) > (2 if kind == "corpus" else 1) or int(parts[0]) < 1:
-            form = "corpus:N or corpus:N:LEN" if kind == "corpus" else "openwebtext:N"
-            raise ValueError(f"{kind} prompts are {form} with integers >= 1, got {text!r}")
+        _window_spec(text)  # spelling and bounds
         return
     near = _NEAR_MISS.match(text)
     if near and not Path(text).exists():
