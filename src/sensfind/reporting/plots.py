@@ -327,16 +327,8 @@ def plot_mixture_curves(path: str | Path, test: MixtureTest, max_pairs: int = 6,
         ax.plot(fine, fitted[i], "-", color=f"C{c}", lw=1.5)
     ax.plot([], [], "k--", lw=1, label="p = 2 (quadratic form)")
     ax.plot([], [], "k-", lw=1.5, label=f"fitted p = {test.p:.3g} [{test.p_low:.3g}, {test.p_high:.3g}]")
-    ax.set_xlabel("mixture angle φ (deg): cos φ·a + sin φ·b")
-    ax.set_ylabel(f"critical angle r*(φ) (deg, KL > {test.config.tau:g})")
-    ax.set_title(title or f"mixture test: {test.n_pairs} pairs")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return finish(fig, ax, path, "mixture angle φ (deg): cos φ·a + sin φ·b",
+                  f"critical angle r*(φ) (deg, KL > {test.config.tau:g})", title or f"mixture test: {test.n_pairs} pairs")
 
 
 def plot_p_by_kind(path: str | Path, tests: dict[str, MixtureTest], title: str = "") -> Path:
