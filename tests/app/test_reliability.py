@@ -848,9 +848,12 @@ def test_22_2_a_real_sigint_during_discover(tmp_path):
     import signal
 
     out = tmp_path / "run"
+    # a foreground command's Ctrl-C: SIGINT at its default in the child, even where this test process was
+    # started in the background by a shell, which starts it ignored (and Python then leaves it ignored)
     proc = subprocess.Popen(_cli(*TOY[:-1], "--iterations", "10000", "--tol", "0", "--patience", "10000",
                                  "--restarts", "2", "--quiet", "--out", str(out)),
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = incomplete_dir(out) / "checkpoint.pt"
     try:
         _wait_for(ckpt, proc)

@@ -80,19 +80,24 @@ def _tune_result():
 
 @pytest.fixture(scope="module")
 def prompt_analysis():
-    from test_analysis import toy_analysis
+    from analysis_cases import toy_analysis
 
     return toy_analysis()
 
 
 def _non_finite_analysis(a):
-    """``a`` with a nan in an optimum's curve, isotropic curves that never reach τ, an inf refined threshold."""
+    """``a`` with a nan in an optimum's curve, isotropic curves (and zoomed thresholds) that never reach τ, an
+    inf refined threshold."""
     effects = {k: v.clone() for k, v in a.effects.items()}
     effects["optima"][0, 1] = NAN
     effects["isotropic"].zero_()
+    thresholds = {k: v.clone() for k, v in a.thresholds.items()}  # the zoomed thresholds: never reached either
+    if "isotropic" in thresholds:
+        thresholds["isotropic"].fill_(INF)
     end = a.refinement.blowup_end.clone()
     end[0] = INF
-    return dataclasses.replace(a, effects=effects, refinement=dataclasses.replace(a.refinement, blowup_end=end))
+    return dataclasses.replace(a, effects=effects, thresholds=thresholds,
+                               refinement=dataclasses.replace(a.refinement, blowup_end=end))
 
 
 # a maker, or the name of a fixture that gives the result
