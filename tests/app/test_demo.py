@@ -2,6 +2,7 @@
 and the CLI's choice between the real model and the toy. The toy demo's own test is in test_compare.py."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -113,11 +114,14 @@ def test_central_result_smoke(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["n_prompts"] == 2 and results["n_optima"] >= 2
     assert set(results["threshold_median_deg"]) == {"optima", "isotropic", "cov-random", "real-other", "SAE active",
-                                                    "SAE inactive"}
+                                                    "SAE inactive", "linear", "PCA", "contrastive"}
     assert 0 <= results["ks_optima_vs"]["real-other"]["statistic"] <= 1
     assert (out / "report.html").is_file() and (out / "summary.json").is_file() and (out / "sweep.json").is_file()
     assert (out / "figures" / "threshold_angles.png").stat().st_size > 1000
-    assert {"optima", "isotropic", "linear"} <= set(results["privileged"])  # the mixture test of every kind
+    assert {"optima", "isotropic", "linear", "PCA", "contrastive"} <= set(results["privileged"])  # every kind's test
+    for kind, row in results["privileged"].items():  # the pooled median p lies in its interval over prompts
+        lo, mid, hi = (math.inf if row[k] is None else row[k] for k in ("p_median_low", "p_median", "p_median_high"))
+        assert lo <= mid <= hi, kind
     assert "Privileged directions" in (out / "report.html").read_text()
 
 

@@ -109,9 +109,16 @@ def test_loading_a_directory_without_an_analysis_names_the_missing_file(tmp_path
 
 
 def test_the_mixture_test_and_the_linear_control_per_kind(tmp_path):
-    a = toy_analysis(dataclasses.replace(SMALL, mixture_pairs=3, restarts=8, iterations=15))
-    assert "linear" in a.directions and a.effects["linear"].shape[0] == 8
-    assert {"optima", "isotropic", "linear"} <= set(a.privileged)
+    subject, dic, others, pool = toy_case()
+    contrastive = subject.real_others(6, seed=3)  # any targets: the kind scans the directions towards them
+    a = analyse_prompt(subject, dic, others, pool, dataclasses.replace(SMALL, mixture_pairs=3, restarts=8, iterations=15),
+                       contrastive=torch.cat([contrastive, subject.base[None]]))
+    assert a.effects["linear"].shape[0] == a.effects["PCA"].shape[0] == 8
+    assert a.effects["contrastive"].shape[0] == 6  # the base itself among the targets is dropped
+    pca = a.directions["PCA"].double()  # the pool's axes with the base projected out (sphere mode), both signs
+    assert torch.allclose(pca[1::2], -pca[::2]) and (pca @ subject.base.double()).abs().max() < 1e-5 * subject.base.norm()
+    assert (pca[::2] @ pca[::2].T - torch.eye(4, dtype=torch.float64)).abs().max() < 0.999  # four distinct axes
+    assert {"optima", "isotropic", "linear", "PCA", "contrastive"} <= set(a.privileged)
     for kind, r in a.privileged.items():
         assert 1 <= r["n_pairs"] <= 3 and r["scan_points"] > 0, kind
     # the toy's optima are its planted, hard-thresholded features: privileged, unlike isotropic directions

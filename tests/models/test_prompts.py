@@ -136,3 +136,26 @@ def test_corpus_prompts_and_text_windows(tiny_model, monkeypatch):
     assert got.tokens == load_corpus(tiny_model).windows(5, 9, seed=2).tolist()
     with pytest.raises(ValueError, match="source must be"):
         text_windows(tiny_model, 5, source="wikipedia")
+
+
+def test_one_token_variants_replace_one_token_with_a_donors_token_there():
+    tokens = list(range(100, 110))
+    donors = torch.randint(0, 50, (40, 12), generator=torch.Generator().manual_seed(0))
+    variants = prompts.one_token_variants(tokens, donors, 8, seed=3)
+    assert len(variants) == 8 and variants == prompts.one_token_variants(tokens, donors, 8, seed=3)
+    changed = set()
+    for v in variants:
+        diff = [i for i, (a, b) in enumerate(zip(v, tokens)) if a != b]
+        assert len(v) == len(tokens) and len(diff) == 1 and diff[0] >= 1  # never the first token
+        assert v[diff[0]] in donors[:, diff[0]].tolist()
+        changed.add((diff[0], v[diff[0]]))
+    assert len(changed) == 8  # no variant twice
+    assert prompts.one_token_variants(tokens, donors, 8, seed=4) != variants
+
+
+def test_one_token_variants_with_no_differing_donor_or_a_bad_window():
+    assert prompts.one_token_variants([1, 2, 3], torch.tensor([[1, 2, 3, 4]]), 4) == []
+    with pytest.raises(ValueError, match="at least 2 tokens, got 1"):
+        prompts.one_token_variants([5], torch.zeros(3, 4, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match=r"donor windows must have shape \[M, L >= 5\], got \[3, 4\]"):
+        prompts.one_token_variants([1, 2, 3, 4, 5], torch.zeros(3, 4, dtype=torch.long), 2)

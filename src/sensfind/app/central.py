@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from sensfind.models.loading import load_model
-from sensfind.comparison.analysis import KINDS, AnalysisConfig, PromptAnalysis
+from sensfind.comparison.analysis import AnalysisConfig, PromptAnalysis, kinds_of
 from sensfind.configs import MAX_SEED, Config, check_int
 from sensfind.runio import json_float, save_json
 from sensfind.app.demo import ModelDemoConfig
@@ -115,10 +116,19 @@ def _median(t) -> float | None:
     return float(f.median()) if f.numel() else None
 
 
+def _median_interval(x: Tensor, seed: int, n_boot: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval (over the entries: prompts) of the median of ``x`` (∞ allowed)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(x), (n_boot, len(x)), generator=g)
+    meds = x[idx].median(dim=1).values.sort().values
+    return float(meds[int(0.025 * n_boot)]), float(meds[int(0.975 * n_boot) - 1])
+
+
 def pooled_privileged(analyses: list) -> dict:
     """Per kind, over the prompts whose analysis ran the mixture test: the median of the prompts' ``p``
-    (∞ counted as the largest), how many prompts' 95% intervals lie above 2, contain 2 or lie below it,
-    and the median threshold over quadratic onset."""
+    (∞ counted as the largest) with a 95% bootstrap interval over prompts, how many prompts' own 95%
+    intervals lie above 2, contain 2 or lie below it, and the median threshold over quadratic onset and
+    early growth (KL over the quadratic form's at 2° and 4°)."""
     out = {}
     for kind in dict.fromkeys(k for a in analyses for k in a.privileged):
         rows = [a.privileged[kind] for a in analyses if kind in a.privileged]
@@ -126,10 +136,15 @@ def pooled_privileged(analyses: list) -> dict:
         lo = torch.tensor([math.inf if r["p_low"] is None else r["p_low"] for r in rows], dtype=torch.float64)
         hi = torch.tensor([math.inf if r["p_high"] is None else r["p_high"] for r in rows], dtype=torch.float64)
         ratio = torch.tensor([math.nan if r.get("ratio_median") is None else r["ratio_median"] for r in rows])
+        growth = {a: torch.tensor([math.nan if r.get(f"early_growth_{a}deg_median") is None
+                                   else r[f"early_growth_{a}deg_median"] for r in rows]) for a in (2, 4)}
+        p_low, p_high = _median_interval(p, seed=len(out))
         out[kind] = {"prompts": len(rows), "p_median": json_float(float(p.median())),
+                     "p_median_low": json_float(p_low), "p_median_high": json_float(p_high),
                      "prompts_p_above_2": int((lo > 2).sum()), "prompts_p_below_2": int((hi < 2).sum()),
                      "prompts_containing_2": int(((lo <= 2) & (hi >= 2)).sum()),
                      "ratio_to_quadratic_onset_median": _median(ratio[torch.isfinite(ratio)]),
+                     **{f"early_growth_{a}deg_median": _median(g[torch.isfinite(g)]) for a, g in growth.items()},
                      "scan_points": sum(int(r["scan_points"]) for r in rows)}
     return out
 
@@ -138,7 +153,8 @@ def pooled_results(analyses: list, prompts_skipped: int) -> dict:
     """The numbers of ``results.json``: threshold angles pooled over prompts and compared by KS tests
     (not reached counted beyond the scan), matches, refinement and timing."""
     cap = float(analyses[0].steps[-1]) + 1.0
-    pooled = {k: torch.cat([a.threshold(k) for a in analyses]) for k in KINDS}
+    kinds = kinds_of(analyses)
+    pooled = {k: torch.cat([a.threshold(k) for a in analyses]) for k in kinds}
     sig = {k: [a.significant(k) for a in analyses] for k in ("isotropic", "covariance")}
     best = torch.cat([a.matches["isotropic"].cos[:, 0].abs() for a in analyses])
     ref = [a.refinement for a in analyses if a.refinement is not None]
@@ -153,7 +169,7 @@ def pooled_results(analyses: list, prompts_skipped: int) -> dict:
         "threshold_median_deg": {k: _median(v) for k, v in pooled.items()},
         "threshold_n": {k: int(v.numel()) for k, v in pooled.items()},
         "threshold_not_reached": {k: int((~torch.isfinite(v)).sum()) for k, v in pooled.items()},
-        "ks_optima_vs": {k: _ks(pooled["optima"], pooled[k], cap) for k in KINDS if k != "optima"},
+        "ks_optima_vs": {k: _ks(pooled["optima"], pooled[k], cap) for k in kinds if k != "optima"},
         "ks_real_other_vs_cov_random": _ks(pooled["real-other"], pooled["cov-random"], cap),
         "ks_real_other_vs_isotropic": _ks(pooled["real-other"], pooled["isotropic"], cap),
         "ks_sae_active_vs_inactive": _ks(pooled["SAE active"], pooled["SAE inactive"], cap),
@@ -183,6 +199,10 @@ def _f(v) -> str:
     return "n.r." if v is None else f"{v:.1f}"
 
 
+def _p(v) -> str:
+    return "∞" if v is None else f"{v:.2f}"
+
+
 def aggregate(config: CentralConfig, units: list[tuple[Path, list[int]]], prompts_skipped: int) -> dict:
     """Pool a sweep's analysed prompts into ``config.out``: ``results.json``, ``figures/*.png`` and
     ``report.html`` (with the cards of the first prompt unless ``no_cards``). Returns the results. ``units``:
@@ -196,7 +216,8 @@ def aggregate(config: CentralConfig, units: list[tuple[Path, list[int]]], prompt
     r = pooled_results(analyses, prompts_skipped)
     save_json(out / "results.json", r)
     a0 = analyses[0]
-    figs = analysis_figures(out, analyses, KINDS)
+    kinds = kinds_of(analyses)
+    figs = analysis_figures(out, analyses, kinds)
     ref = [a.refinement for a in analyses if a.refinement is not None]
     if r["refinement"]["n_latents"]:
         b0, b1 = (torch.cat([getattr(x, n) for x in ref]).double() for n in ("blowup_start", "blowup_end"))
@@ -230,19 +251,22 @@ def aggregate(config: CentralConfig, units: list[tuple[Path, list[int]]], prompt
     ks_rows += [["real-other vs cov-random", *r["ks_real_other_vs_cov_random"].values()],
                 ["real-other vs isotropic", *r["ks_real_other_vs_isotropic"].values()],
                 ["SAE active vs inactive", *r["ks_sae_active_vs_inactive"].values()]]
-    tables = [("Threshold angles by kind (pooled over prompts)", threshold_table(analyses, KINDS)),
+    tables = [("Threshold angles by kind (pooled over prompts)", threshold_table(analyses, kinds)),
               ("Two-sample KS tests of threshold angles (not reached counted beyond the scan)",
                table(ks_rows, ["comparison", "KS statistic", "p-value"]))]
     if rt := refinement_table(analyses):
         tables.append(("Refinement of SAE latents", rt))
     if priv := r["privileged"]:
-        rows = [[k, v["prompts"], "∞" if v["p_median"] is None else v["p_median"], v["prompts_p_above_2"],
-                 v["prompts_containing_2"], v["prompts_p_below_2"], v["ratio_to_quadratic_onset_median"]]
+        rows = [[k, v["prompts"], "∞" if v["p_median"] is None else v["p_median"],
+                 f"[{_p(v['p_median_low'])}, {_p(v['p_median_high'])}]", v["prompts_p_above_2"],
+                 v["prompts_containing_2"], v["prompts_p_below_2"], v["ratio_to_quadratic_onset_median"],
+                 v["early_growth_2deg_median"], v["early_growth_4deg_median"]]
                 for k, v in priv.items()]
         tables.append(("Privileged directions: the Lp mixture test per kind and prompt, and thresholds over their "
                        "quadratic (linear-response) onsets",
-                       table(rows, ["kind", "prompts", "median p", "95% interval above 2", "contains 2", "below 2",
-                                    "threshold / quadratic onset (median)"])))
+                       table(rows, ["kind", "prompts", "median p", "95% interval (over prompts)",
+                                    "prompts: interval above 2", "contains 2", "below 2",
+                                    "threshold / quadratic onset (median)", "KL / quadratic at 2°", "at 4°"])))
     render_report(out / "report.html", f"sensfind central result: {config.model}",
                   f"{r['n_prompts']} corpus prompts, site {demo.hook}, last token; cards below are for prompt {first}",
                   lead, tables, figs, views, [("results.json", f"<pre>{json.dumps(r, indent=1)}</pre>")])

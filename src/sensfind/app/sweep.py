@@ -55,7 +55,7 @@ from sensfind.app.jobs import check_run_settings, discovery_summary
 from sensfind.discovery.optima import Discovery
 from sensfind.discovery.config import DiscoverConfig
 from sensfind.discovery.loop import discover
-from sensfind.models.prompts import load_corpus, parse_corpus_source
+from sensfind.models.prompts import load_corpus, one_token_variants, parse_corpus_source, prompt_activations
 from sensfind.runio import Result, check_output_dir, load_json, read_text, save_json, staged_dir
 from sensfind.app.site import DiscoverySiteConfig
 from sensfind.models.transformer_subject import TransformerSubject, tokenize_prompt
@@ -70,7 +70,7 @@ WORKS = ("discover", "analysis")
 ENGINES = ("local", "ray")
 MAX_WORKERS = 1024
 RAY_INSTALL = "pip install 'sensfind[ray]'"
-KEY_FORMAT = 1  # of the unit keys and files: bump when a unit's result changes meaning
+KEY_FORMAT = 2  # of the unit keys and files: bump when a unit's result changes meaning
 DONE, FAILED = "unit.json", "error.json"
 _ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9._-]+:\d{1,5})$")
 _UNIT_SITE = ("prompt", "tokens", "input")  # what each unit sets in the site template
@@ -315,8 +315,8 @@ def _context(config: SweepConfig) -> dict:
             central = config.central(".")
             demo, acfg = settings(central)
             model, corpus, sae = _load(central, demo)
-            ctx = {"model": model, "sae": sae, "pool": contexts(model, corpus, demo)[1].acts, "demo": demo,
-                   "acfg": acfg}
+            ctx = {"model": model, "corpus": corpus, "sae": sae, "pool": contexts(model, corpus, demo)[1].acts,
+                   "demo": demo, "acfg": acfg}
         _LOADED[key] = ctx
     return _LOADED[key]
 
@@ -332,11 +332,22 @@ def _work(config: SweepConfig, ctx: dict, site: DiscoverySiteConfig, others: Ten
                          f"{summary['random_blowup_median']:.3g}")
     prompt = site.token_ids if site.tokens is not None else site.prompt
     subject = TransformerSubject(ctx["model"], prompt, hook=ctx["demo"].hook, chunk_size=CHUNK)
-    a = analyse_prompt(subject, ctx["sae"], others, ctx["pool"], ctx["acfg"])
+    a = analyse_prompt(subject, ctx["sae"], others, ctx["pool"], ctx["acfg"],
+                       contrastive=_contrastive(ctx, prompt) if ctx["acfg"].mixture_pairs else None)
     a.save(tmp, overwrite=True)
     s = a.summary()
     return s, (f"{len(a.discovery)} optima, median threshold optima {s['kinds']['optima']['median_deg']} / "
                f"real-other {s['kinds']['real-other']['median_deg']} deg")
+
+
+def _contrastive(ctx: dict, prompt) -> Tensor:
+    """Site activations ``[C, d]`` of the prompt with one token replaced by a train-split window's token at
+    that position (``n_real_other`` variants, seeded): the targets of the kind ``contrastive``."""
+    acfg, model = ctx["acfg"], ctx["model"]
+    tokens = prompt if isinstance(prompt, list) else tokenize_prompt(model, prompt)[0].tolist()
+    donors = ctx["corpus"].windows(4 * acfg.n_real_other, len(tokens), seed=acfg.seed + 5, split="train")
+    variants = one_token_variants(tokens, donors, acfg.n_real_other, seed=acfg.seed + 6)
+    return prompt_activations(model, variants, ctx["demo"].hook)
 
 
 def _run_unit(chunk: Chunk, ctx: dict, unit: Unit) -> dict:

@@ -10,7 +10,11 @@ on many. For one subject (a site in a model) and a dictionary (an SAE at the sam
 * matches the optima with the dictionary against an isotropic and a covariance-matched null, and with
   real-other directions (``match``);
 * refines the most active latents by discovery (``optimize.refine``): how far they move and how much
-  earlier they blow up.
+  earlier they blow up;
+* with ``mixture_pairs`` > 0, asks whether each kind is privileged: it also scans the top eigenvectors of
+  the linear response (``linear``), the top principal axes of the covariance pool (``PCA``) and, where the
+  caller gives them, contrastive targets (``contrastive``: the prompt with one token replaced), and runs the
+  Lp mixture test (``core.mixture``) and the linear-response onset predictions of every kind.
 
 Every scan is run once; figures, cards and summaries read the curves kept here. In sphere mode only the
 part of a direction orthogonal to the base moves the activation, so decoder rows are compared after
@@ -30,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sensfind.core.baselines import cov_random_targets, cov_stats, isotropic
+from sensfind.core.baselines import cov_random_targets, cov_stats, isotropic, pca_directions
 from sensfind.comparison.compare import project_dictionary, signed_rows
 from sensfind.dictionaries.corpus_sae import massive_mask, window_activations
 from sensfind.dictionaries.dictionary import Dictionary
@@ -49,7 +53,7 @@ from sensfind.core.mixture import MixtureConfig, mixture_test
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AnalysisConfig", "PromptAnalysis", "analyse_prompt", "KINDS", "massive_last_token"]
+__all__ = ["AnalysisConfig", "PromptAnalysis", "analyse_prompt", "KINDS", "PRIVILEGE_KINDS", "kinds_of", "massive_last_token"]
 
 # upper bounds of the sizes (documented with each field); restarts, iterations, scan_steps as DiscoverConfig's
 _LIMITS = {"restarts": 4096, "iterations": 10_000, "scan_steps": 1024, "n_random": 100_000, "n_cov": 100_000,
@@ -58,6 +62,14 @@ _LIMITS = {"restarts": 4096, "iterations": 10_000, "scan_steps": 1024, "n_random
 
 # the kinds of direction scanned for every prompt, in the order figures and tables show them
 KINDS = ("optima", "isotropic", "cov-random", "real-other", "SAE active", "SAE inactive")
+# scanned too when the mixture test runs (``mixture_pairs`` > 0; ``contrastive`` where the caller gives targets)
+PRIVILEGE_KINDS = ("linear", "PCA", "contrastive")
+N_AXES = 4  # eigenvectors of G (``linear``) and principal axes (``PCA``), each scanned with both signs
+
+
+def kinds_of(analyses: list) -> tuple[str, ...]:
+    """:data:`KINDS`, then the :data:`PRIVILEGE_KINDS` that every one of ``analyses`` scanned."""
+    return KINDS + tuple(k for k in PRIVILEGE_KINDS if all(k in a.effects for a in analyses))
 
 
 @dataclass(frozen=True)
@@ -80,8 +92,9 @@ class AnalysisConfig(Config):
         k, n_null, alpha: dictionary matches per optimum (at most 1000), null size (at most 100000),
             significance level.
         seed: seeds discovery, baselines and samples (at most 4294967295).
-        mixture_pairs: are the kinds privileged? When > 0: the top eigenvectors of the linear response
-            (kind ``linear``, both signs) are scanned too, and every kind gets the Lp mixture test over at
+        mixture_pairs: are the kinds privileged? When > 0: the top 4 eigenvectors of the linear response
+            (kind ``linear``) and the top 4 principal axes of the covariance pool (``PCA``), both signs, and the
+            caller's contrastive targets are scanned too, and every kind gets the Lp mixture test over at
             most this many pairs and its thresholds' ratio to their quadratic onsets (0: neither; at most 10000).
     """
 
@@ -281,12 +294,15 @@ def analyse_prompt(
     pool: Tensor,
     config: AnalysisConfig = AnalysisConfig(),
     progress: bool = False,
+    contrastive: Tensor | None = None,
 ) -> PromptAnalysis:
     """Analyse one subject (see the module docstring).
 
     ``others [M, d]``: activations of other corpus prompts at the same site and position (real-other
     targets, the first ``n_real_other`` are scanned). ``pool [P, d]``: activations whose mean and
-    covariance define the cov-random baseline and the covariance null.
+    covariance define the cov-random and PCA baselines and the covariance null. ``contrastive [C, d]``:
+    activations at the site of the prompt with one token replaced (``models.prompts.one_token_variants``),
+    scanned as the kind ``contrastive`` when the mixture test runs.
     """
     base = subject.base
     d = base.shape[0]
@@ -308,8 +324,12 @@ def analyse_prompt(
     eff: dict[str, Tensor] = {}
     with torch.no_grad():
         if config.mixture_pairs:
-            dirs["linear"] = linear_directions(subject, 8)
-        for kind in [k for k in ("optima", "isotropic", "cov-random", "real-other", "linear") if k in dirs]:
+            dirs["linear"] = linear_directions(subject, 2 * N_AXES)
+            dirs["PCA"] = effective_directions(pca_directions(stats, 2 * N_AXES).to(base.dtype), base, "sphere")
+            if contrastive is not None:
+                kept = contrastive[~is_base(contrastive, base)]  # a replaced token that changes nothing here
+                dirs["contrastive"] = directions_from_targets(base, kept.to(base.dtype))
+        for kind in [k for k in ("optima", "isotropic", "cov-random", "real-other", *PRIVILEGE_KINDS) if k in dirs]:
             eff[kind] = scan(subject, dirs[kind], cfg, progress=progress, desc=kind).effects if len(dirs[kind]) \
                 else torch.empty(0, config.curve_steps)
         # latents: active on the base (most active first) and a sample of inactive ones
@@ -349,7 +369,7 @@ def analyse_prompt(
     if config.mixture_pairs:
         mconf = MixtureConfig(max_pairs=config.mixture_pairs, tau=config.tau, bootstrap=500, seed=config.seed)
         for kind, rows in dirs.items():
-            rows = rows[::2] if kind == "linear" else rows  # one sign of each eigenvector: an orthogonal set
+            rows = rows[::2] if kind in ("linear", "PCA") else rows  # one sign of each axis: an orthogonal set
             if len(rows) < 2:
                 continue
             test = mixture_test(subject, rows, mconf)

@@ -1,4 +1,4 @@
-"""Sources of directions: isotropic random, covariance-matched random targets, files of directions.
+"""Sources of directions: isotropic random, covariance-matched random targets, principal axes, files of directions.
 
 Directions are ``[R, d]`` rows; helpers that make *targets* (activations to move towards) say so,
 and ``sensfind.core.scan.directions_from_targets`` turns targets into unit directions.
@@ -17,7 +17,7 @@ from sensfind.runio import save_tensors
 import pickle
 import zipfile
 
-__all__ = ["isotropic", "CovStats", "cov_stats", "cov_random_targets", "load_directions", "save_directions"]
+__all__ = ["isotropic", "CovStats", "cov_stats", "cov_random_targets", "pca_directions", "load_directions", "save_directions"]
 
 
 def isotropic(n: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -71,6 +71,22 @@ def cov_random_targets(stats: CovStats, n: int, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, stats.factor.shape[1], generator=g, dtype=stats.factor.dtype)
     return (stats.mean + z @ stats.factor.T).float()
+
+
+def pca_directions(stats: CovStats, n: int) -> Tensor:
+    """The kind ``PCA``: ``n`` rows ``[n, d]`` from the covariance's top principal axes with both signs,
+    ``+u1, −u1, +u2, −u2, ...`` (float64, unit rows; each axis's sign fixed so its largest entry is positive)."""
+    if n < 1:
+        raise ValueError(f"number of directions must be >= 1, got {n}")
+    k = (n + 1) // 2
+    d = stats.factor.shape[1]
+    if k > d:
+        raise ValueError(f"{n} PCA directions need {k} principal axes; the activations have {d} dimensions")
+    evals, evecs = torch.linalg.eigh(stats.cov)
+    u = evecs[:, evals.argsort(descending=True)[:k]].T
+    u = u * torch.sign(u.gather(1, u.abs().argmax(1, keepdim=True)))
+    u = u / u.norm(dim=1, keepdim=True)
+    return torch.stack([u, -u], dim=1).reshape(2 * k, -1)[:n]
 
 
 def load_directions(path: str | Path, key: str = "directions") -> Tensor:

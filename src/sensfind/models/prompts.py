@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sensfind.configs import check_int
 from sensfind.errors import CorpusUnavailableError, DatasetUnavailableError, InputFileError
 from sensfind.models.transformer_subject import tokenize_prompt
 from sensfind.models.loading import hf_offline, hub_reachable
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CORPUS_PACKAGE", "Corpus", "CorpusUnavailableError", "DatasetUnavailableError", "TextWindows",
            "check_prompt_source", "corpus_texts", "load_corpus", "load_prompts", "openwebtext_windows",
-           "parse_corpus_source", "resolve_cache_dir",
+           "one_token_variants", "parse_corpus_source", "resolve_cache_dir",
            "prompt_activations", "site_activations_all_positions", "text_windows"]
 
 
@@ -405,6 +406,30 @@ def prompt_activations(model, prompts: list, hook: str, position: int = -1) -> T
             raise ValueError(f"position {position} is out of range for prompt {prompt!r} of {n} tokens")
         out.append(_hook_activations(model, tokens, hook)[position])
     return torch.stack(out).float()
+
+
+def one_token_variants(tokens: list[int], donors: Tensor, n: int, seed: int = 0) -> list[list[int]]:
+    """``n`` copies of the token window ``tokens``, each with one token replaced (contrastive pairs with
+    the window). The position is drawn uniformly from all but the first (an attention sink); the new token is
+    the one a donor window ``donors [M, L]`` (real text, ``L`` at least the window's length) has there,
+    donors taken in turn and skipped where they hold the same token. Seeded; ``[]`` if no donor differs."""
+    check_int("n", n, 1)
+    if len(tokens) < 2:
+        raise ValueError(f"a contrastive variant needs a window of at least 2 tokens, got {len(tokens)}")
+    if donors.ndim != 2 or donors.shape[1] < len(tokens):
+        raise ValueError(f"donor windows must have shape [M, L >= {len(tokens)}], got {list(donors.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    out, seen = [], set()
+    for i in torch.randperm(len(donors), generator=g).tolist():
+        pos = 1 + int(torch.randint(len(tokens) - 1, (1,), generator=g))
+        new = int(donors[i, pos])
+        if new == tokens[pos] or (pos, new) in seen:
+            continue
+        seen.add((pos, new))
+        out.append(tokens[:pos] + [new] + tokens[pos + 1:])
+        if len(out) == n:
+            break
+    return out
 
 
 def _hook_activations(model, tokens: Tensor, hook: str) -> Tensor:
