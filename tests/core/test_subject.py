@@ -73,7 +73,7 @@ def test_function_subject_bad_input():
 
 def test_pretrained_loader_fails_offline_with_one_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(sf.ModelUnavailableError, match="could not load pretrained model 'gpt2'.*random:gpt2"):
+    with pytest.raises(sf.ModelUnavailableError, match="could not load pretrained model 'gpt2'.*smollm2-135m or --model gemma-3-270m.*random:gpt2"):
         sf.load_model("gpt2")
 
 

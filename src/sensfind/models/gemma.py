@@ -27,7 +27,7 @@ from sensfind.errors import ModelUnavailableError
 log = logging.getLogger(__name__)
 
 __all__ = ["GEMMA3_ARCHITECTURE", "GEMMA3_INSTALL", "GEMMA3_TL_NAME", "convert_gemma3", "gemma3_config", "gemma3_path",
-           "gemma3_terms_path"]
+           "gemma3_terms_path", "hf_sizes"]
 
 GEMMA3_ARCHITECTURE = "gemma3"  # general.architecture in the GGUF header
 GEMMA3_TL_NAME = "google/gemma-3-270m"  # TransformerLens's configuration used as the template
@@ -109,15 +109,8 @@ def gemma3_config(hf_config, dtype: torch.dtype = torch.float32):
           if k in fields and k not in ("n_params", "device", "dtype", "model_name", "tokenizer_name")}
     d_head = hf_config.head_dim
     kw.update(
-        d_model=hf_config.hidden_size,
-        d_head=d_head,
-        n_heads=hf_config.num_attention_heads,
+        **hf_sizes(hf_config, d_head, _N_CTX),
         n_key_value_heads=hf_config.num_key_value_heads,
-        d_mlp=hf_config.intermediate_size,
-        n_layers=hf_config.num_hidden_layers,
-        n_ctx=min(hf_config.max_position_embeddings, _N_CTX),
-        eps=hf_config.rms_norm_eps,
-        d_vocab=hf_config.vocab_size,
         act_fn=hf_config.hidden_activation,
         rotary_dim=d_head,
         rotary_base=_rope_theta(hf_config, "full_attention"),
@@ -129,6 +122,15 @@ def gemma3_config(hf_config, dtype: torch.dtype = torch.float32):
         init_weights=False,
     )
     return HookedTransformerConfig(**kw, dtype=dtype, device="cpu")
+
+
+def hf_sizes(hf_config, d_head: int, max_ctx: int) -> dict:
+    """The sizes of a transformers model config as ``HookedTransformerConfig`` fields (the context capped at
+    ``max_ctx``): what every GGUF family maps the same way."""
+    return dict(d_model=hf_config.hidden_size, d_head=d_head, n_heads=hf_config.num_attention_heads,
+                d_mlp=hf_config.intermediate_size, n_layers=hf_config.num_hidden_layers,
+                n_ctx=min(hf_config.max_position_embeddings, max_ctx), eps=hf_config.rms_norm_eps,
+                d_vocab=hf_config.vocab_size)
 
 
 def convert_gemma3(hf_model, cfg) -> dict[str, torch.Tensor]:

