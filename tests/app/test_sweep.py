@@ -159,9 +159,12 @@ def test_a_ray_worker_killed_mid_unit_is_retried_and_every_unit_is_written_once(
 
 
 @pytest.mark.slow
-def test_the_driver_killed_and_run_again_ends_as_an_uninterrupted_sweep(tmp_path):
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_the_driver_killed_and_run_again_ends_as_an_uninterrupted_sweep(tmp_path, engine, request):
     args = ["sweep", "--model", "toy", "--prompts", "inputs:6", "--device", "cpu", "--restarts", "64", "--iterations",
             "60", "--final-steps", "361", "--random-baseline", "8", "--quiet"]
+    if engine == "ray":  # the driver joins the session's cluster; its tasks die with it (SIGKILL)
+        args += ["--engine", "ray", "--workers", "2", "--chunk", "1", "--address", request.getfixturevalue("ray_cluster")]
     out = tmp_path / "killed"
     env = os.environ | {"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "sensfind.app.cli", *args, "--out", str(out)]
@@ -176,7 +179,8 @@ def test_the_driver_killed_and_run_again_ends_as_an_uninterrupted_sweep(tmp_path
     assert main([*args, "--out", str(out)]) == 0
     s = SweepSummary.load(out)
     assert (s.done, s.failed, s.skipped, s.ran) == (6, 0, n_before, 6 - n_before)
-    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = args[: args.index("--engine")] if engine == "ray" else args  # uninterrupted, local: the same units
+    assert main([*whole, "--out", str(tmp_path / "whole")]) == 0
     assert_same_units(units(out), units(tmp_path / "whole"))
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds_per_unit_median"}  # noqa: E731
     assert strip(json.loads((out / "results.json").read_text())) == strip(json.loads((tmp_path / "whole" /
