@@ -220,3 +220,17 @@ def test_the_benchmark_script_runs_at_tiny_sizes(tmp_path, ray_cluster):
     assert all(row["units"] == 2 and row["failed"] == 0 and row["units_per_minute"] > 0 for row in r["rows"])
     assert set(r["ray_overhead_over_local"]) == {1, 2} and set(r["speedup_max_over_min_workers"]) == {"local", "ray"}
     assert json.loads((tmp_path / "bench.json").read_text())["rows"] == json.loads(json.dumps(r["rows"]))
+
+
+def test_a_discover_sweep_with_controls_pools_the_optimas_p_beside_isotropic_and_linear(tmp_path):
+    config = sweep("toy", "inputs:3", discover=DiscoverConfig(restarts=8, iterations=20, final_steps=61), controls=True)
+    s = run_sweep(config, tmp_path / "c", progress=False)
+    assert (s.done, s.failed) == (3, 0)
+    priv = json.loads((tmp_path / "c" / "results.json").read_text())["privileged"]
+    assert list(priv) == ["optima", "isotropic", "linear"] and all(v["prompts"] == 3 for v in priv.values())
+    assert priv["optima"]["p_median_low"] > 2  # the toy's planted, hard-thresholded features
+    assert priv["isotropic"]["prompts_p_above_2"] < 3
+    without = {u.key for u in _units(replace(config, controls=False), None, None)[0]}
+    assert not without & {u.key for u in _units(config, None, None)[0]}  # controls change what a unit holds
+    with pytest.raises(ValueError, match="controls belong to work 'discover'"):
+        replace(config, work="analysis", site=DiscoverySiteConfig(model="random:tiny"), controls=True)

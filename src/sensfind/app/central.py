@@ -124,14 +124,17 @@ def _median_interval(x: Tensor, seed: int, n_boot: int = 2000) -> tuple[float, f
     return float(meds[int(0.025 * n_boot)]), float(meds[int(0.975 * n_boot) - 1])
 
 
-def pooled_privileged(analyses: list) -> dict:
-    """Per kind, over the prompts whose analysis ran the mixture test: the median of the prompts' ``p``
+def pooled_privileged(per_prompt: list[dict]) -> dict:
+    """Per kind, over the prompts (``per_prompt``: each prompt's kind -> mixture-test row, as
+    ``PromptAnalysis.privileged``) that ran the mixture test: the median of the prompts' ``p``
     (∞ counted as the largest) with a 95% bootstrap interval over prompts, how many prompts' own 95%
     intervals lie above 2, contain 2 or lie below it, and the median threshold over quadratic onset and
     early growth (KL over the quadratic form's at 2° and 4°)."""
     out = {}
-    for kind in dict.fromkeys(k for a in analyses for k in a.privileged):
-        rows = [a.privileged[kind] for a in analyses if kind in a.privileged]
+    for kind in dict.fromkeys(k for a in per_prompt for k in a):
+        rows = [a[kind] for a in per_prompt if kind in a and a[kind].get("n_pairs")]  # p undefined: no usable pair
+        if not rows:
+            continue
         p = torch.tensor([math.inf if r["p"] is None else r["p"] for r in rows], dtype=torch.float64)
         lo = torch.tensor([math.inf if r["p_low"] is None else r["p_low"] for r in rows], dtype=torch.float64)
         hi = torch.tensor([math.inf if r["p_high"] is None else r["p_high"] for r in rows], dtype=torch.float64)
@@ -139,7 +142,8 @@ def pooled_privileged(analyses: list) -> dict:
         growth = {a: torch.tensor([math.nan if r.get(f"early_growth_{a}deg_median") is None
                                    else r[f"early_growth_{a}deg_median"] for r in rows]) for a in (2, 4)}
         p_low, p_high = _median_interval(p, seed=len(out))
-        out[kind] = {"prompts": len(rows), "p_median": json_float(float(p.median())),
+        out[kind] = {"prompts": len(rows), "prompts_without_a_usable_pair": sum(kind in a for a in per_prompt) - len(rows),
+                     "p_median": json_float(float(p.median())),
                      "p_median_low": json_float(p_low), "p_median_high": json_float(p_high),
                      "prompts_p_above_2": int((lo > 2).sum()), "prompts_p_below_2": int((hi < 2).sum()),
                      "prompts_containing_2": int(((lo <= 2) & (hi >= 2)).sum()),
@@ -190,7 +194,7 @@ def pooled_results(analyses: list, prompts_skipped: int) -> dict:
             "threshold_ratio_after_over_before_median": float((r_b1[fin] / r_b0[fin]).median()) if fin.any() else None,
             "fraction_earlier": float((r_b1[fin] < r_b0[fin]).double().mean()) if fin.any() else None,
         },
-        "privileged": pooled_privileged(analyses),
+        "privileged": pooled_privileged([a.privileged for a in analyses]),
         "seconds_per_prompt_median": float(torch.tensor([a.timings["total_seconds"] for a in analyses]).median()),
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from sensfind.specs import (DEFAULT_SAE_RELEASE, DICTIONARY_KINDS, DIRECTION_KIN
 from sensfind.dictionaries.corpus_sae import CorpusSAEConfig, train_corpus_sae
 from sensfind.dictionaries.dictionary import check_dictionary_dir
 from sensfind.core.baselines import isotropic, load_directions
-from sensfind.core.geometry import directions_from_targets, is_base
+from sensfind.core.geometry import directions_from_targets, effective_directions, is_base
 from sensfind.core.linear_response import linear_directions, linear_predictions
 from sensfind.core.mixture import MixtureConfig, MixtureTest, mixture_test
 from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_activations
@@ -342,6 +343,35 @@ def privileged_summary(subject, found, config, mixture_pairs: int = 6, seed: int
         test = mixture_test(subject, found.directions, MixtureConfig(max_pairs=mixture_pairs, tau=config.tau,
                                                                      bootstrap=500, seed=seed))
         out["mixture"] = {k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points")}
+    return out
+
+
+def pure_thresholds(test: MixtureTest) -> Tensor:
+    """``[n]`` each given direction's own critical angle (deg) as the mixture test measured it (φ = 0° for a
+    pair's first direction, 90° for its second); ``nan`` for a direction in no pair."""
+    out = torch.full((test.n_directions,), math.nan, dtype=torch.float64)
+    for j, (a, b) in enumerate(test.pairs.tolist()):
+        out[a], out[b] = float(test.thresholds[j, 0]), float(test.thresholds[j, -1])
+    return out
+
+
+CONTROL_AXES = 4  # directions per control kind of the mixture test (one sign each: 6 pairs)
+
+
+def control_mixtures(subject, tau: float, seed: int = 0, pairs: int = 6) -> dict:
+    """The mixture (Lp) test at ``tau`` on the controls of the optima's: ``isotropic`` (4 random directions,
+    base projected out) and ``linear`` (G's top 4 eigenvectors, one sign each), with each kind's threshold
+    over its quadratic onset and early growth. kind -> the row ``privileged_summary`` gives the optima."""
+    base = subject.base
+    kinds = {"isotropic": effective_directions(isotropic(CONTROL_AXES, base.shape[0], seed=seed + 2, dtype=base.dtype),
+                                               base, "sphere"),
+             "linear": linear_directions(subject, 2 * CONTROL_AXES)[::2]}
+    out = {}
+    for kind, rows in kinds.items():
+        test = mixture_test(subject, rows, MixtureConfig(max_pairs=pairs, tau=tau, bootstrap=500, seed=seed))
+        pred = linear_predictions(subject, rows, tau=tau, thresholds=pure_thresholds(test)).summary()
+        out[kind] = {**{k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points")},
+                     **{k: pred.get(k) for k in ("ratio_median", "early_growth_2deg_median", "early_growth_4deg_median")}}
     return out
 
 

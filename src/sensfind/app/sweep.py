@@ -46,12 +46,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sensfind.comparison.analysis import PromptAnalysis, analyse_prompt
-from sensfind.app.central import CHUNK, CentralConfig, _load, contexts, prompts_and_others, settings
+from sensfind.app.central import CHUNK, CentralConfig, _load, contexts, pooled_privileged, prompts_and_others, settings
 from sensfind.app.central import aggregate as central_aggregate
 from sensfind.configs import Config, check_bool, check_choice, check_int
 from sensfind.dictionaries.corpus_sae import CorpusSAEConfig, _model_key
 from sensfind.errors import EngineUnavailableError, one_line
-from sensfind.app.jobs import check_run_settings, discovery_summary
+from sensfind.app.jobs import check_run_settings, control_mixtures, discovery_summary
 from sensfind.discovery.optima import Discovery
 from sensfind.discovery.config import DiscoverConfig
 from sensfind.discovery.loop import discover
@@ -100,6 +100,8 @@ class SweepConfig(Config):
         retries: ray only: times a task is run again when its worker dies (at most 100).
         discover: discovery per prompt (work ``discover``).
         random_baseline: isotropic directions scanned finely beside each prompt's optima (work ``discover``).
+        controls: work ``discover``: each unit also runs the mixture (Lp) test at the optima's τ on 4 isotropic
+            directions and on G's top 4 eigenvectors (``jobs.control_mixtures``), the controls of the optima's p.
         smoke: work ``analysis``: the central result's tiny sizes and the demo's quick SAE (for tests); with
             ``corpus:N`` prompts it also sets how many real-other windows are drawn beside them.
         cards: work ``analysis``: the aggregated report shows the first unit's feature cards (loads the model).
@@ -116,6 +118,7 @@ class SweepConfig(Config):
     retries: int = 3
     discover: DiscoverConfig = DiscoverConfig()
     random_baseline: int = 64
+    controls: bool = False
     smoke: bool = False
     cards: bool = True
     cache_dir: str | None = None
@@ -147,6 +150,9 @@ class SweepConfig(Config):
         check_int("retries", self.retries, 0, maximum=100)
         check_run_settings(self.random_baseline)
         check_bool("smoke", self.smoke)
+        check_bool("controls", self.controls)
+        if self.controls and self.work != "discover":
+            raise ValueError("controls belong to work 'discover' (work 'analysis' tests every kind already)")
         check_bool("cards", self.cards)
         if self.discover.init == "given":
             raise ValueError("discover init 'given' is not available in a sweep; use metric, isotropic or covariance")
@@ -271,6 +277,8 @@ def _units(config: SweepConfig, model, file_prompts: list | None, sae=None) -> t
         prompts = chosen if file_prompts is None else file_prompts
     if config.work == "discover":
         settings_ = {"discover": config.discover.to_dict(), "random_baseline": config.random_baseline}
+        if config.controls:  # a unit without controls keeps its key
+            settings_["controls"] = True
         others = None
     else:
         settings_ = {"demo": demo.to_dict(), "analysis": acfg.to_dict(), "sae": sae.source,
@@ -328,6 +336,8 @@ def _work(config: SweepConfig, ctx: dict, site: DiscoverySiteConfig, others: Ten
         found = discover(built.subject, config.discover, activations=built.others, progress=False)
         found.save(tmp, overwrite=True)
         summary = discovery_summary(site, built.subject, found, config.discover, config.random_baseline)[0]
+        if config.controls:
+            summary["controls"] = control_mixtures(built.subject, config.discover.tau, seed=site.seed)
         return summary, (f"{summary['n_optima']} optima, best {summary['best_blowup']:.3g} vs random median "
                          f"{summary['random_blowup_median']:.3g}")
     prompt = site.token_ids if site.tokens is not None else site.prompt
@@ -620,6 +630,9 @@ def _median(t: Tensor) -> float | None:
     return float(t.median()) if t.numel() else None
 
 
+_LINEAR_KEYS = ("ratio_median", "early_growth_2deg_median", "early_growth_4deg_median")
+
+
 def _pool_discoveries(records: list[dict]) -> dict:
     """The numbers of a discover sweep's ``results.json``: optima and their thresholds pooled over units,
     against each unit's isotropic baseline (not reached: ``null`` in the units' JSON, counted apart)."""
@@ -640,6 +653,11 @@ def _pool_discoveries(records: list[dict]) -> dict:
            "units": [{"index": r["index"], "key": r["key"], "label": r["label"], "n_optima": x["n_optima"],
                       "best_blowup": x["best_blowup"], "random_blowup_median": x["random_blowup_median"]}
                      for r, x in zip(records, s)]}
+    # are the optima privileged? their mixture test (and the controls', where the units ran them) pooled
+    privileged = [({"optima": x["mixture"] | {k: x["linear"].get(k) for k in _LINEAR_KEYS}} if "mixture" in x else {})
+                  | x.get("controls", {}) for x in s]
+    if any(privileged):
+        out["privileged"] = pooled_privileged(privileged)
     if all("toy_recovery" in x for x in s):
         rec = [x["toy_recovery"] for x in s]
         out["toy_recovery"] = {"fraction_reached_mean": sum(r["fraction_reached"] for r in rec) / len(rec),
