@@ -32,3 +32,10 @@ def test_pooled_privileged_counts_intervals_and_leaves_out_prompts_with_no_usabl
     assert o["p_median"] == 3.0 and o["p_median_low"] <= 3.0 <= (o["p_median_high"] or float("inf"))
     assert o["early_growth_4deg_median"] is None and o["ratio_to_quadratic_onset_median"] == 0.5
     assert o["scan_points"] == 30
+
+
+def test_mixture_pairs_overrides_the_runs_default_and_is_bounded():
+    assert settings(CentralConfig(mixture_pairs=0))[1].mixture_pairs == 0
+    assert settings(CentralConfig())[1].mixture_pairs == CENTRAL.mixture_pairs > 0
+    with pytest.raises(ValueError, match="mixture_pairs must be"):
+        CentralConfig(mixture_pairs=-1)

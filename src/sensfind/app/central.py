@@ -58,6 +58,8 @@ class CentralConfig(Config):
         no_cards: aggregate without the first prompt's cards (no model load)
         smoke: tiny sizes and the demo's quick SAE (for tests)
         cache_dir: default: sensfind's cache ($SENSFIND_CACHE or ~/.cache/sensfind)
+        mixture_pairs: the analysis's ``mixture_pairs`` in place of the run's default (0: no privilege test,
+            and no linear, PCA or contrastive kinds; at most 10000); ``None``: the default.
     """
 
     model: str = "smollm2-135m"
@@ -66,9 +68,11 @@ class CentralConfig(Config):
     no_cards: bool = False
     smoke: bool = False
     cache_dir: str | None = None
+    mixture_pairs: int | None = None
 
     def __post_init__(self):
         check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        check_int("mixture_pairs", self.mixture_pairs, 0, optional=True, maximum=10_000)
 
 
 def settings(config: CentralConfig):
@@ -76,7 +80,10 @@ def settings(config: CentralConfig):
 
     demo = (ModelDemoConfig.quick(model=config.model, seed=config.seed) if config.smoke
             else ModelDemoConfig(model=config.model, seed=config.seed))
-    return demo, replace(SMOKE if config.smoke else CENTRAL, seed=config.seed)
+    analysis = replace(SMOKE if config.smoke else CENTRAL, seed=config.seed)
+    if config.mixture_pairs is not None:
+        analysis = replace(analysis, mixture_pairs=config.mixture_pairs)
+    return demo, analysis
 
 
 def prompts_and_others(model, corpus, demo, n: int, n_others: int):

@@ -105,6 +105,9 @@ class SweepConfig(Config):
         smoke: work ``analysis``: the central result's tiny sizes and the demo's quick SAE (for tests); with
             ``corpus:N`` prompts it also sets how many real-other windows are drawn beside them.
         cards: work ``analysis``: the aggregated report shows the first unit's feature cards (loads the model).
+        mixture_pairs: work ``analysis``: pairs per kind of the privilege (Lp mixture) test in place of the central
+            result's 6 (0: no test, and no linear, PCA or contrastive kinds: the analysis costs about half;
+            at most 10000); ``None``: 6.
         cache_dir: the corpus SAE's cache (default: sensfind's cache).
     """
 
@@ -122,6 +125,7 @@ class SweepConfig(Config):
     smoke: bool = False
     cards: bool = True
     cache_dir: str | None = None
+    mixture_pairs: int | None = None
 
     def __post_init__(self):
         for name, cls in (("site", DiscoverySiteConfig), ("discover", DiscoverConfig)):
@@ -154,6 +158,9 @@ class SweepConfig(Config):
         if self.controls and self.work != "discover":
             raise ValueError("controls belong to work 'discover' (work 'analysis' tests every kind already)")
         check_bool("cards", self.cards)
+        check_int("mixture_pairs", self.mixture_pairs, 0, optional=True, maximum=10_000)
+        if self.mixture_pairs is not None and self.work != "analysis":
+            raise ValueError(f"mixture_pairs sets work 'analysis' (work {self.work!r} tests its optima with 6 pairs)")
         if self.discover.init == "given":
             raise ValueError("discover init 'given' is not available in a sweep; use metric, isotropic or covariance")
         if self.work == "analysis":
@@ -171,7 +178,7 @@ class SweepConfig(Config):
     def central(self, out: str | Path) -> CentralConfig:
         """The central result's config of this sweep's analysis (its settings, SAE and aggregation)."""
         return CentralConfig(model=self.site.model, out=str(out), seed=self.site.seed, smoke=self.smoke,
-                             no_cards=not self.cards, cache_dir=self.cache_dir)
+                             no_cards=not self.cards, cache_dir=self.cache_dir, mixture_pairs=self.mixture_pairs)
 
 
 def _toy_inputs(source: str) -> int:
