@@ -36,12 +36,13 @@ def test_demo_report_has_summary_cards_and_figures(demo_run):
     lead = re.search(r'<div class="lead">(.*?)</div>', page, re.S).group(1)
     assert f"{summary['optima_beating_real_other_median']} of {n}</b> blow up earlier than the median real-other" in lead
     assert f"{summary['optima_matching_sae_isotropic']} of {n}</b> match an SAE latent at p &lt; 0.01" in lead
-    # a card per optimum, each with decoded next tokens and highlighted corpus contexts
+    # a card per optimum, each with decoded next tokens, shaded corpus contexts and direct logits
     cards = re.findall(r'<div class="card optimum" id="optimum-\d+">(.*?)(?=<div class="card |<h2>Details)', page, re.S)
     assert len(cards) == n
     for card in cards:
         assert card.count('<span class="tok">') >= 2  # gains and losses, as decoded strings
-        assert card.count("<mark>") >= 1 and "<svg" in card
+        assert card.count('<span class="c"') >= 1 and card.count("<svg") == 2  # ranked token outlined; curve, histogram
+        assert "direct logit: top" in card
     assert page.count('class="card active"') == summary["analysis"]["kinds"]["SAE active"]["n"]
     assert page.count('class="card inactive"') == summary["analysis"]["kinds"]["SAE inactive"]["n"]
     assert page.count('src="data:image/png;base64,') >= 4

@@ -80,3 +80,24 @@ def test_run_discover_plots_the_optima_from_their_final_scan_without_scanning_th
     assert found.final_effects.shape == (len(found), 31)
     fresh = real_scan(DiscoverySiteConfig(model="toy").build().subject, found.directions, run.final_config)
     torch.testing.assert_close(found.final_effects, fresh.effects.to(found.final_effects.dtype))
+
+
+def test_run_compare_reports_the_prompt_and_cards_with_corpus_contexts(tmp_path):
+    from sensfind.app.jobs import run_compare
+    from sensfind.comparison.cards import load_cards
+    from sensfind.comparison.compare import CompareConfig
+
+    site = DiscoverySiteConfig(model="random:tiny", tokens="72,105,33,63")  # byte tokens: "Hi!?"
+    directions = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
+    cfg = CompareConfig(n_null=20, latents="matched", probes=1, scan_steps=16, n_random=4, refine_iterations=0,
+                        max_points=None)
+    run = run_compare(site, cfg, tmp_path / "c", directions, dictionary="train:64", progress=False)
+    page = (tmp_path / "c" / "report.html").read_text()
+    assert "Hi!<mark>?</mark>" in page  # the prompt, its perturbed (last) token highlighted
+    cards = load_cards(tmp_path / "c" / "cards.json")
+    latents = run.comparison.sensitivity.latents.tolist()
+    assert [c.key for c in cards] == ["optimum-0", "optimum-1"] + [f"latent-{l}" for l in latents]
+    assert all(f'id="{c.key}"' in page for c in cards)
+    # random:tiny has the byte-encoded corpus and an unembedding: every piece is there
+    assert all(c.histogram is not None and c.contexts and c.logits_up and not c.notes for c in cards)
+    assert "cards_seconds" in json.loads((tmp_path / "c" / "summary.json").read_text())["timings"]

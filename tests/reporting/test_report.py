@@ -88,3 +88,20 @@ def test_every_link_of_the_compare_report_resolves(compared, tmp_path, no_scans)
     comp, _ = compared
     page = write_compare_report(tmp_path, comp, "cmp").read_text()
     assert unresolved_links(page) == []
+
+
+def test_the_compare_report_shows_the_prompt_and_every_card(compared, toy, tmp_path, no_scans):
+    from sensfind.comparison.cards import comparison_cards
+    from sensfind.reporting.report import prompt_markup
+
+    comp, _ = compared
+    cards = comparison_cards(comp, toy.subject(0), toy.features[:3].double(), comp.dictionary,
+                             no_contexts="no corpus contexts: the toy has no text")
+    prompt = prompt_markup([72, 105, 60, 33], 2)  # byte tokens "Hi<!", the perturbed one a markup character
+    page = write_compare_report(tmp_path, comp, "cmp", cards=cards, prompt=prompt).read_text()
+    assert "Hi<mark>&lt;</mark>!" in page
+    keys = [c.key for c in cards]
+    assert "optimum-0" in keys and any(k.startswith("latent-") for k in keys)
+    assert all(f'id="{k}"' in page for k in keys)
+    assert 'href="#latent-' in page and unresolved_links(page) == []
+    assert page.count("no corpus contexts: the toy has no text") == len(cards)

@@ -36,11 +36,9 @@ from sensfind.core.toy import ToyConfig, ToyModel
 from sensfind.reporting.report import write_demo_report
 from sensfind.comparison.cards import build_cards, save_cards
 from sensfind.models.loading import load_model
-from sensfind.reporting.report import write_model_demo_report
+from sensfind.reporting.report import prompt_markup, write_model_demo_report
 from sensfind.models.transformer_subject import TransformerSubject
 from sensfind.models.prompts import prompt_activations
-from sensfind.comparison.cards import decode_token
-import html
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +295,7 @@ def model_summary(config: ModelDemoConfig, analysis, sae: Dictionary, subject, p
     """The demo's headline numbers (JSON-ready)."""
 
     s = analysis.summary()
-    head = "".join(decode_token(tokenizer, t) for t in prompt[:-1])
-    prompt_html = f"{html.escape(head)}<mark>{html.escape(decode_token(tokenizer, prompt[-1]))}</mark>"
+    prompt_html = str(prompt_markup(prompt, -1, tokenizer))
     return {
         "config": config.to_dict(), "prompt_html": prompt_html,
         "model": config.model, "hook": config.hook,

@@ -45,7 +45,12 @@ from sensfind.dictionaries.training import TrainSAEConfig, train_sae
 from sensfind.dictionaries.dictionary import load_dictionary_spec
 from sensfind.models.prompts import site_activations_all_positions
 from sensfind.comparison.compare import compare
-from sensfind.reporting.report import write_compare_report
+from sensfind.reporting.report import prompt_markup, write_compare_report
+from sensfind.comparison.cards import comparison_cards, save_cards
+from sensfind.dictionaries.corpus_sae import clean_activations
+from sensfind.models.prompts import load_corpus
+from sensfind.errors import CorpusUnavailableError
+import html
 
 log = logging.getLogger("sensfind")
 
@@ -59,6 +64,8 @@ TOY_RECOVERY_KEYS = ("threshold", "fraction_reached", "n_distinct_features", "di
 MAX_RANDOM_DIRECTIONS = 100_000  # random:N of scan, and a discovery run's random baseline
 MAX_LINEAR_DIRECTIONS = 1024  # linear:N of scan (eigenvectors of the pullback metric: at most d anyway)
 MAX_CHECKPOINT_EVERY = 10_000
+CARD_CONTEXT_WINDOWS = 200  # corpus windows searched for the compare report's card contexts (a second or two)
+CARD_CONTEXT_LENGTH = 32  # tokens per such window
 
 
 # -- run-level settings (what a command runs on, beside the site and the method's config) ----------------
@@ -597,7 +604,12 @@ def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: 
             result.save(tmp)
             save_json(tmp / "config.json", {"command": "compare", "site": site.to_dict(), "compare": config.to_dict(),
                                             "dictionary": dictionary} | (sources or {}))
-            write_compare_report(tmp, result, f"sensfind compare: {site.model} vs {dic.source}")
+        with stages("cards", progress, "feature cards (corpus contexts, token changes)"):
+            cards, prompt = compare_cards(site, built, dic, result, directions)
+            save_cards(tmp / "cards.json", cards)
+        with stages("report"):
+            write_compare_report(tmp, result, f"sensfind compare: {site.model} vs {dic.source}", cards=cards,
+                                 prompt=prompt)
         s = result.summary()
         save_json(tmp / "summary.json", {"n_directions": int(directions.shape[0]), "dictionary": dic.source,
                                          "n_latents": dic.n_latents, "budget": s.get("budget"),
@@ -605,6 +617,25 @@ def run_compare(site: DiscoverySiteConfig, config, out: str | Path, directions: 
                                          "fraction_local_optima": s["dictionary_sensitivity"]["fraction_local_optima"],
                                          "timings": stages.timings()})
     return CompareRun(result, directions, dic, out)
+
+
+def compare_cards(site: DiscoverySiteConfig, built: Site, dictionary, comparison, directions: Tensor) -> tuple[list, str]:
+    """The compare report's feature cards (``comparison_cards``) and its prompt (HTML). The cards' contexts come
+    from ``CARD_CONTEXT_WINDOWS`` train-split windows of the offline corpus; where there is no corpus (the toy,
+    the corpus package missing, a vocabulary too small to byte-encode it) the cards say so in one line."""
+    subject, model = built.subject, built.model
+    if model is None:
+        return comparison_cards(comparison, subject, directions, dictionary,
+                                no_contexts="no corpus contexts: the toy has no text"), html.escape(f"toy input {site.input}")
+    prompt = str(prompt_markup(subject.tokens[0].tolist(), subject.position, model.tokenizer))
+    try:
+        corpus = load_corpus(model)
+    except (CorpusUnavailableError, ValueError) as exc:
+        note = f"no corpus contexts: {str(exc).splitlines()[0]}"
+        return comparison_cards(comparison, subject, directions, dictionary, no_contexts=note), prompt
+    windows = corpus.windows(CARD_CONTEXT_WINDOWS, CARD_CONTEXT_LENGTH, seed=site.seed, split="train")
+    contexts = clean_activations(model, windows, subject.hook)
+    return comparison_cards(comparison, subject, directions, dictionary, contexts, windows, model.tokenizer), prompt
 
 
 # -- mixture -------------------------------------------------------------------------------------------

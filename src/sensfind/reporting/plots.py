@@ -48,27 +48,45 @@ def plot_effect_curves(
         ax.plot([], [], color=color, label=f"{name} (n={effects.shape[0]})")
     if tau is not None:
         ax.axhline(tau, color="k", ls="--", lw=1, label=f"threshold τ = {tau:g}")
-    return finish(fig, ax, path, xlabel, EFFECT_LABELS.get(effect, effect), title, legend_loc="upper left")
+    _floor_at_zero(ax, [e for _, e in groups.values()])
+    return finish(fig, ax, path, xlabel, EFFECT_LABELS.get(effect, effect), title, legend_loc=OUTSIDE)
+
+
+OUTSIDE = "outside"  # ``finish``'s legend place right of the axes, where it hides no curve
+
+
+def _floor_at_zero(ax, effects) -> None:
+    """Start the y axis at 0 when no effect is negative (KL, distances): no empty negative range."""
+    finite = [torch.as_tensor(e).detach().double() for e in effects]
+    finite = [e[torch.isfinite(e)] for e in finite if e.numel()]
+    if finite and all(float(e.min()) >= 0 for e in finite if e.numel()):
+        ax.set_ylim(bottom=0.0)
 
 
 def finish(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: str = "", legend_loc: str = "best") -> Path:
-    """Label, legend, grid, save as PNG and close: the common tail of every figure here."""
+    """Label, legend (``OUTSIDE``: right of the axes), grid, save as PNG and close: the common tail of every
+    figure here."""
     plt = _pyplot()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(loc=legend_loc, fontsize=8)
+    if legend_loc == OUTSIDE:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
+    else:
+        ax.legend(loc=legend_loc, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight" if legend_loc == OUTSIDE else None)
     plt.close(fig)
     return path
 
 
 def plot_history(path: str | Path, history: list[dict]) -> Path:
-    """Objective (soft blowup, mean and best over restarts) and median hard blowup per iteration."""
+    """Objective (soft blowup, mean and best over restarts) and median hard blowup per iteration; when the
+    discovery ran in more than one round, a dotted vertical line (``gid`` ``round-start``) where each later
+    round starts."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     it = [h["iteration"] for h in history]
@@ -77,6 +95,10 @@ def plot_history(path: str | Path, history: list[dict]) -> Path:
         ax.plot(it, [h["objective_min"] for h in history], label="soft blowup, best restart")
         med = [h["blowup_median"] if isinstance(h["blowup_median"], (int, float)) else float("nan") for h in history]
         ax.plot(it, med, ls="--", label="hard blowup, median over restarts")
+    starts = [b["iteration"] for a, b in zip(history, history[1:]) if b.get("round", 0) != a.get("round", 0)]
+    for j, x in enumerate(starts):
+        ax.axvline(x - 0.5, color="grey", ls=":", lw=1.2, gid="round-start",
+                   label="start of a discovery round" if j == 0 else None)
     return finish(fig, ax, path, "iteration", "blowup (deg, or step units in straight mode)",
                   "discovery objective per iteration")
 
@@ -153,7 +175,8 @@ def plot_median_curves(path: str | Path, steps, groups: dict, xlabel: str, effec
     if tau is not None:
         ax.axhline(tau, color="k", ls="--", lw=1, label=f"threshold τ = {tau:g}")
     ax.set_yscale("symlog", linthresh=0.1)
-    return finish(fig, ax, path, xlabel, EFFECT_LABELS.get(effect, effect), title, legend_loc="upper left")
+    _floor_at_zero(ax, groups.values())
+    return finish(fig, ax, path, xlabel, EFFECT_LABELS.get(effect, effect), title, legend_loc=OUTSIDE)
 
 
 def plot_distributions(path: str | Path, groups: dict, xlabel: str, title: str, cap: float | None = None) -> Path:

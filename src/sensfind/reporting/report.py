@@ -20,9 +20,11 @@ from markupsafe import Markup, escape
 from sensfind.reporting.plots import plot_before_after, plot_effect_curves, plot_histograms, plot_history
 from sensfind.reporting.plots import plot_boxes, plot_median_curves
 from sensfind.comparison.analysis import KINDS
+from sensfind.comparison.cards import decode_token
 
-__all__ = ["Link", "card_view", "comparison_figures", "figure", "html_page", "render_report", "svg_curve", "table",
-           "write_compare_report", "write_demo_report", "write_model_demo_report"]
+__all__ = ["Link", "card_view", "comparison_figures", "figure", "html_page", "prompt_markup", "render_report", "svg_curve",
+           "svg_histogram", "table",
+           "compare_lead", "write_compare_report", "write_demo_report", "write_model_demo_report"]
 
 CURVES_SHOWN = 32  # random directions and decoder rows drawn in a comparison's effect-curve figure
 
@@ -120,8 +122,8 @@ def _match_rows(comparison, n: int = 20) -> list[list]:
     return rows
 
 
-def _compare_sections(directory: Path, comparison, extra: list | None) -> list[tuple[str, list]]:
-    figs = comparison_figures(directory, comparison)
+def _compare_tables(comparison, extra: list | None) -> list[tuple[str, Markup]]:
+    """The comparison's summary, best-match and refinement tables: (title, table) pairs."""
     s = comparison.summary()
     sens = s["dictionary_sensitivity"]
     summary_rows = [
@@ -135,17 +137,21 @@ def _compare_sections(directory: Path, comparison, extra: list | None) -> list[t
         ["median threshold angle of random directions (deg)", sens["random_blowup_median"]],
         ["median threshold angle of real-other directions (deg)", sens["real_other_blowup_median"]],
     ]
-    sections = [("Summary", [table(summary_rows + (extra or []), ["quantity", "value"])]),
-                ("Best dictionary match of each direction",
-                 [table(_match_rows(comparison), ["direction", "latent", "cos", "effect", "p-value", "z"])])]
+    tables = [("Summary", table(summary_rows + (extra or []), ["quantity", "value"])),
+              ("Best dictionary match of each direction",
+               table(_match_rows(comparison), ["direction", "latent", "cos", "effect", "p-value", "z"]))]
     if comparison.refinement is not None:
         r = comparison.refinement
         rows = [[int(l), int(sg), float(c), float(b0), float(b1)] for l, sg, c, b0, b1 in
                 zip(comparison.refined_latents, comparison.refined_sign, r.cos_start_end, r.blowup_start, r.blowup_end)]
-        sections.append(("Refinement from decoder rows",
-                         [table(rows[:40], ["latent", "sign", "cos(start, end)", "blowup start (deg)", "blowup end (deg)"])]))
-    sections.append(("Figures", [figure(p, c) for p, c in figs]))
-    return sections
+        tables.append(("Refinement from decoder rows",
+                       table(rows[:40], ["latent", "sign", "cos(start, end)", "blowup start (deg)", "blowup end (deg)"])))
+    return tables
+
+
+def _compare_sections(directory: Path, comparison, extra: list | None) -> list[tuple[str, list]]:
+    figs = comparison_figures(directory, comparison)
+    return [(t, [h]) for t, h in _compare_tables(comparison, extra)] + [("Figures", [figure(p, c) for p, c in figs])]
 
 
 def _write_page(directory: Path, title: str, sections: list) -> Path:
@@ -154,9 +160,41 @@ def _write_page(directory: Path, title: str, sections: list) -> Path:
     return page
 
 
-def write_compare_report(directory: Path, comparison, title: str, extra: list | None = None) -> Path:
-    """``report.html`` (and ``figures/``) in ``directory`` for a ``Comparison``; ``extra``: more summary rows."""
-    return _write_page(directory, title, _compare_sections(Path(directory), comparison, extra))
+def compare_lead(comparison) -> Markup:
+    """The comparison report's summary paragraph."""
+    s = comparison.summary()
+    n, sens = len(comparison.matches["isotropic"]), s["dictionary_sensitivity"]
+    n_match = int(comparison.significant("isotropic").sum())
+    deg = lambda v: _deg(float(v))  # noqa: E731
+    opt = comparison.optima_blowup
+    fin = [] if opt is None else [float(x) for x in opt if math.isfinite(x)]
+    return Markup("<b>{} of {}</b> compared directions match a dictionary latent at p &lt; {:g} against the isotropic "
+                  "null. Median threshold angle: the directions {}, {} scanned latents {}, isotropic random {}, "
+                  "real-other {}; {} of the scanned latents are local optima of the threshold angle.").format(
+        n_match, n, comparison.config.alpha, deg(torch.tensor(fin).median()) if fin else "not reached",
+        sens["n_latents"], deg(sens["latent_blowup_median"]), deg(sens["random_blowup_median"]),
+        deg(sens["real_other_blowup_median"]), f"{sens['fraction_local_optima']:.0%}")
+
+
+def write_compare_report(directory: Path, comparison, title: str, extra: list | None = None, cards: list = (),
+                         prompt: str = "") -> Path:
+    """``report.html`` (and ``figures/``) in ``directory`` for a ``Comparison``: summary tables (``extra``: more
+    summary rows), figures, the ``cards.FeatureCard``s of ``cards`` (``comparison_cards``) and the prompt
+    (trusted HTML, ``prompt_markup``), in the dashboard layout of ``templates/report.html.j2``."""
+    directory = Path(directory)
+    cfg = comparison.config
+    sens = comparison.sensitivity
+    bands = {} if sens.random_effects is None else \
+        {"isotropic random": (sens.random_effects.detach(), KIND_COLOURS["isotropic random"])}
+    views = [card_view(c, comparison.steps, bands, cfg.tau) for c in cards]
+    details = [("Configuration", Markup("<pre>{}</pre>").format(json.dumps(cfg.to_dict(), indent=1)))]
+    if comparison.budget is not None:
+        details.append(("Budget", Markup("<pre>{}</pre>").format(json.dumps(comparison.budget, indent=1))))
+    return render_report(
+        directory / "report.html", title,
+        f"sphere mode; τ = {cfg.tau:g} ({cfg.effect}); scan 0–{cfg.stop:g}° in {cfg.scan_steps} steps",
+        compare_lead(comparison), _compare_tables(comparison, extra), comparison_figures(directory, comparison), views,
+        details, prompt_html=prompt, null_note=f"{cfg.n_null} isotropic random directions")
 
 
 def write_demo_report(directory: Path, found, comparison, summary: dict) -> Path:
@@ -224,8 +262,65 @@ def svg_curve(steps, curve, bands: dict, tau: float, width: int = 470, height: i
         yticks=[(f"{fy(v) + 3:.1f}", f"{v:g}") for v in (0.0, 0.1, 1.0, 10.0) if v <= ymax]))
 
 
+def svg_histogram(hist, xlabel: str, width: int = 470, height: int = 118) -> Markup:
+    """An inline SVG of a card's ``cards.Histogram`` (bars: corpus tokens per bin), the base's value marked."""
+    left, right, top, bottom = 34, 8, 6, 30
+    w, h = width - left - right, height - top - bottom
+    lo, hi = hist.edges[0], hist.edges[-1]
+    cmax = max(max(hist.counts, default=0), 1)
+    fx = lambda v: left + w * (v - lo) / (hi - lo)  # noqa: E731
+    bars = []
+    for a, b, c in zip(hist.edges[:-1], hist.edges[1:], hist.counts):
+        bh = h * c / cmax
+        bars.append(dict(x=f"{fx(a):.1f}", y=f"{top + h - bh:.1f}", w=f"{max(fx(b) - fx(a) - 0.5, 0.5):.1f}",
+                         h=f"{bh:.1f}", title=f"{a:.3g} to {b:.3g}: {c} tokens"))
+    ticks = [lo, hi] + ([0.0] if lo < 0 < hi and min(-lo, hi) > 0.12 * (hi - lo) else [])
+    return Markup(_render(
+        "histogram.svg.j2", width=width, height=height, left=left, top=top, w=w, h=h, bars=bars,
+        base_x=f"{fx(hist.base):.1f}", base=f"{hist.base:.3g}", n=sum(hist.counts), ymax=cmax, xlabel=xlabel,
+        xticks=[(f"{fx(t):.1f}", f"{t:.3g}") for t in ticks]))
+
+
+def prompt_markup(tokens, position: int, tokenizer=None) -> Markup:
+    """The prompt's text with the token at ``position`` (the perturbed one) highlighted."""
+    ids = [int(t) for t in tokens]
+    pos = position % len(ids)
+    text = lambda xs: escape("".join(decode_token(tokenizer, t) for t in xs))  # noqa: E731
+    return Markup("{}<mark>{}</mark>{}").format(text(ids[:pos]), text(ids[pos : pos + 1]), text(ids[pos + 1 :]))
+
+
 def _line(text: str) -> str:
     return text.replace("\r", "").replace("\n", "⏎")
+
+
+BAND_TITLES = {"top": "top", "p75": "near the 75th percentile", "p50": "near the median"}
+MEASURE_TITLES = {"projection": "projection on the direction (minus the corpus mean)",
+                  "latent activation": "the latent's activation"}
+
+
+def _shade(v, vmax: float) -> str:
+    """A token's background: orange for positive values, blue for negative ones, opacity by size."""
+    if v is None:
+        return ""
+    a = min(abs(v) / vmax, 1.0) * 0.8
+    return f"background:rgba({'240,140,0' if v > 0 else '60,110,220'},{a:.2f})"
+
+
+def _context_views(contexts: list) -> list:
+    """Contexts grouped by band, each a list of shaded token pieces (old cards: before, token, after)."""
+    vals = [abs(p[1]) for c in contexts for p in (c.pieces or []) if p[1] is not None]
+    vmax = max(vals + [abs(c.value) for c in contexts] + [1e-12])
+    groups: dict = {}
+    for c in contexts:
+        if c.pieces is None:
+            pieces = [dict(text=_line(c.before), style="", title="", center=False),
+                      dict(text=_line(c.token), style="", title="", center=True),
+                      dict(text=_line(c.after), style="", title="", center=False)]
+        else:
+            pieces = [dict(text=_line(t), style=_shade(v, vmax), title="–" if v is None else f"{v:.3g}",
+                           center=j == c.center) for j, (t, v) in enumerate(c.pieces)]
+        groups.setdefault(c.band, []).append(dict(pieces=pieces, value=f"{c.value:.2f}"))
+    return [dict(title=BAND_TITLES.get(b, b), contexts=items) for b, items in groups.items()]
 
 
 def _p(v) -> str:
@@ -234,7 +329,7 @@ def _p(v) -> str:
 
 def card_view(card, steps, bands: dict, tau: float) -> dict:
     """Template fields of one ``cards.FeatureCard``."""
-    css = {"optimum": "optimum", "SAE active": "active", "SAE inactive": "inactive"}.get(card.kind, "")
+    css = {"optimum": "optimum", "SAE active": "active", "SAE inactive": "inactive", "SAE latent": "latent"}.get(card.kind, "")
     facts = [(k, Markup('<a href="{0}">{0}</a>').format(v) if k == "Neuronpedia" else str(v)) for k, v in card.facts]
     thr = f"{card.threshold_deg:.1f}°" if math.isfinite(card.threshold_deg) else f"not reached by {float(steps[-1]):.0f}°"
     return dict(
@@ -242,8 +337,11 @@ def card_view(card, steps, bands: dict, tau: float) -> dict:
         svg=svg_curve(steps, card.curve, bands, tau, threshold=card.threshold_deg),
         gains=[dict(token=repr(t.token), p=f"{t.p_before:.3f} → {t.p_after:.3f}") for t in card.gains],
         losses=[dict(token=repr(t.token), p=f"{t.p_before:.3f} → {t.p_after:.3f}") for t in card.losses],
-        contexts=[dict(before=_line(c.before), token=_line(c.token), after=_line(c.after), projection=f"{c.projection:.2f}")
-                  for c in card.contexts],
+        bands=_context_views(card.contexts), measure=MEASURE_TITLES.get(card.context_measure, card.context_measure),
+        histogram=None if card.histogram is None else svg_histogram(card.histogram, "projection − corpus mean"),
+        logits_up=[dict(token=repr(t.token), logit=f"{t.logit:+.3g}") for t in card.logits_up],
+        logits_down=[dict(token=repr(t.token), logit=f"{t.logit:+.3g}") for t in card.logits_down],
+        notes=list(card.notes),
         matches=[dict(latent=m.latent, cos=f"{m.cos:+.3f}", p_iso=_p(m.p_isotropic), p_cov=_p(m.p_covariance), url=m.url)
                  for m in card.matches],
         has_cov=any(m.p_covariance is not None for m in card.matches),
