@@ -13,7 +13,7 @@ from sensfind.comparison.analysis import KINDS, PromptAnalysis, analyse_prompt
 from sensfind.errors import InputFileError
 from sensfind.runio import load_tensors
 
-from analysis_cases import SMALL, toy_analysis, toy_case
+from analysis_cases import SMALL, toy_case
 
 @pytest.fixture(scope="module")
 def case():
