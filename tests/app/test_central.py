@@ -32,6 +32,8 @@ def test_pooled_privileged_counts_intervals_and_leaves_out_prompts_with_no_usabl
     assert o["p_median"] == 3.0 and o["p_median_low"] <= 3.0 <= (o["p_median_high"] or float("inf"))
     assert o["early_growth_4deg_median"] is None and o["ratio_to_quadratic_onset_median"] == 0.5
     assert o["scan_points"] == 30
+    assert pooled_privileged([{"PCA": row(None, None, None, pairs=0)}]) == {
+        "PCA": {"prompts": 0, "prompts_without_a_usable_pair": 1}}  # kept, so that a kind never silently vanishes
 
 
 def test_mixture_pairs_overrides_the_runs_default_and_is_bounded():

@@ -228,3 +228,23 @@ def test_toy_discovered_directions_are_local_optima(tmp_path, cache):
     for kind in ("real-other", "discovered"):
         s = summary[kind]
         assert s["corner_threshold_deg"]["mean"] < s["random_corner_threshold_deg"]["mean"], kind
+
+
+def test_privileged_robustness_pools_each_variants_optima_and_controls(tmp_path, capsys):
+    mod = experiment("privileged_robustness")
+    out = tmp_path / "rob"
+    assert mod.main(["--model", "random:tiny", "--prompts", "1", "--variants", "tau=2.0,length=24", "--max-points",
+                     "600", "--random-baseline", "4", "--out", str(out)]) == 0
+    r = json.loads((out / "robustness.json").read_text())
+    assert list(r["results"]) == ["tau=2.0", "length=24"] and r["discover"]["max_points"] == 600
+    for name, priv in r["results"].items():
+        assert set(priv) <= {"optima", "isotropic", "linear"} and {"isotropic", "linear"} <= set(priv), name
+        assert all(v["prompts"] + v["prompts_without_a_usable_pair"] == 1 for v in priv.values()), name
+    configs = {v: json.loads((out / v.replace("=", "-") / "summary.json").read_text())["config"] for v in r["results"]}
+    assert configs["tau=2.0"]["discover"]["tau"] == 2.0 and configs["tau=2.0"]["prompts"] == "corpus:1:10"
+    assert configs["length=24"]["discover"]["tau"] == 0.5 and configs["length=24"]["prompts"] == "corpus:1:24"
+    assert configs["length=24"]["controls"] is True
+    assert (out / "robustness.md").read_text().count("\n| tau=2.0 |") == len(r["results"]["tau=2.0"])
+    assert mod.main(["--variants", "tau=9", "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown variant(s) ['tau=9']; allowed: tau=0.1, tau=2.0, site=blocks.3, length=24" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

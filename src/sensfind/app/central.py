@@ -141,6 +141,7 @@ def pooled_privileged(per_prompt: list[dict]) -> dict:
     for kind in dict.fromkeys(k for a in per_prompt for k in a):
         rows = [a[kind] for a in per_prompt if kind in a and a[kind].get("n_pairs")]  # p undefined: no usable pair
         if not rows:
+            out[kind] = {"prompts": 0, "prompts_without_a_usable_pair": sum(kind in a for a in per_prompt)}
             continue
         p = torch.tensor([math.inf if r["p"] is None else r["p"] for r in rows], dtype=torch.float64)
         lo = torch.tensor([math.inf if r["p_low"] is None else r["p_low"] for r in rows], dtype=torch.float64)
@@ -272,7 +273,7 @@ def aggregate(config: CentralConfig, units: list[tuple[Path, list[int]]], prompt
                  f"[{_p(v['p_median_low'])}, {_p(v['p_median_high'])}]", v["prompts_p_above_2"],
                  v["prompts_containing_2"], v["prompts_p_below_2"], v["ratio_to_quadratic_onset_median"],
                  v["early_growth_2deg_median"], v["early_growth_4deg_median"]]
-                for k, v in priv.items()]
+                for k, v in priv.items() if v["prompts"]]
         tables.append(("Privileged directions: the Lp mixture test per kind and prompt, and thresholds over their "
                        "quadratic (linear-response) onsets",
                        table(rows, ["kind", "prompts", "median p", "95% interval (over prompts)",
