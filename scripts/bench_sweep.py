@@ -4,8 +4,10 @@ Each configuration sweeps the same prompts into a fresh directory (nothing is sk
 per-prompt discovery; its wall time includes the driver's model load and keying, the workers' start and
 model loads and the aggregation, i.e. what a user waits for. Ray's cluster start is timed once and
 reported apart (a sweep on a running cluster does not pay it). ``seconds_per_unit`` is the median time
-a worker spent on one unit (compute only). Ray's overhead is its wall time over local's at the same
-number of workers, per unit.
+a worker spent on one unit (compute only). ``steady_units_per_minute`` leaves out the start and the end:
+the units finished between the first and the last unit's completion (their ``unit.json`` times) over that
+span, i.e. the rate once every worker has loaded its model, which is what a long sweep runs at. Ray's
+overhead is its wall time over local's at the same number of workers, per unit.
 
     python scripts/bench_sweep.py --model random:tiny --prompts corpus:16
     python scripts/bench_sweep.py --model smollm2-135m --prompts corpus:6 --restarts 8 --iterations 10
@@ -68,8 +70,10 @@ def main(argv=None) -> dict:
                 t = time.perf_counter()
                 s = run_sweep(config, work / f"{engine}-{w}", progress=False)
                 wall = time.perf_counter() - t
+                ends = sorted(f.stat().st_mtime for f in (work / f"{engine}-{w}").glob("units/*/unit.json"))
+                steady = 60 * (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 and ends[-1] > ends[0] else None
                 rows.append({"engine": engine, "workers": w, "units": s.ran, "failed": s.failed, "wall_seconds": wall,
-                             "units_per_minute": 60 * s.ran / wall,
+                             "units_per_minute": 60 * s.ran / wall, "steady_units_per_minute": steady,
                              "seconds_per_unit": s.seconds_per_unit.get("median")})
                 log.info("%-5s workers %d: %d units in %.1f s = %.1f units/min (worker time per unit %.2f s)", engine,
                          w, s.ran, wall, rows[-1]["units_per_minute"], rows[-1]["seconds_per_unit"] or 0)
@@ -78,16 +82,20 @@ def main(argv=None) -> dict:
         if ray_start is not None:  # the cluster this run started
             ray.shutdown()
     by = {(r["engine"], r["workers"]): r for r in rows}
-    speedup = {e: by[e, max(workers)]["units_per_minute"] / by[e, min(workers)]["units_per_minute"]
-               for e in engines if (e, min(workers)) in by and (e, max(workers)) in by and len(workers) > 1}
+    pairs = [e for e in engines if (e, min(workers)) in by and (e, max(workers)) in by and len(workers) > 1]
+    speedup = {e: by[e, max(workers)]["units_per_minute"] / by[e, min(workers)]["units_per_minute"] for e in pairs}
+    steady = {e: by[e, max(workers)]["steady_units_per_minute"] / by[e, min(workers)]["steady_units_per_minute"]
+              for e in pairs if by[e, max(workers)]["steady_units_per_minute"] and by[e, min(workers)]["steady_units_per_minute"]}
     overhead = {w: {"seconds_per_unit": (by["ray", w]["wall_seconds"] - by["local", w]["wall_seconds"]) / by["ray", w]["units"],
                     "fraction": by["ray", w]["wall_seconds"] / by["local", w]["wall_seconds"] - 1}
                 for w in workers if ("ray", w) in by and ("local", w) in by and by["ray", w]["units"]}
     result = {"model": args.model, "prompts": args.prompts, "discover": discover.to_dict(), "rows": rows,
-              "speedup_max_over_min_workers": speedup, "ray_overhead_over_local": overhead,
+              "speedup_max_over_min_workers": speedup, "steady_speedup_max_over_min_workers": steady,
+              "ray_overhead_over_local": overhead,
               "ray_cluster_start_seconds": ray_start}
     for e, v in speedup.items():
-        log.info("%s: %d workers give %.2fx the units per minute of %d", e, max(workers), v, min(workers))
+        log.info("%s: %d workers give %.2fx the units per minute of %d (%.2fx once loaded)", e, max(workers), v,
+                 min(workers), steady.get(e, float("nan")))
     for w, v in overhead.items():
         log.info("ray over local, %d worker(s): %+.2f s per unit (%+.0f%% wall)", w, v["seconds_per_unit"],
                  100 * v["fraction"])

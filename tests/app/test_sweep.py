@@ -219,6 +219,9 @@ def test_the_benchmark_script_runs_at_tiny_sizes(tmp_path, ray_cluster):
     assert {(row["engine"], row["workers"]) for row in r["rows"]} == {("local", 1), ("local", 2), ("ray", 1), ("ray", 2)}
     assert all(row["units"] == 2 and row["failed"] == 0 and row["units_per_minute"] > 0 for row in r["rows"])
     assert set(r["ray_overhead_over_local"]) == {1, 2} and set(r["speedup_max_over_min_workers"]) == {"local", "ray"}
+    # one worker finishes its units one after another: a steady rate no faster than the units allow
+    for row in (x for x in r["rows"] if x["workers"] == 1):
+        assert 0 < row["steady_units_per_minute"] <= 60 / row["seconds_per_unit"] * 1.05, row
     assert json.loads((tmp_path / "bench.json").read_text())["rows"] == json.loads(json.dumps(r["rows"]))
 
 
