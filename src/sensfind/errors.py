@@ -15,7 +15,7 @@ from typing import Callable
 __all__ = ["SensfindError", "InputFileError", "MissingInputError", "CheckpointError", "ResultsWriteError",
            "CLIError", "DirectoryBusyError", "ModelUnavailableError", "DictionaryUnavailableError", "DatasetUnavailableError",
            "CorpusUnavailableError", "NonFiniteOutputError", "StorageError", "StudyMismatchError", "EngineUnavailableError",
-           "one_line", "error_boundary", "INTERRUPTED_STATUS"]
+           "NoUsablePairsError", "one_line", "error_boundary", "INTERRUPTED_STATUS"]
 
 INTERRUPTED_STATUS = 130  # the shell's status of a command ended by SIGINT (128 + 2)
 
@@ -82,6 +82,10 @@ class CorpusUnavailableError(DatasetUnavailableError):
 
 class NonFiniteOutputError(SensfindError, RuntimeError):
     """The subject returned NaN or inf during discovery."""
+
+
+class NoUsablePairsError(SensfindError, ValueError):
+    """The mixture test cannot form one pair of directions far enough apart to test."""
 
 
 class StorageError(SensfindError, ValueError):

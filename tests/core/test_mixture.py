@@ -15,8 +15,10 @@ from sensfind.core.mixture import (
     critical_angles,
     fit_p,
     lp_threshold,
+    mixture_row,
     mixture_test,
 )
+from sensfind.errors import NoUsablePairsError
 from sensfind.core.subject import FunctionSubject
 from sensfind.core.toy import ToyModel
 
@@ -170,3 +172,16 @@ def test_result_saves_loads_and_plots(tmp_path, toy_subject):
 def test_config_is_validated(bad, match):
     with pytest.raises(ValueError, match=match):
         MixtureConfig(**bad)
+
+
+def test_no_usable_pair_is_a_row_with_p_undefined_not_an_error():
+    subject = linear_subject()
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn(32, generator=g, dtype=torch.float64)
+    near = torch.stack([u, u + 0.05 * torch.randn(32, generator=g, dtype=torch.float64), 1.01 * u])  # |cos| > 0.8
+    with pytest.raises(NoUsablePairsError, match="no pair of the 3 directions has .cos. <= max_abs_cos = 0.8"):
+        mixture_test(subject, near, SMALL_TAU)
+    row = mixture_row(subject, near, SMALL_TAU)
+    assert row["n_pairs"] == 0 and row["p"] is None and row["scan_points"] == 0 and "no pair of the 3" in row["note"]
+    apart = mixture_row(subject, isotropic(3, 32, seed=2, dtype=torch.float64), SMALL_TAU)
+    assert apart["n_pairs"] >= 1 and apart["scan_points"] > 0 and "note" not in apart

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from sensfind.configs import Config, check_choice, check_int
-from sensfind.errors import InputFileError
+from sensfind.errors import InputFileError, NoUsablePairsError
 from sensfind.app.site import DiscoverySiteConfig, Site, SiteConfig
 from sensfind.specs import (DEFAULT_SAE_RELEASE, DICTIONARY_KINDS, DIRECTION_KINDS, Spec, dictionary_width,
                             parse_model_spec, parse_spec)
@@ -27,7 +27,7 @@ from sensfind.dictionaries.dictionary import check_dictionary_dir
 from sensfind.core.baselines import isotropic, load_directions
 from sensfind.core.geometry import directions_from_targets, effective_directions, is_base
 from sensfind.core.linear_response import linear_directions, linear_predictions
-from sensfind.core.mixture import MixtureConfig, MixtureTest, mixture_test
+from sensfind.core.mixture import MIXTURE_ROW, MixtureConfig, MixtureTest, mixture_row, mixture_test
 from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_activations
 from sensfind.reporting.plots import plot_effect_curves, plot_mixture_curves
 from sensfind.runio import out_lock, remove_litter, save_json, save_tensors, staged_dir
@@ -347,9 +347,8 @@ def privileged_summary(subject, found, config, mixture_pairs: int = 6, seed: int
     pred = linear_predictions(subject, found.directions, tau=config.tau, thresholds=found.blowup_deg)
     out = {"linear": pred.summary(), "optima_linear_ratio": pred.ratio, "optima_early_growth": pred.early_growth}
     if mixture_pairs and len(found) >= 2:
-        test = mixture_test(subject, found.directions, MixtureConfig(max_pairs=mixture_pairs, tau=config.tau,
-                                                                     bootstrap=500, seed=seed))
-        out["mixture"] = {k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points")}
+        out["mixture"] = mixture_row(subject, found.directions, MixtureConfig(max_pairs=mixture_pairs, tau=config.tau,
+                                                                              bootstrap=500, seed=seed))
     return out
 
 
@@ -375,10 +374,16 @@ def control_mixtures(subject, tau: float, seed: int = 0, pairs: int = 6) -> dict
              "linear": linear_directions(subject, 2 * CONTROL_AXES)[::2]}
     out = {}
     for kind, rows in kinds.items():
-        test = mixture_test(subject, rows, MixtureConfig(max_pairs=pairs, tau=tau, bootstrap=500, seed=seed))
-        pred = linear_predictions(subject, rows, tau=tau, thresholds=pure_thresholds(test)).summary()
-        out[kind] = {**{k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points")},
-                     **{k: pred.get(k) for k in ("ratio_median", "early_growth_2deg_median", "early_growth_4deg_median")}}
+        config = MixtureConfig(max_pairs=pairs, tau=tau, bootstrap=500, seed=seed)
+        try:
+            test = mixture_test(subject, rows, config)
+        except NoUsablePairsError:
+            row, thresholds = mixture_row(subject, rows, config), None
+        else:
+            row, thresholds = {k: test.summary()[k] for k in MIXTURE_ROW}, pure_thresholds(test)
+        pred = linear_predictions(subject, rows, tau=tau, thresholds=thresholds).summary()
+        out[kind] = {**row, **{k: pred.get(k) for k in ("ratio_median", "early_growth_2deg_median",
+                                                        "early_growth_4deg_median")}}
     return out
 
 

@@ -49,7 +49,7 @@ from sensfind.runio import Result, json_float, load_json, load_tensors, save_jso
 from sensfind.core.scan import ScanConfig, scan, step_grid, zoomed_threshold
 from sensfind.core.blowup import threshold_value
 from sensfind.core.linear_response import linear_directions, linear_predictions
-from sensfind.core.mixture import MixtureConfig, mixture_test
+from sensfind.core.mixture import MixtureConfig, mixture_row
 
 log = logging.getLogger(__name__)
 
@@ -372,10 +372,10 @@ def analyse_prompt(
             rows = rows[::2] if kind in ("linear", "PCA") else rows  # one sign of each axis: an orthogonal set
             if len(rows) < 2:
                 continue
-            test = mixture_test(subject, rows, mconf)
+            test = mixture_row(subject, rows, mconf)  # n_pairs 0: e.g. rows nearly parallel off the base
             thresholds = threshold_value(eff[kind], step_grid(cfg, dtype=torch.float64), config.tau).double()
             pred = linear_predictions(subject, dirs[kind], tau=config.tau, thresholds=thresholds).summary()
-            row = {**{k: test.summary()[k] for k in ("p", "p_low", "p_high", "n_pairs", "scan_points")},
+            row = {**test,
                    **{k: pred.get(k) for k in ("ratio_median", "early_growth_2deg_median", "early_growth_4deg_median")}}
             privileged[kind] = to_jsonable(row)  # as saved: non-finite numbers are None
     timings["privileged_seconds"] = time.perf_counter() - t

@@ -90,6 +90,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sensfind.errors import NoUsablePairsError, one_line
 from sensfind.configs import Config, check_bool, check_int, check_number
 from sensfind.core.geometry import check_directions, effective_directions
 from sensfind.runio import Result, load_json, load_tensors, save_json, save_tensors
@@ -99,11 +100,13 @@ from sensfind.core.subject import Subject
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MIXTURE_ROW",
     "MixtureConfig",
     "MixtureTest",
     "critical_angles",
     "fit_p",
     "lp_threshold",
+    "mixture_row",
     "mixture_test",
 ]
 
@@ -395,7 +398,7 @@ def mixture_test(subject: Subject, directions: Tensor, config: MixtureConfig = M
     u = effective_directions(directions.to(base.dtype), base, "sphere")  # [n, d] unit tangent parts
     pairs = _choose_pairs(u, config)
     if not pairs.shape[0]:
-        raise ValueError(f"no pair of the {u.shape[0]} directions has |cos| <= max_abs_cos = {config.max_abs_cos} "
+        raise NoUsablePairsError(f"no pair of the {u.shape[0]} directions has |cos| <= max_abs_cos = {config.max_abs_cos} "
                          "(after projecting out the base)")
     phi = config.phi_deg
     inner = torch.deg2rad(phi[1:-1]).to(base.dtype)
@@ -421,3 +424,16 @@ def mixture_test(subject: Subject, directions: Tensor, config: MixtureConfig = M
 
 
 # -- figures ----------------------------------------------------------------------------------------------
+
+
+MIXTURE_ROW = ("p", "p_low", "p_high", "n_pairs", "scan_points")  # what a summary row of the test keeps
+
+
+def mixture_row(subject: Subject, directions: Tensor, config: MixtureConfig = MixtureConfig()) -> dict:
+    """:func:`mixture_test`'s summary (:data:`MIXTURE_ROW`), or, where no pair of the directions is usable,
+    ``p`` undefined (``None``), ``n_pairs`` 0 and a ``note`` saying why: a result of that kind, not an error."""
+    try:
+        summary = mixture_test(subject, directions, config).summary()
+    except NoUsablePairsError as exc:
+        return {"p": None, "p_low": None, "p_high": None, "n_pairs": 0, "scan_points": 0, "note": one_line(exc)}
+    return {k: summary[k] for k in MIXTURE_ROW}
