@@ -35,8 +35,10 @@ def _legend_clear_of_axes(fig, ax) -> bool:
     return legend.x0 >= box.x1 or legend.y0 >= box.y1 or legend.x1 <= box.x0 or legend.y1 <= box.y0
 
 
-def test_kl_effect_plots_start_at_zero_and_the_legend_hides_no_curve(tmp_path, drawn):
+@pytest.mark.parametrize("at_zero", [0.0, -1.5e-7])  # a float32 KL at angle 0 can round just below 0
+def test_kl_effect_plots_start_at_zero_and_the_legend_hides_no_curve(tmp_path, drawn, at_zero):
     steps, e = _kl_curves()
+    e[:, 0] = at_zero
     plots.plot_median_curves(tmp_path / "m.png", steps, {"isotropic": e, "optima": e[:2] * 3}, "deg", "kl", 0.5)
     plots.plot_effect_curves(tmp_path / "e.png", {"random": (steps, e), "discovered optima": (steps, e[:2] * 3)},
                              "deg", "kl", 0.5)

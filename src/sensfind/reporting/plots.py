@@ -55,12 +55,20 @@ def plot_effect_curves(
 OUTSIDE = "outside"  # ``finish``'s legend place right of the axes, where it hides no curve
 
 
+ROUNDING = 1e-5  # relative: effects this far below 0 are float rounding of a 0
+
+
 def _floor_at_zero(ax, effects) -> None:
-    """Start the y axis at 0 when no effect is negative (KL, distances): no empty negative range."""
+    """Start the y axis at 0 when no effect is negative (KL, distances): no empty negative range. A KL
+    computed in float32 can come out a rounding error below 0 (about -1e-7 at angle 0): values above
+    ``-ROUNDING`` times the largest |effect| (at least 1) count as 0."""
     finite = [torch.as_tensor(e).detach().double() for e in effects]
     finite = [e[torch.isfinite(e)] for e in finite if e.numel()]
-    if finite and all(float(e.min()) >= 0 for e in finite if e.numel()):
-        ax.set_ylim(bottom=0.0)
+    finite = [e for e in finite if e.numel()]
+    if finite:
+        scale = max(1.0, max(float(e.abs().max()) for e in finite))
+        if min(float(e.min()) for e in finite) >= -ROUNDING * scale:
+            ax.set_ylim(bottom=0.0)
 
 
 def finish(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: str = "", legend_loc: str = "best") -> Path:
