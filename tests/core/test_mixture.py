@@ -159,7 +159,8 @@ def test_result_saves_loads_and_plots(tmp_path, toy_subject):
     assert torch.equal(back.thresholds, r.thresholds) and torch.equal(back.pairs, r.pairs)
     assert (tmp_path / "mix" / "config.json").is_file()
     assert plot_mixture_curves(tmp_path / "curves.png", r).stat().st_size > 0
-    assert plot_p_by_kind(tmp_path / "p.png", {"isotropic": r, "again": back}).stat().st_size > 0
+    assert plot_p_by_kind(tmp_path / "p.png", {"isotropic": (r.p, r.p_low, r.p_high), "∞": (math.inf, 30.0, math.inf)},
+                          dots={"isotropic": [1.5, 2.5]}).stat().st_size > 0
 
 
 @pytest.mark.parametrize("bad, match", [

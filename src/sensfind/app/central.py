@@ -31,7 +31,7 @@ from sensfind.models.prompts import load_corpus
 from sensfind.models.transformer_subject import TransformerSubject
 from sensfind.reporting.stats import ks
 from sensfind.comparison.cards import build_cards
-from sensfind.reporting.plots import plot_boxes
+from sensfind.reporting.plots import plot_boxes, plot_p_by_kind
 from sensfind.reporting.report import _bands, analysis_figures, card_view, refinement_table, render_report, table, threshold_table
 
 __all__ = ["CENTRAL", "CHUNK", "SMOKE", "CentralConfig", "aggregate", "contexts", "pooled_results",
@@ -239,6 +239,17 @@ def aggregate(config: CentralConfig, units: list[tuple[Path, list[int]]], prompt
                        "threshold angle (deg)", "refining SAE latents by discovery", cap=float(a0.steps[-1]))
         figs.append((p, "Threshold angles of the most active SAE latents before and after refinement by discovery, "
                         "beside the discovered optima."))
+    if r["privileged"]:
+        inf = lambda v: math.inf if v is None else v  # noqa: E731  (JSON's null p is ∞ here)
+        shown = {k: v for k, v in r["privileged"].items() if v["prompts"]}
+        p = plot_p_by_kind(out / "figures" / "p_by_kind.png",
+                           {k: (inf(v["p_median"]), inf(v["p_median_low"]), inf(v["p_median_high"])) for k, v in shown.items()},
+                           "are the kinds privileged? the mixture (Lp) test", "p (median over prompts, 95% interval)",
+                           dots={k: [inf(a.privileged[k]["p"]) for a in analyses if a.privileged.get(k, {}).get("n_pairs")]
+                                 for k in shown})
+        figs.append((p, "The mixture test's p per kind: the median over prompts with its 95% bootstrap interval over "
+                        "prompts (bars) and each prompt's own p (dots; ∞ and values beyond the axis drawn at its top). "
+                        "p = 2 is a quadratic form; p > 2 means pure directions exit the plateau sooner than their mixtures."))
     demo, _ = settings(config)
     first = int(dirs[0].name) if dirs[0].name.isdigit() else dirs[0].name
     views = []

@@ -146,7 +146,7 @@ def plot_boxes(path: str | Path, groups: dict, ylabel: str, title: str, cap: flo
     """One box (quartiles, whiskers to 1.5 IQR) per ``groups[name] = values`` with the values as jittered
     dots; non-finite values ("not reached") are drawn at ``cap`` (if given) and counted in the label."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.15 * len(groups)), 4.5))  # room for each group's three-line label
     g = torch.Generator().manual_seed(0)
     labels = []
     for i, (name, v) in enumerate(groups.items()):
@@ -159,7 +159,7 @@ def plot_boxes(path: str | Path, groups: dict, ylabel: str, title: str, cap: flo
         x = i + (torch.rand(v.numel(), generator=g, dtype=torch.float64) - 0.5) * 0.35
         ax.scatter(x.tolist(), shown.tolist(), s=9, alpha=0.45, color=f"C{i}")
         med = f", median {float(fin.median()):.1f}" if fin.numel() else ""
-        labels.append(f"{name}\n(n={v.numel()}{med}" + (f", {n_inf} n.r." if n_inf else "") + ")")
+        labels.append(f"{name}\nn={v.numel()}" + (f", {n_inf} n.r." if n_inf else "") + (f"\n{med[2:]}" if med else ""))
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
     if cap is not None:
         ax.axhline(cap, color="grey", lw=0.8, ls=":")
@@ -362,28 +362,29 @@ def plot_mixture_curves(path: str | Path, test: MixtureTest, max_pairs: int = 6,
                   f"critical angle r*(φ) (deg, KL > {test.config.tau:g})", title or f"mixture test: {test.n_pairs} pairs")
 
 
-def plot_p_by_kind(path: str | Path, tests: dict[str, MixtureTest], title: str = "") -> Path:
-    """Fitted ``p`` with its 95% interval for each kind of direction (log axis; ``p = ∞`` drawn at the top
-    of the grid with an arrow), and the ``p = 2`` line. Writes a PNG."""
+def plot_p_by_kind(path: str | Path, intervals: dict[str, tuple[float, float, float]], title: str = "",
+                   ylabel: str = "fitted p (95% interval)", dots: dict[str, list] | None = None,
+                   cap: float = 96.0) -> Path:
+    """``p`` with its 95% interval ``intervals[kind] = (p, low, high)`` for each kind of direction (log axis;
+    values beyond ``cap``, ∞ included, drawn at ``cap`` with an arrow; a NaN ``p`` is left out), optional
+    jittered ``dots[kind]`` (e.g. each prompt's own p), and the ``p = 2`` line. Writes a PNG."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(tests) + 2), 4.5))
-    cap = max(t.config.p_max for t in tests.values()) * 1.5
-    for i, (kind, t) in enumerate(tests.items()):
-        p, lo, hi = (min(v, cap) for v in (t.p, t.p_low, t.p_high))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(intervals) + 2), 4.5))
+    g = torch.Generator().manual_seed(0)
+    for i, (kind, (p, lo, hi)) in enumerate(intervals.items()):
+        if dots and dots.get(kind):
+            v = torch.tensor([min(float(x), cap) for x in dots[kind]], dtype=torch.float64)
+            x = i + (torch.rand(len(v), generator=g, dtype=torch.float64) - 0.5) * 0.3
+            ax.scatter(x.tolist(), v.tolist(), s=9, alpha=0.35, color=f"C{i}")
         if math.isnan(p):
             continue
-        ax.errorbar([i], [p], yerr=[[p - lo], [hi - p]], fmt="o", color=f"C{i}", capsize=4)
-        if math.isinf(t.p_high):
+        p, lo, hi = (min(v, cap) for v in (p, lo, hi))
+        ax.errorbar([i], [p], yerr=[[p - lo], [hi - p]], fmt="o", color=f"C{i}", capsize=4, ms=7)
+        if hi >= cap:
             ax.annotate("", (i, cap * 1.3), (i, cap), arrowprops={"arrowstyle": "->", "color": f"C{i}"})
     ax.axhline(2.0, color="k", ls="--", lw=1, label="p = 2 (quadratic form)")
-    ax.set_xticks(range(len(tests)), [f"{k}\n({t.n_pairs} pairs)" for k, t in tests.items()], fontsize=8)
+    ax.set_xticks(range(len(intervals)), list(intervals), fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("fitted p (95% bootstrap interval over pairs)")
     ax.set_title(title or "mixture test: p by kind of direction")
-    ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return finish(fig, ax, path, "", ylabel, ax.get_title(), legend_loc="upper left")
