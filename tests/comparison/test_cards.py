@@ -214,3 +214,21 @@ def test_saved_cards_load_and_old_card_files_still_do(encoding_cards, tmp_path):
     card = FeatureCard.from_dict(old)
     assert card.contexts[0].value == 1.5 and card.contexts[0].pieces is None and card.histogram is None
     assert math.isinf(card.threshold_deg) and card.logits_up == [] and card.notes == []
+
+
+def test_cards_state_their_threshold_over_the_linear_responses_onset(encoding_cards, toy, toy_comparison):
+    from sensfind.core.linear_response import linear_predictions
+
+    cards, _, _, _, subject = encoding_cards
+    assert toy_comparison.config.effect == "kl"
+    c = cards[0]  # the first compared direction: toy.features[0]
+    pred = linear_predictions(subject, toy.features[:1].to(subject.base), tau=toy_comparison.config.tau,
+                              thresholds=torch.tensor([c.threshold_deg]))
+    facts = dict(c.facts)
+    assert facts["threshold / quadratic onset θ_quad (linear response)"] == \
+        f"{float(pred.ratio[0]):.3g} (θ_quad {float(pred.onset_deg[0]):.3g}°)"
+    # the toy's KL at 2° is ~1e-5 nats, near float32's rounding of a log-softmax: the batch the card's scan
+    # ran in moves it by ~10%, so the early growth is compared loosely
+    shown = [float(x) for x in facts["KL / quadratic form at 2° / 4°"].split(" / ")]
+    assert torch.allclose(torch.tensor(shown, dtype=torch.float64), pred.early_growth[0], rtol=0.25)
+    assert all("KL / quadratic form at 2° / 4°" in dict(c.facts) for c in cards)  # latents' cards too

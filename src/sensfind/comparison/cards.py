@@ -31,6 +31,7 @@ from sensfind.comparison.match import Matches
 from sensfind.runio import json_float, load_json, save_json
 from sensfind.core.geometry import perturb
 from sensfind.core.scan import base_output
+from sensfind.core.linear_response import linear_predictions
 from sensfind.comparison.compare import project_dictionary
 from sensfind.core.geometry import effective_directions
 from sensfind.comparison.match import NullConfig, match_directions
@@ -371,7 +372,18 @@ class _CardMaker:
         self.cards.append(FeatureCard(key, title, kind, threshold, [float(x) for x in curve], angle, [], [], ctx, matches,
                                       facts, hist, measure, *(logits or ([], [])), notes))
 
-    def finish(self) -> list:
+    def finish(self, tau: float | None = None) -> list:
+        """The cards, with their token changes; with ``tau`` (next-token KL effects) each card also states its
+        threshold over the linear response's quadratic onset and its early growth (``core.linear_response``)."""
+        if self.cards and tau is not None:
+            pred = linear_predictions(self.subject, torch.stack([d.to(self.subject.base) for d in self.pending]),
+                                      tau=tau, thresholds=torch.tensor([c.threshold_deg for c in self.cards]))
+            for j, c in enumerate(self.cards):
+                g = pred.early_growth[j]
+                c.facts = [*c.facts, ("threshold / quadratic onset θ_quad (linear response)",
+                                      f"{float(pred.ratio[j]):.3g} (θ_quad {float(pred.onset_deg[j]):.3g}°)"),
+                           ("KL / quadratic form at " + " / ".join(f"{a:g}°" for a in pred.angles),
+                            " / ".join(f"{float(x):.3g}" for x in g))]
         if self.cards:  # one batch for every card's token changes
             changes = token_changes_batch(self.subject, torch.stack([d.to(self.subject.base) for d in self.pending]),
                                           [c.angle for c in self.cards], self.tokenizer, self.k_tokens)
@@ -420,7 +432,7 @@ def build_cards(analysis, subject, dictionary, contexts, corpus_tokens: Tensor, 
             maker.add(f"latent-{lat}", title, kind, rows[i], analysis.effects[kind][i], float(t[i]),
                       _latent_matches(m, None, i, exclude=lat, k=cfg.k),
                       facts + ([("Neuronpedia", url)] if url else []), latent=lat)
-    return maker.finish()
+    return maker.finish(cfg.tau)
 
 
 def comparison_cards(comparison, subject, directions: Tensor, dictionary, contexts=None, corpus_tokens=None,
@@ -432,6 +444,7 @@ def comparison_cards(comparison, subject, directions: Tensor, dictionary, contex
     if comparison.steps is None or comparison.optima_effects is None:
         return []
     cfg = comparison.config
+    kl_tau = cfg.tau if cfg.effect == "kl" else None  # the linear response predicts next-token KL only
     maker = _CardMaker(subject, float(comparison.steps[-1]), dictionary, contexts, corpus_tokens, tokenizer, k_tokens,
                        k_contexts, no_contexts)
     iso, cov = comparison.matches["isotropic"], comparison.matches.get("covariance")
@@ -442,7 +455,7 @@ def comparison_cards(comparison, subject, directions: Tensor, dictionary, contex
                   float(opt_t[i]), _latent_matches(iso, cov, i), facts)
     sens = comparison.sensitivity
     if not sens.latents.numel():
-        return maker.finish()
+        return maker.finish(kl_tau)
     base = subject.base
     target = project_dictionary(dictionary, base) if cfg.project_base else dictionary
     rows = effective_directions(dictionary.decoder[sens.latents].to(base.dtype), base, "sphere")
@@ -468,7 +481,7 @@ def comparison_cards(comparison, subject, directions: Tensor, dictionary, contex
         maker.add(f"latent-{lat}", f"Latent {lat}", kind, rows[i], sens.effects[i], float(sens.blowup[i]),
                   _latent_matches(m, None, i, exclude=lat, k=cfg.k), facts + ([("Neuronpedia", url)] if url else []),
                   latent=lat)
-    return maker.finish()
+    return maker.finish(kl_tau)
 
 
 def _real_other_fact(r, i: int) -> tuple:
