@@ -90,13 +90,21 @@ def test_every_link_of_the_compare_report_resolves(compared, tmp_path, no_scans)
     assert unresolved_links(page) == []
 
 
-def test_the_compare_report_shows_the_prompt_and_every_card(compared, toy, tmp_path, no_scans):
+@pytest.fixture(scope="module")
+def toy_cards(compared, toy):
+    """The toy comparison's cards, built before any report (building them scans: token changes, early growth)."""
     from sensfind.comparison.cards import comparison_cards
+
+    comp, _ = compared
+    return comparison_cards(comp, toy.subject(0), toy.features[:3].double(), comp.dictionary,
+                            no_contexts="no corpus contexts: the toy has no text")
+
+
+def test_the_compare_report_shows_the_prompt_and_every_card(compared, toy_cards, tmp_path, no_scans):
     from sensfind.reporting.report import prompt_markup
 
     comp, _ = compared
-    cards = comparison_cards(comp, toy.subject(0), toy.features[:3].double(), comp.dictionary,
-                             no_contexts="no corpus contexts: the toy has no text")
+    cards = toy_cards
     prompt = prompt_markup([72, 105, 60, 33], 2)  # byte tokens "Hi<!", the perturbed one a markup character
     page = write_compare_report(tmp_path, comp, "cmp", cards=cards, prompt=prompt).read_text()
     assert "Hi<mark>&lt;</mark>!" in page
