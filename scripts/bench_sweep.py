@@ -4,9 +4,10 @@ Each configuration sweeps the same prompts into a fresh directory (nothing is sk
 per-prompt discovery; its wall time includes the driver's model load and keying, the workers' start and
 model loads and the aggregation, i.e. what a user waits for. Ray's cluster start is timed once and
 reported apart (a sweep on a running cluster does not pay it). ``seconds_per_unit`` is the median time
-a worker spent on one unit (compute only). ``steady_units_per_minute`` leaves out the start and the end:
-the units finished between the first and the last unit's completion (their ``unit.json`` times) over that
-span, i.e. the rate once every worker has loaded its model, which is what a long sweep runs at. Ray's
+a worker spent on one unit (compute only). ``steady_units_per_minute`` leaves out the start: with W
+workers, the units finished after the W-th completion over the time from it to the last completion (their
+``unit.json`` times), i.e. the rate once every worker has loaded its model and run a unit, which is what a
+long sweep runs at (with few units per worker it is a noisy estimate). Ray's
 overhead is its wall time over local's at the same number of workers, per unit.
 
     python scripts/bench_sweep.py --model random:tiny --prompts corpus:16
@@ -71,7 +72,9 @@ def main(argv=None) -> dict:
                 s = run_sweep(config, work / f"{engine}-{w}", progress=False)
                 wall = time.perf_counter() - t
                 ends = sorted(f.stat().st_mtime for f in (work / f"{engine}-{w}").glob("units/*/unit.json"))
-                steady = 60 * (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 and ends[-1] > ends[0] else None
+                # after the w-th completion every worker has loaded and run a unit: the rate from there on
+                steady = (60 * (len(ends) - w) / (ends[-1] - ends[w - 1])
+                          if len(ends) > w and ends[-1] > ends[w - 1] else None)
                 rows.append({"engine": engine, "workers": w, "units": s.ran, "failed": s.failed, "wall_seconds": wall,
                              "units_per_minute": 60 * s.ran / wall, "steady_units_per_minute": steady,
                              "seconds_per_unit": s.seconds_per_unit.get("median")})
