@@ -128,3 +128,10 @@ def test_the_mixture_test_and_the_linear_control_per_kind(tmp_path):
     back = PromptAnalysis.load(a.save(tmp_path / "a"))
     assert back.privileged == a.privileged
     assert "privileged" in back.summary()
+
+
+def test_contrastive_targets_that_all_equal_the_base_leave_the_kind_out():
+    subject, dic, others, pool = toy_case()
+    a = analyse_prompt(subject, dic, others, pool, dataclasses.replace(SMALL, mixture_pairs=1, restarts=2, iterations=2),
+                       contrastive=subject.base[None].repeat(3, 1))
+    assert "contrastive" not in a.effects and "PCA" in a.effects

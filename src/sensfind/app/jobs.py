@@ -27,7 +27,7 @@ from sensfind.dictionaries.dictionary import check_dictionary_dir
 from sensfind.core.baselines import isotropic, load_directions
 from sensfind.core.geometry import directions_from_targets, effective_directions, is_base
 from sensfind.core.linear_response import linear_directions, linear_predictions
-from sensfind.core.mixture import MIXTURE_ROW, MixtureConfig, MixtureTest, mixture_row, mixture_test
+from sensfind.core.mixture import MixtureConfig, MixtureTest, mixture_row, mixture_test, no_pair_row, test_row
 from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_activations
 from sensfind.reporting.plots import plot_effect_curves, plot_mixture_curves
 from sensfind.runio import out_lock, remove_litter, save_json, save_tensors, staged_dir
@@ -377,10 +377,10 @@ def control_mixtures(subject, tau: float, seed: int = 0, pairs: int = 6) -> dict
         config = MixtureConfig(max_pairs=pairs, tau=tau, bootstrap=500, seed=seed)
         try:
             test = mixture_test(subject, rows, config)
-        except NoUsablePairsError:
-            row, thresholds = mixture_row(subject, rows, config), None
+        except NoUsablePairsError as exc:
+            row, thresholds = no_pair_row(exc), None
         else:
-            row, thresholds = {k: test.summary()[k] for k in MIXTURE_ROW}, pure_thresholds(test)
+            row, thresholds = test_row(test), pure_thresholds(test)
         pred = linear_predictions(subject, rows, tau=tau, thresholds=thresholds).summary()
         out[kind] = {**row, **{k: pred.get(k) for k in ("ratio_median", "early_growth_2deg_median",
                                                         "early_growth_4deg_median")}}

@@ -357,14 +357,15 @@ def _work(config: SweepConfig, ctx: dict, site: DiscoverySiteConfig, others: Ten
                f"real-other {s['kinds']['real-other']['median_deg']} deg")
 
 
-def _contrastive(ctx: dict, prompt) -> Tensor:
+def _contrastive(ctx: dict, prompt) -> Tensor | None:
     """Site activations ``[C, d]`` of the prompt with one token replaced by a train-split window's token at
-    that position (``n_real_other`` variants, seeded): the targets of the kind ``contrastive``."""
+    that position (``n_real_other`` variants, seeded): the targets of the kind ``contrastive`` (``None``
+    when no donor window differs from the prompt: the kind is left out)."""
     acfg, model = ctx["acfg"], ctx["model"]
     tokens = prompt if isinstance(prompt, list) else tokenize_prompt(model, prompt)[0].tolist()
     donors = ctx["corpus"].windows(4 * acfg.n_real_other, len(tokens), seed=acfg.seed + 5, split="train")
     variants = one_token_variants(tokens, donors, acfg.n_real_other, seed=acfg.seed + 6)
-    return prompt_activations(model, variants, ctx["demo"].hook)
+    return prompt_activations(model, variants, ctx["demo"].hook) if variants else None
 
 
 def _run_unit(chunk: Chunk, ctx: dict, unit: Unit) -> dict:

@@ -328,7 +328,8 @@ def analyse_prompt(
             dirs["PCA"] = effective_directions(pca_directions(stats, 2 * N_AXES).to(base.dtype), base, "sphere")
             if contrastive is not None:
                 kept = contrastive[~is_base(contrastive, base)]  # a replaced token that changes nothing here
-                dirs["contrastive"] = directions_from_targets(base, kept.to(base.dtype))
+                if len(kept):
+                    dirs["contrastive"] = directions_from_targets(base, kept.to(base.dtype))
         for kind in [k for k in ("optima", "isotropic", "cov-random", "real-other", *PRIVILEGE_KINDS) if k in dirs]:
             eff[kind] = scan(subject, dirs[kind], cfg, progress=progress, desc=kind).effects if len(dirs[kind]) \
                 else torch.empty(0, config.curve_steps)

@@ -108,6 +108,8 @@ __all__ = [
     "lp_threshold",
     "mixture_row",
     "mixture_test",
+    "no_pair_row",
+    "test_row",
 ]
 
 _RHO_GRID = 79  # values of the cross term ρ in (-0.975, 0.975) profiled per pair when cross_term is on
@@ -433,7 +435,17 @@ def mixture_row(subject: Subject, directions: Tensor, config: MixtureConfig = Mi
     """:func:`mixture_test`'s summary (:data:`MIXTURE_ROW`), or, where no pair of the directions is usable,
     ``p`` undefined (``None``), ``n_pairs`` 0 and a ``note`` saying why: a result of that kind, not an error."""
     try:
-        summary = mixture_test(subject, directions, config).summary()
+        return test_row(mixture_test(subject, directions, config))
     except NoUsablePairsError as exc:
-        return {"p": None, "p_low": None, "p_high": None, "n_pairs": 0, "scan_points": 0, "note": one_line(exc)}
+        return no_pair_row(exc)
+
+
+def test_row(test: MixtureTest) -> dict:
+    """A test's summary row (:data:`MIXTURE_ROW`)."""
+    summary = test.summary()
     return {k: summary[k] for k in MIXTURE_ROW}
+
+
+def no_pair_row(exc: NoUsablePairsError) -> dict:
+    """The row of a kind whose directions form no usable pair: ``p`` undefined, 0 pairs, and why."""
+    return {"p": None, "p_low": None, "p_high": None, "n_pairs": 0, "scan_points": 0, "note": one_line(exc)}
