@@ -170,11 +170,14 @@ def test_the_driver_killed_and_run_again_ends_as_an_uninterrupted_sweep(tmp_path
     cmd = [sys.executable, "-m", "sensfind.app.cli", *args, "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while len(list(out.glob(f"units/*/{DONE}"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    # a unit is finished once its directory has its final name: a stage (.KEY.partial-*) holding unit.json
+    # is not, and a run killed before the rename leaves it as litter for the next run to remove
+    finished = lambda: sum(not p.parent.name.startswith(".") for p in out.glob(f"units/*/{DONE}"))  # noqa: E731
+    while finished() < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    n_before = len(list(out.glob(f"units/*/{DONE}")))
+    n_before = finished()
     assert 2 <= n_before < 6, "the driver was not caught mid-sweep"
     assert main([*args, "--out", str(out)]) == 0
     s = SweepSummary.load(out)
