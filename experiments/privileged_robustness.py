@@ -1,10 +1,11 @@
 """Are the optima privileged whatever the threshold, the site and the prompt length?
 
 The central result tests the mixture (Lp) p of every kind at one setting (τ = 0.5 nats, site
-``blocks.1.hook_resid_pre``, 10-token prompts). This script changes one of the three at a time and, for
-each variant, runs ``sensfind sweep --work discover --controls`` over held-out corpus prompts: discovery
-per prompt, the mixture test among its optima and on two controls at the same τ (isotropic directions and
-the top eigenvectors of the linear response G). It writes one sweep per variant under ``--out`` and a
+``blocks.1.hook_resid_pre``, 10-token prompts). This script changes one of the three at a time (variant
+``central`` keeps all three) and, for each variant, runs ``sensfind sweep --work discover --controls`` over
+held-out corpus prompts: discovery per prompt, the mixture test among its optima and on the controls at the
+same τ (isotropic directions, the top eigenvectors of the linear response G, and the optima turned 15°, 30°
+and 60° away from themselves), each also refitted with a per-pair cross term. It writes one sweep per variant under ``--out`` and a
 table (``robustness.json``, ``robustness.md``) of the pooled p per kind and variant.
 
     python experiments/privileged_robustness.py --model smollm2-135m --prompts 8 --workers 2 --out runs/robustness
@@ -32,6 +33,7 @@ from sensfind.runio import save_json, write_atomic
 
 # (name, what changes): each variant differs from the central result's setting in one thing
 VARIANTS = {
+    "central": {},
     "tau=0.1": {"tau": 0.1},
     "tau=2.0": {"tau": 2.0},
     "site=blocks.3": {"hook": "blocks.3.hook_resid_pre"},
@@ -52,17 +54,20 @@ def table(results: dict) -> str:
     """Markdown: per variant and kind, the pooled median p [95% interval over prompts] and the prompts whose
     own interval lies above 2 / contains 2 / lies below 2."""
     p = lambda v: "∞" if v is None else f"{v:.2f}"  # noqa: E731
+    cross = lambda r: (f"{p(r['p_cross_median'])} [{p(r['p_cross_median_low'])}, {p(r['p_cross_median_high'])}]"  # noqa: E731
+                       if "p_cross_median" in r else "–")
     lines = ["| variant | kind | prompts | median p [95% interval] | above 2 / contains 2 / below 2 | "
-             "threshold / quadratic onset | KL / quadratic at 2° |", "|---|---|---|---|---|---|---|"]
+             "p with a cross term [95% interval] | threshold / quadratic onset | KL / quadratic at 2° |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, priv in results.items():
         for kind, r in priv.items():
             if not r["prompts"]:
-                lines.append(f"| {name} | {kind} | 0 ({r['prompts_without_a_usable_pair']} without a usable pair) | – | – | – | – |")
+                lines.append(f"| {name} | {kind} | 0 ({r['prompts_without_a_usable_pair']} without a usable pair) | – | – | – | – | – |")
                 continue
             ratio, growth = r["ratio_to_quadratic_onset_median"], r["early_growth_2deg_median"]
             lines.append(f"| {name} | {kind} | {r['prompts']} | {p(r['p_median'])} [{p(r['p_median_low'])}, "
                          f"{p(r['p_median_high'])}] | {r['prompts_p_above_2']} / {r['prompts_containing_2']} / "
-                         f"{r['prompts_p_below_2']} | {'–' if ratio is None else f'{ratio:.3g}'} | "
+                         f"{r['prompts_p_below_2']} | {cross(r)} | {'–' if ratio is None else f'{ratio:.3g}'} | "
                          f"{'–' if growth is None else f'{growth:.3g}'} |")
     return "\n".join(lines) + "\n"
 

@@ -32,6 +32,11 @@ def test_pooled_privileged_counts_intervals_and_leaves_out_prompts_with_no_usabl
     assert o["p_median"] == 3.0 and o["p_median_low"] <= 3.0 <= (o["p_median_high"] or float("inf"))
     assert o["early_growth_4deg_median"] is None and o["ratio_to_quadratic_onset_median"] == 0.5
     assert o["scan_points"] == 30
+    assert "p_cross_median" not in o  # rows from before the cross-term refit: no such column
+    crossed = pooled_privileged([{"optima": row(3.0, 2.5, None) | {"p_cross": c, "p_cross_low": lo, "p_cross_high": hi}}
+                                 for c, lo, hi in ((2.1, 1.9, 2.4), (2.4, 2.2, 3.0), (None, 2.6, None))])["optima"]
+    assert crossed["p_cross_median"] == 2.4 and (crossed["prompts_p_cross_above_2"], crossed["prompts_p_cross_below_2"]) == (2, 0)
+    assert crossed["p_cross_median_low"] <= 2.4 <= (crossed["p_cross_median_high"] or float("inf"))
     assert pooled_privileged([{"PCA": row(None, None, None, pairs=0)}]) == {
         "PCA": {"prompts": 0, "prompts_without_a_usable_pair": 1}}  # kept, so that a kind never silently vanishes
 

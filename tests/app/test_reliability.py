@@ -127,14 +127,14 @@ def _wide_subject(n_out=4096, d=16):
 
 def test_2_gradient_free_scans_run_in_chunks_bounded_by_the_memory_budget():
     from sensfind.core.baselines import isotropic
-    from sensfind.core.scan import ScanConfig, scan, scan_chunk_rows
+    from sensfind.core.scan import _OUTPUT_COPIES, ScanConfig, scan, scan_chunk_rows
 
     subject, batches = _wide_subject()
     config = ScanConfig(steps=361)
     dirs = isotropic(64, 16, seed=1)
     budget = 64 * 2**20
     rows = scan_chunk_rows(361, 4096, 4, budget)
-    assert rows * 361 * 4096 * 4 * 4 <= budget and rows >= 1
+    assert rows * 361 * 4096 * 4 * _OUTPUT_COPIES <= budget and rows >= 1
     with torch.no_grad():
         chunked = scan(subject, dirs, config, max_memory=budget).effects
     biggest = max(batches[1:])  # batches[0] is the base output

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from sensfind.app.cli import main
+from sensfind.app.jobs import CONTROL_ROTATIONS, rotated_kind
 from sensfind.discovery.config import DiscoverConfig
 from sensfind.runio import load_tensors
 from sensfind.app.site import DiscoverySiteConfig
@@ -233,9 +234,13 @@ def test_a_discover_sweep_with_controls_pools_the_optimas_p_beside_isotropic_and
     s = run_sweep(config, tmp_path / "c", progress=False)
     assert (s.done, s.failed) == (3, 0)
     priv = json.loads((tmp_path / "c" / "results.json").read_text())["privileged"]
-    assert list(priv) == ["optima", "isotropic", "linear"] and all(v["prompts"] == 3 for v in priv.values())
+    turned = [rotated_kind(d) for d in CONTROL_ROTATIONS]
+    assert list(priv) == ["optima", "isotropic", "linear", *turned] and all(v["prompts"] == 3 for v in priv.values())
     assert priv["optima"]["p_median_low"] > 2  # the toy's planted, hard-thresholded features
     assert priv["isotropic"]["prompts_p_above_2"] < 3
+    # turned away from the planted features, p falls (the toy of tests/core/test_mixture.py: ∞ -> 3.5 at 60°)
+    assert priv[turned[-1]]["p_median"] < priv["optima"]["p_median"]
+    assert all("p_cross_median" in v for v in priv.values())
     without = {u.key for u in _units(replace(config, controls=False), None, None)[0]}
     assert not without & {u.key for u in _units(config, None, None)[0]}  # controls change what a unit holds
     with pytest.raises(ValueError, match="controls belong to work 'discover'"):

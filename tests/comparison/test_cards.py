@@ -227,8 +227,8 @@ def test_cards_state_their_threshold_over_the_linear_responses_onset(encoding_ca
     facts = dict(c.facts)
     assert facts["threshold / quadratic onset θ_quad (linear response)"] == \
         f"{float(pred.ratio[0]):.3g} (θ_quad {float(pred.onset_deg[0]):.3g}°)"
-    # the toy's KL at 2° is ~1e-5 nats, near float32's rounding of a log-softmax: the batch the card's scan
-    # ran in moves it by ~10%, so the early growth is compared loosely
+    # the toy's KL at 2° is ~1e-5 nats: the KL keeps its relative precision there (core.effects), so the batch
+    # the card's scan ran in changes it by far less than the 3 digits shown
     shown = [float(x) for x in facts["KL / quadratic form at 2° / 4°"].split(" / ")]
-    assert torch.allclose(torch.tensor(shown, dtype=torch.float64), pred.early_growth[0], rtol=0.25)
+    assert torch.allclose(torch.tensor(shown, dtype=torch.float64), pred.early_growth[0], rtol=6e-3)
     assert all("KL / quadratic form at 2° / 4°" in dict(c.facts) for c in cards)  # latents' cards too

@@ -7,6 +7,7 @@ import torch
 
 from sensfind.core.baselines import isotropic
 from sensfind.core.geometry import project_out, tangent_rotations
+from sensfind.core.mixture import test_row as summary_row  # not collected as a test
 from sensfind.core.linear_response import linear_response
 from sensfind.reporting.plots import plot_mixture_curves, plot_p_by_kind
 from sensfind.core.mixture import (
@@ -15,6 +16,7 @@ from sensfind.core.mixture import (
     critical_angles,
     fit_p,
     lp_threshold,
+    MIXTURE_ROW,
     mixture_row,
     mixture_test,
 )
@@ -93,6 +95,10 @@ def test_linear_map_random_directions_cross_terms():
     assert (refit.p, refit.p_low, refit.p_high) == (crossed.p, crossed.p_low, crossed.p_high)
     with pytest.raises(ValueError, match="only the fit settings"):
         plain.refit(tau=0.1)
+    row = summary_row(plain)  # a summary row carries both fits of the same scans
+    assert (row["p"], row["p_low"], row["p_high"]) == (plain.p, plain.p_low, plain.p_high)
+    assert (row["p_cross"], row["p_cross_low"], row["p_cross_high"]) == (crossed.p, crossed.p_low, crossed.p_high)
+    assert summary_row(crossed)["p_cross"] == crossed.p  # already fitted with the cross term: the same fit
 
 
 def test_toy_planted_features_are_privileged_and_rotations_are_less(toy_subject):
@@ -184,5 +190,6 @@ def test_no_usable_pair_is_a_row_with_p_undefined_not_an_error():
         mixture_test(subject, near, SMALL_TAU)
     row = mixture_row(subject, near, SMALL_TAU)
     assert row["n_pairs"] == 0 and row["p"] is None and row["scan_points"] == 0 and "no pair of the 3" in row["note"]
+    assert set(MIXTURE_ROW) <= set(row) and row["p_cross"] is None
     apart = mixture_row(subject, isotropic(3, 32, seed=2, dtype=torch.float64), SMALL_TAU)
     assert apart["n_pairs"] >= 1 and apart["scan_points"] > 0 and "note" not in apart

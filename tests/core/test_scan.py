@@ -62,6 +62,48 @@ def test_kl_is_exactly_zero_at_the_base_and_matches_its_definition():
     assert torch.autograd.gradcheck(lambda out: kl(y0.double(), out), (y,))
 
 
+def _kl64(y0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    p0 = torch.softmax(y0.double(), -1)
+    return (p0 * (p0.log() - torch.log_softmax(y.double(), -1))).sum(-1)
+
+
+def test_kl_in_float32_keeps_the_relative_precision_of_a_small_kl():
+    # a 262,144-token vocabulary (Gemma 3) and KLs of 1e-6..1e-2: log-softmax differences in float32 lose
+    # ~1e-7 absolute (10% of a KL of 1e-6); the centred expm1 form keeps the error relative
+    torch.manual_seed(4)
+    y0 = torch.randn(2**18) * 3
+    y = y0 + torch.tensor([1e-3, 3e-3, 1e-2, 3e-2, 0.3])[:, None] * torch.randn(5, 2**18)
+    exact = _kl64(y0, y.double())
+    assert exact.min() < 2e-6 and exact.max() > 1e-2
+    torch.testing.assert_close(kl(y0, y).double(), exact, rtol=1e-3, atol=0)
+
+
+def test_kl_survives_logits_that_would_overflow_exp_and_its_gradient_there():
+    torch.manual_seed(5)
+    y0 = torch.randn(40, dtype=torch.float64)
+    y = y0 + torch.randn(3, 40, dtype=torch.float64)
+    y[1, 7] += 300.0  # x - mu past 80: that row is shifted
+    y[2] -= 500.0  # a constant shift changes nothing
+    torch.testing.assert_close(kl(y0, y), _kl64(y0, y))
+    torch.testing.assert_close(kl(y0, y[2:]), kl(y0, y[2:] + 500.0))
+    assert torch.isfinite(kl(y0.float(), y.float())).all()
+    y.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda out: kl(y0, out), (y,))
+
+
+def test_kl_of_half_precision_outputs_is_summed_in_float32_and_blocks_keep_it(monkeypatch):
+    import sensfind.core.effects as effects
+
+    torch.manual_seed(6)
+    y0, y = torch.randn(300), torch.randn(7, 300)
+    whole = kl(y0, y)
+    monkeypatch.setattr(effects, "_BLOCK_BYTES", 300 * 4 * 2)  # blocks of 2 rows, the last one short
+    torch.testing.assert_close(kl(y0, y), whole, rtol=1e-6, atol=0)  # only the matvecs' rounding differs
+    out = kl(y0.bfloat16(), y.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), _kl64(y0.bfloat16(), y.bfloat16()), rtol=1e-5, atol=0)
+
+
 def test_scan_zero_angle_gives_zero_effect_and_grad_flows(tiny_model):
     subject = sf.TransformerSubject(tiny_model, [5, 6, 7, 8, 9])
     dirs = torch.randn(3, subject.d, requires_grad=True)

@@ -17,7 +17,7 @@ from sensfind.models import blocks, gemma
 from sensfind.models.loading import cache_root
 from sensfind.core.effects import get_effect
 from sensfind.core.geometry import perturb
-from sensfind.core.scan import ScanConfig, scan, scan_chunk_rows, step_grid
+from sensfind.core.scan import _OUTPUT_COPIES, ScanConfig, scan, scan_chunk_rows, step_grid
 from sensfind.specs import GEMMA3, parse_model_spec
 from sensfind.models.transformer_subject import required_bos, tokenize_prompt
 
@@ -112,7 +112,7 @@ def test_gradient_scan_in_recomputed_chunks_equals_one_batch():
     subject = sf.FunctionSubject(torch.ones(d, dtype=torch.float64), fn)
     config = ScanConfig(steps=steps)
     dirs = torch.randn(12, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    budget = 5 * steps * n_out * 8 * 4  # five rows per chunk (float64 outputs, four copies)
+    budget = 5 * steps * n_out * 8 * _OUTPUT_COPIES  # five rows per chunk (float64 outputs)
     results = []
     for max_memory in (budget, 2**40):
         batches.clear()

@@ -136,16 +136,15 @@ def pooled_privileged(per_prompt: list[dict]) -> dict:
     ``PromptAnalysis.privileged``) that ran the mixture test: the median of the prompts' ``p``
     (∞ counted as the largest) with a 95% bootstrap interval over prompts, how many prompts' own 95%
     intervals lie above 2, contain 2 or lie below it, and the median threshold over quadratic onset and
-    early growth (KL over the quadratic form's at 2° and 4°)."""
+    early growth (KL over the quadratic form's at 2° and 4°); where the rows have them, the same for ``p``
+    refitted with a per-pair cross term (``p_cross_*``)."""
     out = {}
     for kind in dict.fromkeys(k for a in per_prompt for k in a):
         rows = [a[kind] for a in per_prompt if kind in a and a[kind].get("n_pairs")]  # p undefined: no usable pair
         if not rows:
             out[kind] = {"prompts": 0, "prompts_without_a_usable_pair": sum(kind in a for a in per_prompt)}
             continue
-        p = torch.tensor([math.inf if r["p"] is None else r["p"] for r in rows], dtype=torch.float64)
-        lo = torch.tensor([math.inf if r["p_low"] is None else r["p_low"] for r in rows], dtype=torch.float64)
-        hi = torch.tensor([math.inf if r["p_high"] is None else r["p_high"] for r in rows], dtype=torch.float64)
+        p, lo, hi = (_column(rows, k) for k in ("p", "p_low", "p_high"))
         ratio = torch.tensor([math.nan if r.get("ratio_median") is None else r["ratio_median"] for r in rows])
         growth = {a: torch.tensor([math.nan if r.get(f"early_growth_{a}deg_median") is None
                                    else r[f"early_growth_{a}deg_median"] for r in rows]) for a in (2, 4)}
@@ -158,7 +157,19 @@ def pooled_privileged(per_prompt: list[dict]) -> dict:
                      "ratio_to_quadratic_onset_median": _median(ratio[torch.isfinite(ratio)]),
                      **{f"early_growth_{a}deg_median": _median(g[torch.isfinite(g)]) for a, g in growth.items()},
                      "scan_points": sum(int(r["scan_points"]) for r in rows)}
+        crossed = [r for r in rows if "p_cross" in r]  # rows from before the cross-term refit have none
+        if crossed:
+            pc, pc_lo, pc_hi = (_column(crossed, k) for k in ("p_cross", "p_cross_low", "p_cross_high"))
+            c_low, c_high = _median_interval(pc, seed=len(out) + 1000)
+            out[kind] |= {"p_cross_median": json_float(float(pc.median())), "p_cross_median_low": json_float(c_low),
+                          "p_cross_median_high": json_float(c_high), "prompts_p_cross_above_2": int((pc_lo > 2).sum()),
+                          "prompts_p_cross_below_2": int((pc_hi < 2).sum())}
     return out
+
+
+def _column(rows: list[dict], key: str) -> Tensor:
+    """``[n]`` float64 of one field of the rows, ``None`` (p = ∞ as saved in JSON) read as ∞."""
+    return torch.tensor([math.inf if r[key] is None else r[key] for r in rows], dtype=torch.float64)
 
 
 def pooled_results(analyses: list, prompts_skipped: int) -> dict:

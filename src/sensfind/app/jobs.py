@@ -25,7 +25,7 @@ from sensfind.specs import (DEFAULT_SAE_RELEASE, DICTIONARY_KINDS, DIRECTION_KIN
 from sensfind.dictionaries.corpus_sae import CorpusSAEConfig, train_corpus_sae
 from sensfind.dictionaries.dictionary import check_dictionary_dir
 from sensfind.core.baselines import isotropic, load_directions
-from sensfind.core.geometry import directions_from_targets, effective_directions, is_base
+from sensfind.core.geometry import directions_from_targets, effective_directions, is_base, tangent_rotations
 from sensfind.core.linear_response import linear_directions, linear_predictions
 from sensfind.core.mixture import MixtureConfig, MixtureTest, mixture_row, mixture_test, no_pair_row, test_row
 from sensfind.models.prompts import check_prompt_source, load_prompts, prompt_activations
@@ -364,14 +364,28 @@ def pure_thresholds(test: MixtureTest) -> Tensor:
 CONTROL_AXES = 4  # directions per control kind of the mixture test (one sign each: 6 pairs)
 
 
-def control_mixtures(subject, tau: float, seed: int = 0, pairs: int = 6) -> dict:
+CONTROL_ROTATIONS = (15.0, 30.0, 60.0)  # degrees each optimum is turned away from itself, a control kind each
+
+
+def rotated_kind(deg: float) -> str:
+    return f"optima turned {deg:g}°"
+
+
+def control_mixtures(subject, tau: float, seed: int = 0, pairs: int = 6, optima: Tensor | None = None) -> dict:
     """The mixture (Lp) test at ``tau`` on the controls of the optima's: ``isotropic`` (4 random directions,
-    base projected out) and ``linear`` (G's top 4 eigenvectors, one sign each), with each kind's threshold
-    over its quadratic onset and early growth. kind -> the row ``privileged_summary`` gives the optima."""
+    base projected out), ``linear`` (G's top 4 eigenvectors, one sign each) and, given the ``optima`` (at
+    least two), the optima each turned by 15°, 30° and 60° towards a random tangent direction
+    (:func:`rotated_kind`): on planted features p falls towards 2 as they are turned away, so p that stays
+    high says the region, not the directions, makes it. Each kind also gets its threshold over its quadratic
+    onset and early growth. kind -> the row ``privileged_summary`` gives the optima."""
     base = subject.base
     kinds = {"isotropic": effective_directions(isotropic(CONTROL_AXES, base.shape[0], seed=seed + 2, dtype=base.dtype),
                                                base, "sphere"),
              "linear": linear_directions(subject, 2 * CONTROL_AXES)[::2]}
+    if optima is not None and optima.shape[0] >= 2:
+        u = effective_directions(optima.detach().to(base.dtype), base, "sphere")
+        for deg in CONTROL_ROTATIONS:
+            kinds[rotated_kind(deg)] = tangent_rotations(u, base, 1, deg, seed=seed + 3)[:, 0]
     out = {}
     for kind, rows in kinds.items():
         config = MixtureConfig(max_pairs=pairs, tau=tau, bootstrap=500, seed=seed)

@@ -71,6 +71,7 @@ ENGINES = ("local", "ray")
 MAX_WORKERS = 1024
 RAY_INSTALL = "pip install 'sensfind[ray]'"
 KEY_FORMAT = 2  # of the unit keys and files: bump when a unit's result changes meaning
+CONTROLS_VERSION = 2  # of what --controls tests (2: the optima turned 15/30/60 degrees, p with a cross term)
 DONE, FAILED = "unit.json", "error.json"
 _ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9._-]+:\d{1,5})$")
 _UNIT_SITE = ("prompt", "tokens", "input")  # what each unit sets in the site template
@@ -101,7 +102,8 @@ class SweepConfig(Config):
         discover: discovery per prompt (work ``discover``).
         random_baseline: isotropic directions scanned finely beside each prompt's optima (work ``discover``).
         controls: work ``discover``: each unit also runs the mixture (Lp) test at the optima's τ on 4 isotropic
-            directions and on G's top 4 eigenvectors (``jobs.control_mixtures``), the controls of the optima's p.
+            directions, on G's top 4 eigenvectors and on the optima turned by 15°, 30° and 60°
+            (``jobs.control_mixtures``), the controls of the optima's p.
         smoke: work ``analysis``: the central result's tiny sizes and the demo's quick SAE (for tests); with
             ``corpus:N`` prompts it also sets how many real-other windows are drawn beside them.
         cards: work ``analysis``: the aggregated report shows the first unit's feature cards (loads the model).
@@ -284,8 +286,8 @@ def _units(config: SweepConfig, model, file_prompts: list | None, sae=None) -> t
         prompts = chosen if file_prompts is None else file_prompts
     if config.work == "discover":
         settings_ = {"discover": config.discover.to_dict(), "random_baseline": config.random_baseline}
-        if config.controls:  # a unit without controls keeps its key
-            settings_["controls"] = True
+        if config.controls:  # a unit without controls keeps its key; 2: with the turned optima and p_cross
+            settings_["controls"] = CONTROLS_VERSION
         others = None
     else:
         settings_ = {"demo": demo.to_dict(), "analysis": acfg.to_dict(), "sae": sae.source,
@@ -344,7 +346,8 @@ def _work(config: SweepConfig, ctx: dict, site: DiscoverySiteConfig, others: Ten
         found.save(tmp, overwrite=True)
         summary = discovery_summary(site, built.subject, found, config.discover, config.random_baseline)[0]
         if config.controls:
-            summary["controls"] = control_mixtures(built.subject, config.discover.tau, seed=site.seed)
+            summary["controls"] = control_mixtures(built.subject, config.discover.tau, seed=site.seed,
+                                                   optima=found.directions)
         return summary, (f"{summary['n_optima']} optima, best {summary['best_blowup']:.3g} vs random median "
                          f"{summary['random_blowup_median']:.3g}")
     prompt = site.token_ids if site.tokens is not None else site.prompt

@@ -10,7 +10,7 @@ A scan of ``R`` directions over ``K`` steps runs ``R·K`` points through the sub
 gradients (final scans, baselines) the directions run in chunks sized so that the outputs of one chunk fit
 a memory budget (``max_memory``), so peak memory does not grow with directions × steps × output width.
 With gradients the points run as one batch while their outputs fit the larger ``DEFAULT_GRAD_MAX_MEMORY``
-(GPT-2 and SmolLM2 at the optimiser's default 32 restarts × 16 steps: about 0.4 GB); past it (Gemma 3's
+(GPT-2 and SmolLM2 at the optimiser's default 32 restarts × 16 steps: about 0.2 GB); past it (Gemma 3's
 262,144-token vocabulary: 1 MB of logits per point) the directions run in chunks whose forward is
 recomputed in the backward (``torch.utils.checkpoint``), so only the effects ``[R, K]`` are kept between
 the two and memory stays within the budget, at the cost of a second forward of each chunk.
@@ -51,7 +51,7 @@ __all__ = [
 
 DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of outputs (and their effect temporaries) per chunk of a gradient-free scan
 DEFAULT_GRAD_MAX_MEMORY = 2 * 2**30  # the same with gradients (outputs kept for the backward): chunked and recomputed past it
-_OUTPUT_COPIES = 4  # logits, log-softmax, its exp and the difference live at once while the effect is computed
+_OUTPUT_COPIES = 2  # the logits and, in the backward, their gradient (the KL works in cache-sized row blocks)
 
 
 @dataclass(frozen=True)
