@@ -250,3 +250,33 @@ def test_privileged_robustness_pools_each_variants_optima_and_controls(tmp_path,
     assert mod.main(["--variants", "tau=9", "--out", str(tmp_path / "bad")]) == 2
     assert "unknown variant(s) ['tau=9']; allowed: central, tau=0.1, tau=2.0, site=blocks.3, length=24" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_strong_sae_trains_once_measures_both_and_rematches_the_saved_optima(tmp_path, capsys):
+    from sensfind.app.site import DiscoverySiteConfig
+    from sensfind.app.sweep import SweepConfig, load_unit, run_sweep
+
+    mod = experiment("strong_sae")
+    sweep = tmp_path / "sweep"
+    cfg = SweepConfig(site=DiscoverySiteConfig(model="random:tiny", device="cpu"), prompts="corpus:2", work="analysis",
+                      smoke=True, cards=False, cache_dir=str(tmp_path / "cache"))
+    assert run_sweep(cfg, sweep, progress=False).done == 2
+    args = ["--sweep", str(sweep), "--windows", "96", "--epochs", "1", "--eval-windows", "4"]
+    assert mod.main([*args, "--out", str(tmp_path / "s")]) == 0
+    r = json.loads((tmp_path / "s" / "strong_sae.json").read_text())
+    assert r["units"] == 2 and set(r["saes"]) == {"default", "stronger"}
+    assert r["saes"]["stronger"]["config"]["n_windows"] == 96 != r["saes"]["default"]["config"]["n_windows"]
+    # the default SAE's matches, recomputed from the saved optima, are the ones the analysis saved
+    for row in r["per_unit"]["default"]:
+        saved = load_unit(sweep, row["key"]).summary()
+        assert (row["isotropic"], row["covariance"]) == (saved["matches_isotropic"]["n_significant"],
+                                                         saved["matches_covariance"]["n_significant"])
+        assert row["best_abs_cos"] == saved["matches_isotropic"]["best_abs_cos"]
+    assert all(0 <= s["quality"]["dead_fraction"] <= 1 for s in r["saes"].values())
+    assert (tmp_path / "s" / "strong_sae.md").read_text().count("\n| ") == 2  # the rows of default and stronger
+    # a second run loads the stronger SAE from the cache: the same numbers
+    assert mod.main([*args, "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "strong_sae.json").read_text())
+    assert again["pooled"] == r["pooled"] and again["saes"]["stronger"]["quality"] == r["saes"]["stronger"]["quality"]
+    assert mod.main(["--sweep", str(tmp_path / "missing"), "--out", str(tmp_path / "bad")]) == 2
+    assert "sweep record" in capsys.readouterr().err and not (tmp_path / "bad").exists()
