@@ -254,7 +254,10 @@ class TransformerSubject:
         noise = torch.randn(2, self.d, generator=torch.Generator().manual_seed(0)).to(self.base)
         probe = torch.cat([self.base[None], self.base + noise * self.base.norm() / noise.norm(dim=1, keepdim=True)])
         expected = self._run_fast(probe)
-        rel_tol = 1e-3 if model.cfg.dtype in (torch.float32, torch.float64) else 5e-2
+        # in bf16/fp16 TransformerLens's own forward is no exact reference: on Gemma 3 with random tokens it
+        # errs by 1.4 (6% of the largest logit) against float32 where the compact path errs by 0.7; a wrong
+        # architecture errs by the size of the logits, so 10% still tells the two apart
+        rel_tol = 1e-3 if model.cfg.dtype in (torch.float32, torch.float64) else 0.1
         tol = rel_tol * max(1.0, float(expected.abs().max()))
         try:
             n_new = self.tokens.shape[1] - self.position
