@@ -121,3 +121,18 @@ def test_trained_sae_recovers_planted_directions():
     assert best.mean() >= 0.95, f"mean best |cos| {best.mean():.3f}"
     assert (best > 0.9).float().mean() >= 0.95
     assert dic.info["trained"]["explained_variance"] > 0.8
+
+
+def test_after_training_statistics_run_in_chunks_and_equal_the_whole_batch(monkeypatch):
+    # the latents of every training activation at once are [n, d_sae]: 19 GB for 1M activations and 4608
+    # latents (an OOM kill here); the statistics are summed over chunks instead
+    acts = tiny_acts()
+    monkeypatch.setattr(sae_training, "_STATS_CHUNK", 100)  # 512 activations: 6 chunks, the last one short
+    dic = train_sae(acts, HOOK, 32, config=TINY, seed=3)
+    with torch.no_grad():
+        latents = dic.encode(acts)
+        x_hat = dic.sae.decode(latents)
+    fvu = float((x_hat - acts).double().pow(2).sum() / (acts.double() - acts.double().mean(0)).pow(2).sum())
+    trained = dic.info["trained"]
+    assert trained["explained_variance"] == pytest.approx(1 - fvu, rel=1e-5)
+    assert trained["l0"] == pytest.approx(float((latents > 0).float().sum(1).mean()), rel=1e-6)

@@ -225,13 +225,20 @@ def _fit(acts: Tensor, hook_name: str | None, d_sae: int, seed: int, config: Tra
             sae = trainer.fit()
     seconds = time.perf_counter() - start
     sae.save_inference_model(out)
-    with torch.no_grad():
-        x = acts.to(config.device)
-        latents = sae.encode(x)
-        fvu = float((sae.decode(latents) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-        l0 = float((latents > 0).float().sum(1).mean())
+    with torch.no_grad():  # in chunks: the latents of every activation at once can outgrow memory ([n, d_sae])
+        mean, err, var, active = acts.double().mean(0).to(config.device), 0.0, 0.0, 0.0
+        for chunk in acts.split(_STATS_CHUNK):
+            x = chunk.to(config.device)
+            latents = sae.encode(x)
+            err += float((sae.decode(latents) - x).double().pow(2).sum())
+            var += float((x.double() - mean).pow(2).sum())
+            active += float((latents > 0).sum())
+        fvu, l0 = err / var, active / n
     log.info("trained SAE in %.1f s: explained variance %.3f, L0 %.2f", seconds, 1 - fvu, l0)
     return dict(train_seconds=seconds, explained_variance=1 - fvu, l0=l0, steps=steps)
+
+
+_STATS_CHUNK = 8192  # activations per chunk of the after-training statistics
 
 
 def _sae_lens_bars():
