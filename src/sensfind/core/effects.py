@@ -30,8 +30,8 @@ class _KL(torch.autograd.Function):
     overflow ``exp`` (large perturbations only). A small KL keeps its relative precision (nothing of the
     size of a log-sum-exp, ~10, is subtracted), and equal inputs give exactly 0. The gradient with respect
     to ``out`` is ``p̂ (exp(x - μ - c) / (1 + T) - 1)``, recomputed in the backward from the saved ``out``.
-    Both passes run a block of rows at a time (``_BLOCK_BYTES``) through a scratch block that stays in
-    cache, so the forward reads the logits from memory once and allocates nothing of their size, and the
+    On the CPU both passes run a block of rows at a time (``_BLOCK_BYTES``) through a scratch block that
+    stays in cache, so the forward reads the logits from memory once and allocates nothing of their size, and the
     backward writes the gradient once. Not differentiable in ``base`` (callers pass the detached base output).
     """
 
@@ -67,6 +67,8 @@ _BLOCK_BYTES = 2**21  # a row block of about 2 MiB stays in a core's cache throu
 
 
 def _rows(x: Tensor) -> int:
+    if x.device.type != "cpu":  # an accelerator: one block (small blocks would only add kernel launches)
+        return max(1, x.shape[0])
     return max(1, _BLOCK_BYTES // max(1, x.shape[-1] * x.element_size()))
 
 

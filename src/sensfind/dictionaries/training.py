@@ -226,7 +226,8 @@ def _fit(acts: Tensor, hook_name: str | None, d_sae: int, seed: int, config: Tra
     seconds = time.perf_counter() - start
     sae.save_inference_model(out)
     with torch.no_grad():  # in chunks: the latents of every activation at once can outgrow memory ([n, d_sae])
-        mean, err, var, active = acts.double().mean(0).to(config.device), 0.0, 0.0, 0.0
+        mean = (sum(c.double().sum(0) for c in acts.split(_STATS_CHUNK)) / n).to(config.device)  # no [n, d] copy
+        err, var, active = 0.0, 0.0, 0.0
         for chunk in acts.split(_STATS_CHUNK):
             x = chunk.to(config.device)
             latents = sae.encode(x)
