@@ -280,3 +280,32 @@ def test_strong_sae_trains_once_measures_both_and_rematches_the_saved_optima(tmp
     assert again["pooled"] == r["pooled"] and again["saes"]["stronger"]["quality"] == r["saes"]["stronger"]["quality"]
     assert mod.main(["--sweep", str(tmp_path / "missing"), "--out", str(tmp_path / "bad")]) == 2
     assert "sweep record" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_privileged_kinds_splits_a_central_sweep_into_its_first_and_fresh_prompts(tmp_path, capsys):
+    from sensfind.app.site import DiscoverySiteConfig
+    from sensfind.app.sweep import SweepConfig, load_unit, run_sweep
+    from sensfind.app.central import pooled_privileged as pool
+
+    mod = experiment("privileged_kinds")
+    sweep = tmp_path / "sweep"
+    cfg = SweepConfig(site=DiscoverySiteConfig(model="random:tiny", device="cpu"), prompts="corpus:3", work="analysis",
+                      smoke=True, cards=False, cache_dir=str(tmp_path / "cache"))
+    assert run_sweep(cfg, sweep, progress=False).done == 3
+    assert mod.main(["--sweep", str(sweep), "--first", "2", "--out", str(tmp_path / "k")]) == 0
+    r = json.loads((tmp_path / "k" / "privileged_kinds.json").read_text())
+    assert r["prompts"] == {"first": 2, "fresh": 1}
+    # each group is the pooling of its own units, in prompt order: the fresh group is the third prompt alone
+    units = sorted(json.loads((sweep / "sweep.json").read_text())["units"], key=lambda u: u["index"])
+    rows = [load_unit(sweep, u["key"]).privileged for u in units]
+    assert r["groups"]["fresh"] == json.loads(json.dumps(pool(rows[2:])))
+    assert r["groups"]["first"] == json.loads(json.dumps(pool(rows[:2])))
+    assert "optima" in r["groups"]["first"] and all("p_cross_median" in v for v in r["groups"]["first"].values()
+                                                    if v["prompts"])
+    md = (tmp_path / "k" / "privileged_kinds.md").read_text()
+    assert md.count("\n| first |") == len(r["groups"]["first"]) and md.count("\n| fresh |") == len(r["groups"]["fresh"])
+    assert (tmp_path / "k" / "p_cross_by_kind.png").stat().st_size > 0
+    # bad input: every group needs a prompt; nothing is written
+    assert mod.main(["--sweep", str(sweep), "--first", "3", "--out", str(tmp_path / "bad")]) == 2
+    assert "--first 3 leaves no fresh prompts: the sweep has 3 units" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
