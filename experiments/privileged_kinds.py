@@ -93,7 +93,7 @@ def run(args) -> int:
         save_json(tmp / "privileged_kinds.json", result)
         write_atomic(tmp / "privileged_kinds.md", table(result))
         groups_ = result["groups"]
-        shown = {f"{k} ({g})": groups_[g][k] for k in dict.fromkeys(k for g in groups_ for k in groups_[g])
+        shown = {f"{k}\n({g})": groups_[g][k] for k in dict.fromkeys(k for g in groups_ for k in groups_[g])
                  for g in groups_ if "p_cross_median" in groups_[g].get(k, {})}  # each kind's groups side by side
         if shown:
             plot_p_by_kind(tmp / "p_cross_by_kind.png",
