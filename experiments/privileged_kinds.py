@@ -25,20 +25,17 @@ import sys
 from pathlib import Path
 
 from sensfind.app.central import pooled_privileged
-from sensfind.app.sweep import DONE, SweepConfig, load_unit
+from sensfind.app.sweep import DONE, analysis_record, load_unit
 from sensfind.configs import check_int
 from sensfind.errors import error_boundary
 from sensfind.reporting.plots import plot_p_by_kind
-from sensfind.runio import check_output_dir, load_json, save_json, staged_dir, write_atomic
+from sensfind.runio import check_output_dir, save_json, staged_dir, write_atomic
 
 
 def groups(sweep: Path, first: int) -> dict[str, list[dict]]:
     """The finished units' mixture rows (each unit's kind -> row), split in prompt order into the first
     ``first`` prompts of the sweep and the rest. A unit that did not finish is left out of its group."""
-    meta = load_json(sweep / "sweep.json", "sweep record")
-    config = SweepConfig.from_dict(meta["config"])
-    if config.work != "analysis":
-        raise ValueError(f"--sweep {str(sweep)!r} ran work {config.work!r}; this needs a `--work analysis` sweep")
+    meta = analysis_record(sweep)
     units = sorted(meta["units"], key=lambda u: u["index"])
     if len(units) <= first:
         raise ValueError(f"--first {first} leaves no fresh prompts: the sweep has {len(units)} units")

@@ -27,7 +27,7 @@ import torch
 
 from sensfind.app.central import _load, contexts, settings
 from sensfind.app.site import DiscoverySiteConfig
-from sensfind.app.sweep import DONE, SweepConfig, load_unit
+from sensfind.app.sweep import DONE, SweepConfig, analysis_record, load_unit
 from sensfind.comparison.compare import project_dictionary
 from sensfind.comparison.match import NullConfig, match_directions
 from sensfind.configs import check_int
@@ -94,10 +94,8 @@ def run(args) -> int:
     check_int("epochs", args.epochs, 1, maximum=1000)
     check_int("eval_windows", args.eval_windows, 1, maximum=10_000)
     sweep = Path(args.sweep)
-    meta = load_json(sweep / "sweep.json", "sweep record")
+    meta = analysis_record(sweep)
     config = SweepConfig.from_dict(meta["config"])
-    if config.work != "analysis":
-        raise ValueError(f"--sweep {str(sweep)!r} ran work {config.work!r}; this needs a `--work analysis` sweep")
     done = [u["key"] for u in meta["units"] if (sweep / "units" / u["key"] / DONE).is_file()]
     if not done:
         raise ValueError(f"no finished units in {str(sweep / 'units')!r}")

@@ -676,6 +676,15 @@ def _pool_discoveries(records: list[dict]) -> dict:
     return out
 
 
+def analysis_record(out: str | Path) -> dict:
+    """The ``sweep.json`` record of a ``--work analysis`` sweep in ``out``; refuses a discover sweep."""
+    meta = load_json(Path(out) / "sweep.json", "sweep record")
+    work = SweepConfig.from_dict(meta["config"]).work
+    if work != "analysis":
+        raise ValueError(f"--sweep {str(out)!r} ran work {work!r}; this needs a `--work analysis` sweep")
+    return meta
+
+
 def load_unit(out: str | Path, key: str):
     """A finished unit's result: ``Discovery`` (work discover) or ``PromptAnalysis`` (work analysis)."""
     d = Path(out) / "units" / key
